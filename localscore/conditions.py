@@ -1,0 +1,432 @@
+"""`Conditions`: a batch of conditioner sets (objects with a position and optional attributes).
+
+A conditioner set ``c_J = {c_j}`` describes the objects an image should contain. A batch of them is
+stored padded to a common number of slots ``K``::
+
+    pos   [B, K, 2]   float, (row, col) in pixel units, origin at the top-left pixel centre
+    attr  [B, K, A]   float, optional per-object attributes (colour, size, class embedding, ...)
+    valid [B, K]      bool, False marks padding
+
+``K = 0``, or a batch whose slots are all invalid, is the unconditional set ``none``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._checks import check_same_device
+from ._errors import describe, fail
+
+__all__ = ["Conditions"]
+
+_Index = int | slice | Sequence[int] | Tensor
+
+
+class Conditions:
+    """A batch of conditioner sets, padded to ``K`` slots per image.
+
+    Args:
+        pos: ``[B, K, 2]`` floating positions ``(row, col)`` in pixels. Valid slots must be finite;
+            the values of padding slots are ignored (and zeroed in the stored copy if not finite).
+        attr: optional ``[B, K, A]`` floating attributes (``A >= 1``).
+        valid: optional ``[B, K]`` bool mask; ``None`` means every slot is a real object.
+
+    Raises:
+        LocalScoreError: on wrong ranks, shapes, dtypes, devices, or non-finite valid entries.
+
+    Example:
+        >>> import torch
+        >>> from localscore import Conditions
+        >>> c = Conditions.from_lists([[(3.0, 4.0), (10.0, 2.0)], [(7.5, 7.5)]])
+        >>> c.pos.shape, c.valid.tolist()
+        (torch.Size([2, 2, 2]), [[True, True], [True, False]])
+        >>> [s.counts().tolist() for s in c.singletons()]
+        [[1, 1], [1, 0]]
+    """
+
+    __slots__ = ("attr", "pos", "valid")
+
+    pos: Tensor
+    attr: Tensor | None
+    valid: Tensor
+
+    def __init__(self, pos: Tensor, attr: Tensor | None = None, valid: Tensor | None = None) -> None:
+        where = "Conditions"
+        if not isinstance(pos, torch.Tensor):
+            raise fail(where, f"argument `pos` is {describe(pos)}, expected a tensor [B, K, 2].",
+                       "build from Python lists with `Conditions.from_lists(...)`.")
+        if pos.dim() != 3 or pos.shape[-1] != 2:
+            raise fail(
+                where,
+                f"argument `pos` has shape {tuple(pos.shape)}, expected [B, K, 2] "
+                "(a batch of K (row, col) positions per image).",
+                "for one image with K objects use `pos[None]`; for ragged lists use "
+                "`Conditions.from_lists`.",
+            )
+        if not pos.is_floating_point():
+            raise fail(where, f"argument `pos` has dtype {pos.dtype}, expected a floating dtype.",
+                       "convert it with `pos.float()`.")
+        B, K = pos.shape[0], pos.shape[1]
+        if valid is None:
+            valid = torch.ones(B, K, dtype=torch.bool, device=pos.device)
+        else:
+            if not isinstance(valid, torch.Tensor):
+                raise fail(where, f"argument `valid` is {describe(valid)}, expected a bool tensor [B, K].")
+            if valid.dtype != torch.bool:
+                raise fail(where, f"argument `valid` has dtype {valid.dtype}, expected torch.bool.",
+                           "pass `valid.bool()` (True marks a real object, False a padding slot).")
+            if tuple(valid.shape) != (B, K):
+                raise fail(where, f"argument `valid` has shape {tuple(valid.shape)}, expected "
+                           f"[B, K] = [{B}, {K}] to match `pos`.")
+        if attr is not None:
+            if not isinstance(attr, torch.Tensor):
+                raise fail(where, f"argument `attr` is {describe(attr)}, expected a tensor [B, K, A].")
+            if attr.dim() != 3 or tuple(attr.shape[:2]) != (B, K) or attr.shape[2] == 0:
+                raise fail(
+                    where,
+                    f"argument `attr` has shape {tuple(attr.shape)}, expected [B, K, A] = [{B}, {K}, A] "
+                    "with A >= 1, matching `pos`.",
+                    "give one attribute vector per slot; use attr=None when objects have no attributes.",
+                )
+            if not attr.is_floating_point():
+                raise fail(where, f"argument `attr` has dtype {attr.dtype}, expected a floating dtype.",
+                           "convert it (e.g. one-hot class ids) with `attr.float()`.")
+        check_same_device(where, pos=pos, valid=valid, attr=attr)
+        # Valid slots must be finite; padding slots are sanitised so they never poison arithmetic.
+        finite_pos = torch.isfinite(pos).all(-1)
+        bad = valid & ~finite_pos
+        if attr is not None:
+            finite_attr = torch.isfinite(attr).all(-1)
+            bad = bad | (valid & ~finite_attr)
+        if bool(bad.any()):
+            b, k = (int(i) for i in bad.nonzero()[0])
+            raise fail(
+                where,
+                f"object {k} of image {b} has a non-finite position or attribute "
+                f"(pos = {pos[b, k].tolist()}).",
+                "pass finite values, or mark the slot as padding with valid[b, k] = False.",
+            )
+        if not bool(finite_pos.all()):
+            pos = torch.where(finite_pos[..., None], pos, torch.zeros((), dtype=pos.dtype, device=pos.device))
+        if attr is not None and not bool(torch.isfinite(attr).all()):
+            attr = torch.where(torch.isfinite(attr), attr, torch.zeros((), dtype=attr.dtype, device=attr.device))
+        object.__setattr__(self, "pos", pos)
+        object.__setattr__(self, "attr", attr)
+        object.__setattr__(self, "valid", valid)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Conditions is immutable; build a new one instead.")
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_lists(
+        cls,
+        positions: Sequence[Any],
+        attrs: Sequence[Any] | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Conditions:
+        """Build a padded batch from ragged per-image lists.
+
+        Args:
+            positions: one entry per image, each a sequence of ``(row, col)`` pairs or a ``[k, 2]``
+                tensor/array (``k`` may differ between images, and may be 0).
+            attrs: optional, one entry per image, each a sequence of attribute vectors or a ``[k, A]``
+                tensor, with the same ``k`` as ``positions``.
+            dtype: floating dtype of ``pos``/``attr`` (default: torch's default dtype).
+            device: device of the result.
+
+        Returns:
+            Conditions with ``K = max(k)``; shorter images are padded with invalid slots.
+
+        Example:
+            >>> c = Conditions.from_lists([[(1, 2)], []], attrs=[[[1.0, 0.0]], []])
+            >>> c.pos.shape, c.attr.shape, c.counts().tolist()
+            (torch.Size([2, 1, 2]), torch.Size([2, 1, 2]), [1, 0])
+        """
+        where = "Conditions.from_lists"
+        dtype = dtype or torch.get_default_dtype()
+        if isinstance(positions, torch.Tensor) or not isinstance(positions, Sequence) or isinstance(positions, str):
+            raise fail(where, f"argument `positions` is {describe(positions)}, expected a list with one "
+                       "entry per image.",
+                       "wrap one image's objects in a list: `[[(r0, c0), (r1, c1)]]`; for a padded tensor "
+                       "use `Conditions(pos, attr, valid)`.")
+        if len(positions) == 0:
+            raise fail(where, "argument `positions` is empty, expected one entry per image (B >= 1).",
+                       "for an unconditional image pass `[[]]`.")
+        if attrs is not None and len(attrs) != len(positions):
+            raise fail(where, f"`attrs` has {len(attrs)} entries but `positions` has {len(positions)}; "
+                       "expected one per image.")
+        pos_list: list[Tensor] = []
+        attr_list: list[Tensor] = []
+        for b, p in enumerate(positions):
+            pt = torch.as_tensor(p, dtype=dtype) if len(p) > 0 else torch.zeros(0, 2, dtype=dtype)
+            if pt.dim() != 2 or pt.shape[-1] != 2:
+                raise fail(where, f"image {b}: positions have shape {tuple(pt.shape)}, expected [k, 2] "
+                           "((row, col) pairs).")
+            pos_list.append(pt)
+            if attrs is not None:
+                a = attrs[b]
+                at = torch.as_tensor(a, dtype=dtype) if len(a) > 0 else None
+                if at is not None and (at.dim() != 2 or at.shape[0] != pt.shape[0]):
+                    raise fail(where, f"image {b}: attrs have shape {tuple(at.shape)}, expected "
+                               f"[k, A] with k = {pt.shape[0]} objects.")
+                if at is None and pt.shape[0] > 0:
+                    raise fail(where, f"image {b}: {pt.shape[0]} positions but no attributes.")
+                attr_list.append(at if at is not None else torch.zeros(0, 0, dtype=dtype))
+        K = max(p.shape[0] for p in pos_list)
+        B = len(pos_list)
+        pos = torch.zeros(B, K, 2, dtype=dtype)
+        valid = torch.zeros(B, K, dtype=torch.bool)
+        for b, p in enumerate(pos_list):
+            pos[b, : p.shape[0]] = p
+            valid[b, : p.shape[0]] = True
+        attr = None
+        if attrs is not None:
+            dims = {a.shape[1] for a in attr_list if a.shape[0] > 0}
+            if len(dims) > 1:
+                raise fail(where, f"attribute vectors have different lengths {sorted(dims)}; expected one A.")
+            if not dims:
+                raise fail(where, "`attrs` was given but no image has an object, so A is unknown.",
+                           "pass attrs=None, or use `Conditions.empty(B, attr_dim=A)`.")
+            A = dims.pop()
+            attr = torch.zeros(B, K, A, dtype=dtype)
+            for b, a in enumerate(attr_list):
+                if a.shape[0] > 0:
+                    attr[b, : a.shape[0]] = a
+        out = cls(pos, attr, valid)
+        return out.to(device) if device is not None else out
+
+    @classmethod
+    def empty(
+        cls,
+        batch_size: int,
+        *,
+        attr_dim: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Conditions:
+        """The unconditional set ``none`` for ``batch_size`` images (``K = 0``).
+
+        Example:
+            >>> Conditions.empty(3).pos.shape
+            torch.Size([3, 0, 2])
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise fail("Conditions.empty", f"`batch_size` is {batch_size!r}, expected an int >= 1.")
+        dtype = dtype or torch.get_default_dtype()
+        pos = torch.zeros(batch_size, 0, 2, dtype=dtype, device=device)
+        attr = None if attr_dim is None else torch.zeros(batch_size, 0, attr_dim, dtype=dtype, device=device)
+        return cls(pos, attr, torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def batch_size(self) -> int:
+        """``B``, the number of images."""
+        return int(self.pos.shape[0])
+
+    @property
+    def num_slots(self) -> int:
+        """``K``, the padded number of objects per image."""
+        return int(self.pos.shape[1])
+
+    @property
+    def attr_dim(self) -> int | None:
+        """``A``, the attribute length, or ``None`` without attributes."""
+        return None if self.attr is None else int(self.attr.shape[2])
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the tensors."""
+        return self.pos.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of ``pos``."""
+        return self.pos.dtype
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no image has a valid object (the unconditional set ``none``)."""
+        return self.num_slots == 0 or not bool(self.valid.any())
+
+    def counts(self) -> Tensor:
+        """``[B]`` long: the number of valid objects per image."""
+        return self.valid.sum(dim=1)
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    def __repr__(self) -> str:
+        return (f"Conditions(B={self.batch_size}, K={self.num_slots}, A={self.attr_dim}, "
+                f"counts={self.counts().tolist()}, device={self.device})")
+
+    # ----------------------------------------------------------------- slot operations
+    def _check_slot(self, j: int, where: str) -> int:
+        if isinstance(j, bool) or not isinstance(j, int):
+            raise fail(where, f"slot index `j` is {describe(j)}, expected an int.")
+        K = self.num_slots
+        if not -K <= j < K:
+            raise fail(where, f"slot index j = {j} is out of range for K = {K} slots.",
+                       f"use 0 <= j < {K} (see `num_slots`).")
+        return j % K
+
+    def select(self, j: int) -> Conditions:
+        """The conditioner set holding only slot ``j`` of every image (``K = 1``).
+
+        Images whose slot ``j`` is padding get an empty set (their single slot is invalid).
+
+        Example:
+            >>> c = Conditions.from_lists([[(0, 0), (5, 5)]])
+            >>> c.select(1).pos.tolist()
+            [[[5.0, 5.0]]]
+        """
+        j = self._check_slot(j, "Conditions.select")
+        attr = None if self.attr is None else self.attr[:, j : j + 1]
+        return Conditions(self.pos[:, j : j + 1], attr, self.valid[:, j : j + 1])
+
+    def drop(self, j: int) -> Conditions:
+        """The conditioner set without slot ``j`` (``K - 1`` slots): an ablation of object ``j``.
+
+        Example:
+            >>> Conditions.from_lists([[(0, 0), (5, 5)]]).drop(0).pos.tolist()
+            [[[5.0, 5.0]]]
+        """
+        j = self._check_slot(j, "Conditions.drop")
+        keep = [k for k in range(self.num_slots) if k != j]
+        return self._take_slots(keep)
+
+    def _take_slots(self, slots: Sequence[int]) -> Conditions:
+        idx = torch.as_tensor(list(slots), dtype=torch.long, device=self.device)
+        attr = None if self.attr is None else self.attr[:, idx]
+        return Conditions(self.pos[:, idx], attr, self.valid[:, idx])
+
+    def drop_all(self) -> Conditions:
+        """The unconditional set ``none`` with this batch size, attribute length, dtype and device."""
+        return Conditions.empty(self.batch_size, attr_dim=self.attr_dim, dtype=self.dtype, device=self.device)
+
+    def singletons(self) -> list[Conditions]:
+        """One ``K = 1`` Conditions per slot: ``[self.select(j) for j in range(K)]``.
+
+        These are the components of a projective composition. Padding slots become empty sets,
+        whose conditional denoiser equals the unconditional one, so they contribute nothing.
+        """
+        return [self.select(j) for j in range(self.num_slots)]
+
+    def compact(self) -> Conditions:
+        """Drop the slots that are padding in every image, and move valid objects to the front.
+
+        The order of the valid objects within each image is kept.
+        """
+        order = torch.argsort((~self.valid).to(torch.int8), dim=1, stable=True)
+        pos = torch.gather(self.pos, 1, order[..., None].expand_as(self.pos))
+        valid = torch.gather(self.valid, 1, order)
+        attr = None
+        if self.attr is not None:
+            attr = torch.gather(self.attr, 1, order[..., None].expand_as(self.attr))
+        K = int(valid.sum(1).max()) if self.num_slots else 0
+        return Conditions(pos[:, :K], None if attr is None else attr[:, :K], valid[:, :K])
+
+    def pad_to(self, num_slots: int) -> Conditions:
+        """Pad with invalid slots up to ``num_slots`` (which must be ``>= K``)."""
+        K = self.num_slots
+        if num_slots < K:
+            raise fail("Conditions.pad_to", f"num_slots = {num_slots} is below the current K = {K}.",
+                       "use `compact()` to remove padding first.")
+        if num_slots == K:
+            return self
+        extra = num_slots - K
+        B = self.batch_size
+        pos = torch.cat([self.pos, self.pos.new_zeros(B, extra, 2)], 1)
+        valid = torch.cat([self.valid, self.valid.new_zeros(B, extra)], 1)
+        attr = None
+        if self.attr is not None:
+            attr = torch.cat([self.attr, self.attr.new_zeros(B, extra, self.attr.shape[2])], 1)
+        return Conditions(pos, attr, valid)
+
+    # ----------------------------------------------------------------- batch operations
+    def __getitem__(self, index: _Index) -> Conditions:
+        """Batch indexing: an int keeps a batch of one; slices, lists and tensors select images."""
+        if isinstance(index, int) and not isinstance(index, bool):
+            if not -self.batch_size <= index < self.batch_size:
+                raise fail("Conditions[...]", f"image index {index} is out of range for B = {self.batch_size}.")
+            index = slice(index, index + 1 if index != -1 else None)
+        elif isinstance(index, tuple):
+            raise fail("Conditions[...]", "only batch indexing is supported (one index).",
+                       "select slots with `select(j)` or `drop(j)`.")
+        attr = None if self.attr is None else self.attr[index]
+        return Conditions(self.pos[index], attr, self.valid[index])
+
+    def __iter__(self) -> Iterator[Conditions]:
+        """Iterate over images, each as a batch of one."""
+        for b in range(self.batch_size):
+            yield self[b]
+
+    def repeat_interleave(self, repeats: int) -> Conditions:
+        """Repeat every image ``repeats`` times along the batch (as ``torch.repeat_interleave``)."""
+        if not isinstance(repeats, int) or repeats < 1:
+            raise fail("Conditions.repeat_interleave", f"`repeats` is {repeats!r}, expected an int >= 1.")
+        attr = None if self.attr is None else self.attr.repeat_interleave(repeats, 0)
+        return Conditions(self.pos.repeat_interleave(repeats, 0), attr, self.valid.repeat_interleave(repeats, 0))
+
+    @staticmethod
+    def cat(items: Sequence[Conditions]) -> Conditions:
+        """Concatenate batches along ``B``, padding ``K`` to the largest.
+
+        All items must agree on having attributes (and on ``A``), dtype and device.
+
+        Example:
+            >>> a = Conditions.from_lists([[(1, 1)]]); b = Conditions.from_lists([[(2, 2), (3, 3)]])
+            >>> Conditions.cat([a, b]).valid.tolist()
+            [[True, False], [True, True]]
+        """
+        where = "Conditions.cat"
+        items = list(items)
+        if not items:
+            raise fail(where, "got an empty list, expected at least one Conditions.")
+        for i, c in enumerate(items):
+            if not isinstance(c, Conditions):
+                raise fail(where, f"item {i} is {describe(c)}, expected a Conditions.")
+        dims = {c.attr_dim for c in items}
+        if len(dims) > 1:
+            raise fail(where, f"items have different attribute lengths {sorted(dims, key=str)}.",
+                       "give every batch the same attributes (or none).")
+        devices = {c.device for c in items}
+        if len(devices) > 1:
+            raise fail(where, f"items are on different devices {sorted(map(str, devices))}.",
+                       "move them with `.to(device)` first.")
+        K = max(c.num_slots for c in items)
+        padded = [c.pad_to(K) for c in items]
+        dtype = items[0].dtype
+        pos = torch.cat([c.pos.to(dtype) for c in padded])
+        valid = torch.cat([c.valid for c in padded])
+        attr = None
+        if items[0].attr is not None:
+            attr = torch.cat([c.attr.to(dtype) for c in padded if c.attr is not None])
+        return Conditions(pos, attr, valid)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Conditions:
+        """Move to ``device`` and/or cast positions and attributes to ``dtype`` (``valid`` stays bool)."""
+        if dtype is not None and not dtype.is_floating_point:
+            raise fail("Conditions.to", f"`dtype` is {dtype}, expected a floating dtype.")
+        pos = self.pos.to(device=device, dtype=dtype)
+        attr = None if self.attr is None else self.attr.to(device=device, dtype=dtype)
+        return Conditions(pos, attr, self.valid.to(device=device))
+
+    def check_batch(self, batch_size: int, where: str, *, device: torch.device | None = None) -> Conditions:
+        """Raise unless this batch has ``batch_size`` images (on ``device`` if given); return self.
+
+        Used by functions that take images and conditions together.
+        """
+        if self.batch_size != batch_size:
+            raise fail(where, f"`cond` has B = {self.batch_size} images but `x` has B = {batch_size}.",
+                       "pass one conditioner set per image (use `cond.repeat_interleave(n)` to share one).")
+        if device is not None and self.device != device:
+            raise fail(where, f"`cond` is on {self.device} but `x` is on {device}.",
+                       "move it with `cond.to(x.device)`.")
+        return self

@@ -1,0 +1,518 @@
+r"""The denoiser protocol, parameterisation adapters, and the score of a denoiser.
+
+Every model in localscore is a *denoiser* ``D(x, sigma, cond) -> x0_hat`` in the EDM
+(variance-exploding) convention ``x_sigma = x_0 + sigma * eps``:
+
+* ``x``: ``[B, C, H, W]`` noisy images,
+* ``sigma``: ``[B]`` noise levels (a Python float is broadcast),
+* ``cond``: a :class:`~localscore.Conditions` batch, or ``None`` for the unconditional model,
+* returns ``[B, C, H, W]``, an estimate of ``E[x_0 | x_sigma = x, cond]``.
+
+Tweedie's formula links it to the score: ``s(x, sigma, cond) = (D(x, sigma, cond) - x) / sigma**2``.
+
+The adapters below wrap networks that predict something else (noise, velocity, score, clean image,
+or a discrete-time DDPM network indexed by timestep) into this protocol, in the spirit of
+k-diffusion's ``external.py``. A wrapped network is called as ``model(x_in, noise_in, cond)``;
+wrap a network without conditioning as ``lambda x, t, cond: net(x, t)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import as_sigma, check_image, check_tensor
+from ._errors import describe, fail
+from .conditions import Conditions
+
+__all__ = [
+    "BoundDenoiser",
+    "Denoiser",
+    "DiscreteDDPMDenoiser",
+    "EDMPreconditioner",
+    "EpsilonDenoiser",
+    "ScoreDenoiser",
+    "ScoreFunction",
+    "VDenoiser",
+    "X0Denoiser",
+    "bind",
+    "call_denoiser",
+    "conditioner_radius",
+    "receptive_radius",
+    "score",
+]
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """The model protocol: ``D(x [B, C, H, W], sigma [B], cond) -> x0_hat [B, C, H, W]``.
+
+    Any callable with this signature is a denoiser: an ``nn.Module``, a function, an oracle, a
+    composition. Optionally it declares locality through integer attributes ``receptive_radius``
+    (output pixel ``i`` depends only on input pixels within this Chebyshev distance) and
+    ``conditioner_radius`` (and only on conditioners within this distance); see
+    :func:`receptive_radius`.
+    """
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Conditions | None = None) -> Tensor: ...
+
+
+ScoreFunction = Callable[..., Tensor]
+"""A score ``s(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]``, ``grad_x log p_sigma(x | cond)``."""
+
+
+def call_denoiser(
+    denoiser: Any, x: Tensor, sigma: Tensor, cond: Conditions | None, where: str, name: str = "denoiser"
+) -> Tensor:
+    """Call ``denoiser(x, sigma, cond)`` and check that it returned a tensor shaped like ``x``.
+
+    Used by samplers and operators so a misbehaving model fails with a message, not a broadcast.
+    Non-finite outputs raise too.
+    """
+    out = denoiser(x, sigma, cond)
+    if not isinstance(out, torch.Tensor):
+        raise fail(where, f"`{name}` returned {describe(out)}, expected a tensor shaped like x "
+                   f"{tuple(x.shape)}.", "a denoiser returns the estimate of the clean image x0.")
+    if out.shape != x.shape:
+        raise fail(where, f"`{name}` returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}; "
+                   "expected the same shape.",
+                   "check the network's output channels and that it does not down- or up-sample.")
+    if not bool(torch.isfinite(out).all()):
+        raise fail(where, f"`{name}` returned non-finite values at sigma = "
+                   f"{sigma.detach().flatten()[:4].tolist()}.",
+                   "check the model (and its preconditioning) at this noise level.")
+    return out
+
+
+def _find_int_attr(obj: Any, attr: str) -> int | None:
+    seen: set[int] = set()
+    while obj is not None and id(obj) not in seen:
+        seen.add(id(obj))
+        value = getattr(obj, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        obj = getattr(obj, "inner", None)
+    return None
+
+
+def receptive_radius(denoiser: Any) -> int | None:
+    """The declared receptive radius of ``denoiser``, or ``None`` if it declares none.
+
+    Looks for an integer ``receptive_radius`` attribute on the denoiser, then on the model it wraps
+    (the ``inner`` attribute of every adapter), and so on down.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Conv2d(3, 3, 5, padding=2); net.receptive_radius = 2
+        >>> receptive_radius(EDMPreconditioner(lambda x, t, c: net(x)))
+        >>> receptive_radius(EDMPreconditioner(net))
+        2
+    """
+    return _find_int_attr(denoiser, "receptive_radius")
+
+
+def conditioner_radius(denoiser: Any) -> int | None:
+    """The declared conditioner radius of ``denoiser`` (see :func:`receptive_radius`), or ``None``."""
+    return _find_int_attr(denoiser, "conditioner_radius")
+
+
+class _Score:
+    """The score of a denoiser, ``s = (D(x, sigma, cond) - x) / sigma**2`` (Tweedie)."""
+
+    def __init__(self, denoiser: Any) -> None:
+        self.inner = denoiser
+
+    def __call__(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+        x = check_image(x, "score")
+        s = as_sigma(sigma, x.shape[0], "score", like=x)
+        d = call_denoiser(self.inner, x, s, cond, "score")
+        return (d - x) / s.view(-1, 1, 1, 1) ** 2
+
+    def __repr__(self) -> str:
+        return f"score({self.inner!r})"
+
+
+def score(denoiser: Any) -> ScoreFunction:
+    r"""The score of a denoiser: ``s(x, sigma, cond) = (D(x, sigma, cond) - x) / sigma**2``.
+
+    Args:
+        denoiser: any :class:`Denoiser`.
+
+    Returns:
+        A callable ``s(x [B, C, H, W], sigma [B] or float, cond=None) -> [B, C, H, W]``.
+
+    Example:
+        >>> import torch
+        >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)   # data = a point mass at 0
+        >>> s = score(D)
+        >>> s(torch.ones(1, 1, 2, 2), 2.0).flatten().tolist()    # -x / sigma^2
+        [-0.25, -0.25, -0.25, -0.25]
+    """
+    if not callable(denoiser):
+        raise fail("score", f"`denoiser` is {describe(denoiser)}, expected a callable D(x, sigma, cond).")
+    return _Score(denoiser)
+
+
+def _as_module_or_callable(model: Any, where: str) -> Any:
+    if not callable(model):
+        raise fail(where, f"`model` is {describe(model)}, expected a callable model(x, noise, cond).")
+    return model
+
+
+class _Adapter(nn.Module):
+    """Shared plumbing: input checks, the noise-input map and the network call."""
+
+    _where = "adapter"
+
+    def __init__(self, model: Any, noise_input: Callable[[Tensor], Tensor] | None = None) -> None:
+        super().__init__()
+        self.inner = _as_module_or_callable(model, self._where)
+        self.noise_input = noise_input
+
+    def _prepare(self, x: Tensor, sigma: Any) -> tuple[Tensor, Tensor]:
+        x = check_image(x, self._where)
+        s = as_sigma(sigma, x.shape[0], self._where, like=x)
+        return x, s
+
+    def _net(self, x_in: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
+        noise = self.noise_input(s) if self.noise_input is not None else s
+        out = self.inner(x_in, noise, cond)
+        if not isinstance(out, torch.Tensor) or out.shape != x_in.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else describe(out)
+            raise fail(self._where, f"the wrapped model returned {got} for input shape {tuple(x_in.shape)}; "
+                       "expected a tensor of the same shape.")
+        return out
+
+
+def _vp_scale(s: Tensor, sigma_data: float) -> Tensor:
+    return 1.0 / torch.sqrt(s**2 + sigma_data**2)
+
+
+class EpsilonDenoiser(_Adapter):
+    r"""Wrap a noise-predicting network: ``D = x - sigma * eps(c_in * x, noise_input(sigma), cond)``.
+
+    With ``vp_input=True`` (default) the network sees the variance-preserving input
+    ``c_in * x`` with ``c_in = 1 / sqrt(sigma**2 + 1)``, as VP-trained models expect; with
+    ``False`` it sees ``x`` itself (VE-trained models).
+
+    Args:
+        model: ``model(x_in [B, C, H, W], noise_in [B], cond) -> eps [B, C, H, W]``.
+        vp_input: scale the input to unit variance as above.
+        noise_input: maps ``sigma [B]`` to what the network takes as its noise input
+            (default: ``sigma`` itself).
+
+    Example:
+        >>> import torch
+        >>> eps_net = lambda x, s, c: torch.zeros_like(x)       # predicts no noise
+        >>> D = EpsilonDenoiser(eps_net)
+        >>> torch.equal(D(torch.ones(1, 1, 2, 2), 0.5), torch.ones(1, 1, 2, 2))
+        True
+    """
+
+    _where = "EpsilonDenoiser"
+
+    def __init__(self, model: Any, *, vp_input: bool = True,
+                 noise_input: Callable[[Tensor], Tensor] | None = None) -> None:
+        super().__init__(model, noise_input)
+        self.vp_input = vp_input
+
+    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+        x, s = self._prepare(x, sigma)
+        sv = s.view(-1, 1, 1, 1)
+        c_in = _vp_scale(sv, 1.0) if self.vp_input else torch.ones_like(sv)
+        eps = self._net(x * c_in, s, cond)
+        return x - sv * eps
+
+
+class VDenoiser(_Adapter):
+    r"""Wrap a v-predicting network (Salimans & Ho), for data of standard deviation ``sigma_data``.
+
+    ``D = c_skip * x + c_out * v(c_in * x, noise_input(sigma), cond)`` with
+    ``c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)``,
+    ``c_out = -sigma * sigma_data / sqrt(sigma**2 + sigma_data**2)``,
+    ``c_in = 1 / sqrt(sigma**2 + sigma_data**2)``.
+    With ``sigma_data = 1`` this is diffusers' ``v_prediction`` in VE variables.
+
+    Example:
+        >>> import torch
+        >>> D = VDenoiser(lambda x, s, c: torch.zeros_like(x))
+        >>> D(torch.ones(1, 1, 1, 1), 1.0).item()   # c_skip = 1 / 2
+        0.5
+    """
+
+    _where = "VDenoiser"
+
+    def __init__(self, model: Any, *, sigma_data: float = 1.0,
+                 noise_input: Callable[[Tensor], Tensor] | None = None) -> None:
+        super().__init__(model, noise_input)
+        if not sigma_data > 0:
+            raise fail(self._where, f"`sigma_data` is {sigma_data!r}, expected a positive float.")
+        self.sigma_data = float(sigma_data)
+
+    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+        x, s = self._prepare(x, sigma)
+        sv, sd = s.view(-1, 1, 1, 1), self.sigma_data
+        c_skip = sd**2 / (sv**2 + sd**2)
+        c_out = -sv * sd / torch.sqrt(sv**2 + sd**2)
+        c_in = _vp_scale(sv, sd)
+        return c_skip * x + c_out * self._net(x * c_in, s, cond)
+
+
+class X0Denoiser(_Adapter):
+    r"""Wrap a network that predicts the clean image: ``D = x0(c_in * x, noise_input(sigma), cond)``.
+
+    ``c_in = 1 / sqrt(sigma**2 + 1)`` when ``vp_input`` (default), else 1.
+
+    Example:
+        >>> import torch
+        >>> D = X0Denoiser(lambda x, s, c: 2 * x, vp_input=False)
+        >>> D(torch.ones(1, 1, 1, 1), 3.0).item()
+        2.0
+    """
+
+    _where = "X0Denoiser"
+
+    def __init__(self, model: Any, *, vp_input: bool = True,
+                 noise_input: Callable[[Tensor], Tensor] | None = None) -> None:
+        super().__init__(model, noise_input)
+        self.vp_input = vp_input
+
+    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+        x, s = self._prepare(x, sigma)
+        sv = s.view(-1, 1, 1, 1)
+        c_in = _vp_scale(sv, 1.0) if self.vp_input else torch.ones_like(sv)
+        return self._net(x * c_in, s, cond)
+
+
+class ScoreDenoiser(_Adapter):
+    r"""Wrap a score network: ``D = x + sigma**2 * s(x, noise_input(sigma), cond)`` (Tweedie).
+
+    The inverse of :func:`score`. The score network sees ``x`` unscaled.
+
+    Example:
+        >>> import torch
+        >>> D = ScoreDenoiser(lambda x, s, c: -x / (1 + s.view(-1, 1, 1, 1) ** 2))  # N(0, I) data
+        >>> D(torch.ones(1, 1, 1, 1), 1.0).item()     # x / (1 + sigma^2)
+        0.5
+    """
+
+    _where = "ScoreDenoiser"
+
+    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+        x, s = self._prepare(x, sigma)
+        return x + s.view(-1, 1, 1, 1) ** 2 * self._net(x, s, cond)
+
+
+class EDMPreconditioner(_Adapter):
+    r"""EDM preconditioning (Karras et al. 2022, Table 1) around a raw network ``F``.
+
+    ``D = c_skip * x + c_out * F(c_in * x, c_noise, cond)`` with
+    ``c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)``,
+    ``c_out = sigma * sigma_data / sqrt(sigma**2 + sigma_data**2)``,
+    ``c_in = 1 / sqrt(sigma**2 + sigma_data**2)``, ``c_noise = log(sigma) / 4``.
+
+    The matching training loss weight is ``lambda(sigma) = 1 / c_out**2``
+    (see :meth:`loss_weight`).
+
+    Example:
+        >>> import torch
+        >>> D = EDMPreconditioner(lambda x, t, c: torch.zeros_like(x), sigma_data=0.5)
+        >>> D(torch.ones(1, 1, 1, 1), 0.5).item()    # c_skip = 0.25 / 0.5
+        0.5
+    """
+
+    _where = "EDMPreconditioner"
+
+    def __init__(self, model: Any, *, sigma_data: float = 0.5) -> None:
+        super().__init__(model, None)
+        if not sigma_data > 0:
+            raise fail(self._where, f"`sigma_data` is {sigma_data!r}, expected a positive float.")
+        self.sigma_data = float(sigma_data)
+
+    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+        x, s = self._prepare(x, sigma)
+        sv, sd = s.view(-1, 1, 1, 1), self.sigma_data
+        c_skip = sd**2 / (sv**2 + sd**2)
+        c_out = sv * sd / torch.sqrt(sv**2 + sd**2)
+        c_in = 1.0 / torch.sqrt(sv**2 + sd**2)
+        c_noise = torch.log(s) / 4
+        out = self.inner(x * c_in, c_noise, cond)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else describe(out)
+            raise fail(self._where, f"the wrapped network returned {got} for input shape "
+                       f"{tuple(x.shape)}; expected the same shape.")
+        return c_skip * x + c_out * out
+
+    def loss_weight(self, sigma: Tensor) -> Tensor:
+        """EDM's loss weight ``(sigma**2 + sigma_data**2) / (sigma * sigma_data)**2`` for ``sigma [B]``."""
+        sd = self.sigma_data
+        return (sigma**2 + sd**2) / (sigma * sd) ** 2
+
+
+Prediction = Literal["epsilon", "v_prediction", "sample"]
+
+
+class DiscreteDDPMDenoiser(_Adapter):
+    r"""Wrap a discrete-time DDPM network ``model(x_in, t, cond)`` trained on ``alphas_cumprod``.
+
+    Timestep ``t`` has noise level ``sigma_t = sqrt((1 - alphas_cumprod[t]) / alphas_cumprod[t])``
+    (VE variables: ``x_ve = x_vp / sqrt(alphas_cumprod[t])``). The network sees
+    ``x_in = x / sqrt(sigma**2 + 1)`` (that is ``x_vp``) and the timestep obtained by
+    interpolating ``log sigma`` between the table's entries (rounded when ``quantize``).
+
+    * ``epsilon``: ``D = x - sigma * model(...)``
+    * ``v_prediction``: ``D = x / (sigma**2 + 1) - sigma / sqrt(sigma**2 + 1) * model(...)``
+    * ``sample``: ``D = model(...)``
+
+    Args:
+        model: the network, called as ``model(x_in [B, C, H, W], t [B] float, cond)``.
+        alphas_cumprod: ``[T]`` decreasing values in ``(0, 1]``.
+        prediction: what the network predicts.
+        quantize: round ``t`` to the nearest integer timestep (as the network was trained).
+
+    Example:
+        >>> import torch
+        >>> ac = torch.linspace(0.999, 0.01, 1000)
+        >>> D = DiscreteDDPMDenoiser(lambda x, t, c: torch.zeros_like(x), ac)
+        >>> round(D.t_to_sigma(torch.tensor([999.0])).item(), 3)
+        9.95
+    """
+
+    _where = "DiscreteDDPMDenoiser"
+    sigmas: Tensor
+    log_sigmas: Tensor
+
+    def __init__(self, model: Any, alphas_cumprod: Tensor, *, prediction: Prediction = "epsilon",
+                 quantize: bool = False) -> None:
+        super().__init__(model, None)
+        ac = check_tensor(alphas_cumprod, self._where, "alphas_cumprod")
+        if ac.dim() != 1 or ac.numel() < 2:
+            raise fail(self._where, f"`alphas_cumprod` has shape {tuple(ac.shape)}, expected [T] with T >= 2.")
+        if not bool(((ac > 0) & (ac <= 1)).all()):
+            raise fail(self._where, "`alphas_cumprod` must lie in (0, 1].",
+                       "pass the scheduler's `alphas_cumprod` (products of 1 - beta_t).")
+        if not bool((ac[1:] < ac[:-1]).all()):
+            raise fail(self._where, "`alphas_cumprod` must be strictly decreasing in t.")
+        if prediction not in ("epsilon", "v_prediction", "sample"):
+            raise fail(self._where, f"`prediction` is {prediction!r}, expected 'epsilon', 'v_prediction' "
+                       "or 'sample'.")
+        self.prediction = prediction
+        self.quantize = bool(quantize)
+        sigmas = torch.sqrt((1 - ac.double()) / ac.double())
+        self.register_buffer("sigmas", sigmas.to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer("log_sigmas", sigmas.log().to(torch.get_default_dtype()), persistent=False)
+
+    @property
+    def sigma_min(self) -> float:
+        """The smallest noise level of the table."""
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        """The largest noise level of the table."""
+        return float(self.sigmas[-1])
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        """Fractional timestep for ``sigma [N]``: linear interpolation in ``log sigma``."""
+        log_s = sigma.log().to(self.log_sigmas.dtype)
+        ls = self.log_sigmas.to(sigma.device)
+        idx = torch.searchsorted(ls, log_s.contiguous()).clamp(1, ls.numel() - 1)
+        lo, hi = ls[idx - 1], ls[idx]
+        w = ((log_s - lo) / (hi - lo)).clamp(0, 1)
+        t = (idx - 1).to(w.dtype) + w
+        return t.round() if self.quantize else t
+
+    def t_to_sigma(self, t: Tensor) -> Tensor:
+        """Noise level of fractional timestep ``t [N]``: linear interpolation in ``log sigma``."""
+        ls = self.log_sigmas.to(t.device)
+        t = t.to(ls.dtype).clamp(0, ls.numel() - 1)
+        lo = t.floor().long().clamp(max=ls.numel() - 2)
+        w = t - lo.to(t.dtype)
+        return torch.exp((1 - w) * ls[lo] + w * ls[lo + 1])
+
+    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+        x, s = self._prepare(x, sigma)
+        lo, hi = self.sigma_min, self.sigma_max
+        if bool(((s < lo * (1 - 1e-4)) | (s > hi * (1 + 1e-4))).any()):
+            raise fail(self._where, f"sigma = {s.flatten()[:4].tolist()} lies outside the model's range "
+                       f"[{lo:.4g}, {hi:.4g}].",
+                       "clip the sampler's sigma grid to [sigma_min, sigma_max] (the final 0 is fine).")
+        sv = s.view(-1, 1, 1, 1)
+        c_in = _vp_scale(sv, 1.0)
+        t = self.sigma_to_t(s).to(x.dtype)
+        out = self.inner(x * c_in, t, cond)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else describe(out)
+            raise fail(self._where, f"the wrapped model returned {got}; expected shape {tuple(x.shape)}.")
+        if self.prediction == "epsilon":
+            return x - sv * out
+        if self.prediction == "v_prediction":
+            return x / (sv**2 + 1) - sv / torch.sqrt(sv**2 + 1) * out
+        return out
+
+
+class BoundDenoiser(nn.Module):
+    """A denoiser with its conditioner set fixed: ``D'(x, sigma) = D(x, sigma, cond)``.
+
+    Built by :func:`bind`. Called with ``cond=None``; a ``cond`` of batch size 1 is broadcast over
+    the images of ``x`` and a ``cond`` whose batch size divides ``x``'s is tiled (the batched
+    evaluation of compositions stacks copies of ``x``). Declared radii of the inner model are kept.
+    """
+
+    def __init__(self, denoiser: Any, cond: Conditions | None) -> None:
+        super().__init__()
+        if not callable(denoiser):
+            raise fail("bind", f"`denoiser` is {describe(denoiser)}, expected a callable D(x, sigma, cond).")
+        if cond is not None and not isinstance(cond, Conditions):
+            raise fail("bind", f"`cond` is {describe(cond)}, expected Conditions or None.")
+        self.inner = denoiser
+        self.cond = cond
+
+    def conditions_for(self, batch: int, device: torch.device) -> Conditions | None:
+        """The bound conditions tiled to ``batch`` images (``None`` stays ``None``)."""
+        c = self.cond
+        if c is None:
+            return None
+        if c.device != device:
+            raise fail("BoundDenoiser", f"the bound conditions are on {c.device} but x is on {device}.",
+                       "bind conditions on the images' device (`cond.to(device)`).")
+        if c.batch_size == batch:
+            return c
+        if batch % c.batch_size != 0:
+            raise fail("BoundDenoiser", f"the bound conditions have B = {c.batch_size} but x has B = "
+                       f"{batch}; expected B = {c.batch_size}, 1, or a multiple.",
+                       "bind one conditioner set per image.")
+        n = batch // c.batch_size
+        return Conditions.cat([c] * n)
+
+    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+        if cond is not None:
+            raise fail("BoundDenoiser", "this denoiser already has its conditions bound; got another `cond`.",
+                       "call it with cond=None, or bind the conditions you want instead.")
+        x = check_image(x, "BoundDenoiser")
+        return self.inner(x, sigma, self.conditions_for(x.shape[0], x.device))
+
+    def __repr__(self) -> str:
+        return f"BoundDenoiser({self.inner!r}, {self.cond!r})"
+
+
+def bind(denoiser: Any, cond: Conditions | None) -> BoundDenoiser:
+    """Fix the conditions of a denoiser: ``bind(D, c)(x, sigma) == D(x, sigma, c)``.
+
+    ``bind(D, None)`` is the unconditional model. Bound denoisers are the components of
+    compositions and can be passed to every sampler (with ``cond=None``).
+
+    Example:
+        >>> import torch
+        >>> from localscore import Conditions
+        >>> D = lambda x, s, c: x * (0 if c is None else c.counts().view(-1, 1, 1, 1))
+        >>> Dc = bind(D, Conditions.from_lists([[(1, 1), (2, 2)]]))
+        >>> Dc(torch.ones(1, 1, 1, 1), 1.0).item()
+        2.0
+    """
+    return BoundDenoiser(denoiser, cond)
+
+
