@@ -1,0 +1,11 @@
+"""Analytic distributions with closed-form scores at every noise level: the test oracles.
+
+Every oracle is an :class:`AnalyticDistribution`: it is a denoiser (``oracle(x, sigma, cond)``), and has
+``score``, ``log_prob`` and exact ``sample``.
+"""
+
+from __future__ import annotations
+
+from ._base import AnalyticDistribution
+
+__all__ = ["AnalyticDistribution"]
