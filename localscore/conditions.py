@@ -96,6 +96,11 @@ class Conditions:
                 raise fail(where, f"argument `attr` has dtype {attr.dtype}, expected a floating dtype.",
                            "convert it (e.g. one-hot class ids) with `attr.float()`.")
         check_same_device(where, pos=pos, valid=valid, attr=attr)
+        if pos.device.type == "meta":  # no values to check (shape-only tensors, e.g. to emulate a device)
+            object.__setattr__(self, "pos", pos)
+            object.__setattr__(self, "attr", attr)
+            object.__setattr__(self, "valid", valid)
+            return
         # Valid slots must be finite; padding slots are sanitised so they never poison arithmetic.
         finite_pos = torch.isfinite(pos).all(-1)
         bad = valid & ~finite_pos
@@ -263,8 +268,9 @@ class Conditions:
         return self.batch_size
 
     def __repr__(self) -> str:
+        counts = "?" if self.device.type == "meta" else self.counts().tolist()
         return (f"Conditions(B={self.batch_size}, K={self.num_slots}, A={self.attr_dim}, "
-                f"counts={self.counts().tolist()}, device={self.device})")
+                f"counts={counts}, device={self.device})")
 
     # ----------------------------------------------------------------- slot operations
     def _check_slot(self, j: int, where: str) -> int:
