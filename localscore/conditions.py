@@ -239,8 +239,10 @@ class Conditions:
             >>> Conditions.empty(3).pos.shape
             torch.Size([3, 0, 2])
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise fail("Conditions.empty", f"`batch_size` is {batch_size!r}, expected an int >= 1.")
+        if attr_dim is not None and (isinstance(attr_dim, bool) or not isinstance(attr_dim, int) or attr_dim < 1):
+            raise fail("Conditions.empty", f"`attr_dim` is {attr_dim!r}, expected None or an int >= 1.")
         dtype = dtype or torch.get_default_dtype()
         pos = torch.zeros(batch_size, 0, 2, dtype=dtype, device=device)
         attr = None if attr_dim is None else torch.zeros(batch_size, 0, attr_dim, dtype=dtype, device=device)
