@@ -7,5 +7,6 @@ Every oracle is an :class:`AnalyticDistribution`: it is a denoiser (``oracle(x, 
 from __future__ import annotations
 
 from ._base import AnalyticDistribution
+from .gaussian import Gaussian, GaussianMixture
 
-__all__ = ["AnalyticDistribution"]
+__all__ = ["AnalyticDistribution", "Gaussian", "GaussianMixture"]
