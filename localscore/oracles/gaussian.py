@@ -104,11 +104,14 @@ class _GaussianFamily(AnalyticDistribution):
                        "evaluate log_prob at sigma > 0, or use a non-singular covariance.")
         return -0.5 * ((y**2 / var) + torch.log(2 * math.pi * var)).sum(-1)
 
-    def _prepare(self, x: Any, sigma: Any, cond: Any, where: str, *, allow_zero: bool) -> tuple[Tensor, Tensor]:
-        x = self._check_x(x, where)
-        if x.device != self.device:
+    def _check_device(self, x: Any, where: str) -> None:
+        if isinstance(x, torch.Tensor) and x.device != self.device:
             raise fail(where, f"`x` is on {x.device} but this oracle is on {self.device}.",
                        "build the oracle on the images' device (pass its parameters there), or move x.")
+
+    def _prepare(self, x: Any, sigma: Any, cond: Any, where: str, *, allow_zero: bool) -> tuple[Tensor, Tensor]:
+        self._check_device(x, where)
+        x = self._check_x(x, where)
         if cond is not None:
             if not isinstance(cond, Conditions):
                 raise fail(where, f"argument `cond` is {describe(cond)}, expected None (this oracle is "
@@ -127,6 +130,11 @@ class _GaussianFamily(AnalyticDistribution):
         return y, var, self._component_log_prob(y, var, where)
 
     # ------------------------------------------------------------------------------------- interface
+    def score(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+        """Exact ``grad_x log p_sigma(x) = (D(x, sigma) - x) / sigma**2`` for ``x [B, C, H, W]`` (``sigma > 0``)."""
+        self._check_device(x, f"{self._name}.score")
+        return super().score(x, sigma, cond)
+
     def denoise(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
         """Exact ``E[x0 | x_sigma = x]`` for ``x [B, C, H, W]`` and ``sigma`` a float or ``[B]`` (``> 0``).
 
