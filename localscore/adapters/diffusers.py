@@ -898,8 +898,9 @@ def _region_bias(spec: _RegionSpec, q: int, batch: int, coarse: Coarse, dtype: t
     H, W = spec.size
     h, w = _level_size(H, W, q, where)
     regions = resize_regions(spec.regions, (h, w), coarse=coarse).to(device)
-    m = regions.to(torch.float32).flatten(2)                                   # [Bm, G, q]
-    onehot = spec.groups.to(device=device, dtype=torch.float32)                 # [Bp, G, T]
+    work = torch.promote_types(torch.float32, dtype)
+    m = regions.to(work).flatten(2)                                            # [Bm, G, q]
+    onehot = spec.groups.to(device=device, dtype=work)                          # [Bp, G, T]
     if m.shape[0] != onehot.shape[0]:
         m = m.expand(onehot.shape[0], -1, -1)
     weight = torch.einsum("bgq,bgt->bqt", m, onehot) + (1 - onehot.sum(1))[:, None, :]
