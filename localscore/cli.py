@@ -66,12 +66,12 @@ def _moment_errors(samples: Tensor, reference: Tensor, mean: Tensor) -> dict[str
 
 # ----------------------------------------------------------------------------- demo
 def _demo(args: argparse.Namespace) -> int:
+    import importlib
+
     from . import sampling
     from .denoisers import bind
     from .oracles import FactorizedObjects
     from .schedules import karras_sigmas
-
-    import importlib
 
     compose_mod: Any
     try:
