@@ -65,6 +65,7 @@ __all__ = [
 
 Strategy = Literal["auto", "sequential", "batched", "crop"]
 _STRATEGIES = ("auto", "sequential", "batched", "crop")
+_CROP_GAIN = 0.5  # auto crops when the crops hold at most this fraction of the pixels of full passes
 
 WeightSpec = float | int | Tensor | Callable[[Tensor], Any] | Sequence[Any] | None
 """Weights of the components (see :class:`Composition`)."""
@@ -134,6 +135,13 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _number(v: Any, where: str) -> float:
+    value = float(v)
+    if not math.isfinite(value):
+        raise fail(where, f"`weights` holds the non-finite value {value!r}.", "pass finite weights.")
+    return value
+
+
 def _weight_matrix(spec: Any, n: int, s: Tensor, where: str) -> Tensor:
     """Resolve a weight spec to ``[B, n]`` in ``s``'s dtype and device."""
     B = s.shape[0]
@@ -141,7 +149,7 @@ def _weight_matrix(spec: Any, n: int, s: Tensor, where: str) -> Tensor:
     if spec is None:
         return torch.ones(B, n, dtype=dt, device=dev)
     if _is_number(spec):
-        return torch.full((B, n), float(spec), dtype=dt, device=dev)
+        return torch.full((B, n), _number(spec, where), dtype=dt, device=dev)
     if isinstance(spec, Tensor):
         t = spec.to(dtype=dt, device=dev)
         if t.dim() == 0:
@@ -159,7 +167,7 @@ def _weight_matrix(spec: Any, n: int, s: Tensor, where: str) -> Tensor:
     if callable(spec):
         value = spec(s)
         if _is_number(value):
-            return torch.full((B, n), float(value), dtype=dt, device=dev)
+            return torch.full((B, n), _number(value, where), dtype=dt, device=dev)
         if not isinstance(value, Tensor):
             raise fail(where, f"the `weights` callable returned {describe(value)}, expected a number, a [B] "
                        f"or a [B, K] = [{B}, {n}] tensor.")
@@ -188,7 +196,7 @@ def _weight_column(item: Any, s: Tensor, where: str, j: int) -> Tensor:
     B = s.shape[0]
     value = item(s) if (callable(item) and not isinstance(item, Tensor)) else item
     if _is_number(value):
-        return torch.full((B,), float(value), dtype=s.dtype, device=s.device)
+        return torch.full((B,), _number(value, where), dtype=s.dtype, device=s.device)
     if isinstance(value, Tensor):
         t = value.to(dtype=s.dtype, device=s.device)
         if t.dim() == 0 or (t.dim() == 1 and t.shape[0] == 1):
@@ -210,7 +218,10 @@ def _finite_weights(w: Tensor, where: str) -> Tensor:
 
 def _check_static_weights(weights: Any, n: int, where: str) -> None:
     """Construction-time checks of weights whose shape is known (callables are checked when called)."""
-    if weights is None or _is_number(weights):
+    if weights is None:
+        return
+    if _is_number(weights):
+        _number(weights, where)
         return
     if isinstance(weights, Tensor):
         batch = weights.shape[0] if weights.dim() == 2 else 1
@@ -223,7 +234,9 @@ def _check_static_weights(weights: Any, n: int, where: str) -> None:
             raise fail(where, f"`weights` has {len(weights)} entries but there are {n} components.",
                        "give exactly one weight per component (or a single weight for all).")
         for j, item in enumerate(weights):
-            if not (_is_number(item) or isinstance(item, Tensor) or callable(item)):
+            if _is_number(item):
+                _number(item, where)
+            elif not (isinstance(item, Tensor) or callable(item)):
                 raise fail(where, f"the weight of component {j} is {describe(item)}, expected a number, a [B] "
                            "tensor or a callable of sigma.")
             if isinstance(item, Tensor) and (item.dim() > 1 or not bool(torch.isfinite(item).all())):
@@ -519,7 +532,8 @@ class Composition:
       conditioner radius). So ``D_bg + a_j (D_j[Q] - D_bg)`` restricted to ``S`` and pasted back equals the
       full-image formula. Crops of one network share a size (the largest needed, placed inside the image,
       which only adds context), so they are evaluated as one batch.
-    * ``auto``: ``crop`` when it is valid and its crops hold fewer pixels than ``n`` full images, else
+    * ``auto``: ``crop`` when it is valid and its crops hold at most half the pixels of the ``n`` full
+      component passes (the rest pays for the extra call), else
       ``batched`` (which equals ``sequential`` when no two denoisers share a network).
 
     Raises:
@@ -723,7 +737,7 @@ class Composition:
                 ws = max(b[3] - b[2] + 1 for b in p.needed)
                 crop += len(p.images) * hs * ws
                 del j
-            if crop < full:
+            if crop <= _CROP_GAIN * full:
                 return "crop"
         return "batched"
 
