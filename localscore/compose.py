@@ -463,11 +463,13 @@ def _run_jobs(jobs: list[_Job], where: str, *, merge: bool, max_batch: int | Non
 
 @dataclass
 class _CropPlan:
-    """Crops for one component: per image, the effect box ``(r0, r1, c0, c1)`` (inclusive)."""
+    """Every crop of a composition: one entry per (component, image) with a non-empty effect box.
 
-    images: list[int]
-    boxes: list[tuple[int, int, int, int]]
-    needed: list[tuple[int, int, int, int]]
+    Entries hold ``(j, b, r0, r1, c0, c1, n0, n1, m0, m1)``: the component, the image, the inclusive effect
+    box ``S`` and the inclusive box ``S`` dilated by the receptive radius and clipped to the image.
+    """
+
+    entries: list[tuple[int, ...]]
 
 
 # --------------------------------------------------------------------------------------------- the operator
@@ -644,12 +646,14 @@ class Composition:
         x = check_image(x, where)
         s = as_sigma(sigma, x.shape[0], where, like=x)
         coef, masks, active, targets = self._prepare(x, s, where)
+        plan: _CropPlan | None = None
         if chosen == "auto":
-            chosen = self._choose(x, s, masks, active, targets, where)
+            chosen, plan = self._choose(x, masks, active, targets, where)
         if chosen == "crop":
-            plans = self._crop_plans(x, masks, active, targets, where, strict=True)
-            assert plans is not None
-            return self._eval_crop(x, s, coef, masks, active, targets, plans, where)
+            if plan is None:
+                plan = self._crop_plan(x, masks, active, targets, where, strict=True)
+            assert plan is not None
+            return self._eval_crop(x, s, coef, masks, targets, plan, where)
         return self._eval_full(x, s, coef, masks, active, targets, where, merge=chosen == "batched")
 
     def plan(self, x: Tensor, sigma: Any) -> str:
@@ -660,7 +664,7 @@ class Composition:
         _, masks, active, targets = self._prepare(x, s, where)
         if self.strategy != "auto":
             return self.strategy
-        return self._choose(x, s, masks, active, targets, where)
+        return self._choose(x, masks, active, targets, where)[0]
 
     # ----------------------------------------------------------------- internals
     def _prepare(self, x: Tensor, s: Tensor, where: str) -> tuple[Tensor, list[Tensor | None], Tensor, list[Any]]:
@@ -723,160 +727,157 @@ class Composition:
                 out = out.index_add(0, idx, delta)
         return out
 
-    def _choose(self, x: Tensor, s: Tensor, masks: list[Tensor | None], active: Tensor, targets: list[Any],
-                where: str) -> str:
-        plans = self._crop_plans(x, masks, active, targets, where, strict=False)
-        if plans is not None:
+    def _choose(self, x: Tensor, masks: list[Tensor | None], active: Tensor, targets: list[Any],
+                where: str) -> tuple[str, _CropPlan | None]:
+        plan = self._crop_plan(x, masks, active, targets, where, strict=False)
+        if plan is not None:
             H, W = x.shape[-2:]
             full = int(active.sum()) * H * W
-            crop = 0
-            for j, p in enumerate(plans):
-                if p is None or not p.images:
-                    continue
-                hs = max(b[1] - b[0] + 1 for b in p.needed)
-                ws = max(b[3] - b[2] + 1 for b in p.needed)
-                crop += len(p.images) * hs * ws
-                del j
+            crop = sum(len(entries) * h * w for (h, w), entries in self._crop_groups(plan, targets).values())
             if crop <= _CROP_GAIN * full:
-                return "crop"
-        return "batched"
+                return "crop", plan
+        return "batched", None
 
-    def _support_box(self, j: int, b: int, H: int, W: int, mask: Tensor | None, target: Any,
-                     bg: Any, where: str, strict: bool) -> tuple[int, int, int, int] | bool | None:
-        """Inclusive effect box of component j in image b; None = empty; False = unknown (not croppable)."""
-        box: tuple[int, int, int, int] | None = (0, H - 1, 0, W - 1)
-        known = False
-        if mask is not None:
-            m = mask[0 if mask.shape[0] == 1 else b].ne(0).any(dim=0)  # [H, W]
-            rows = m.any(dim=1).nonzero().flatten()
-            cols = m.any(dim=0).nonzero().flatten()
-            if rows.numel() == 0:
-                return None
-            box = (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1]))
-            known = True
-        fn, c, bound = target
-        fn_bg, c_bg, _ = bg
-        r = conditioner_radius(self.components[j]) if bound else None
-        same_net = bound and fn is fn_bg and (c_bg is None or not bool(c_bg.valid[b].any()))
-        if r is not None and same_net and c is not None:
-            valid = c.valid[b]
-            if not bool(valid.any()):
-                return None
-            p = c.pos[b][valid].detach().to(torch.float64)
-            r0 = max(0, math.floor(float(p[:, 0].min()) - r))
-            r1 = min(H - 1, math.ceil(float(p[:, 0].max()) + r))
-            c0 = max(0, math.floor(float(p[:, 1].min()) - r))
-            c1 = min(W - 1, math.ceil(float(p[:, 1].max()) + r))
-            if box is None or r0 > r1 or c0 > c1:
-                return None
-            box = (max(box[0], r0), min(box[1], r1), max(box[2], c0), min(box[3], c1))
-            if box[0] > box[1] or box[2] > box[3]:
-                return None
-            known = True
-        if not known:
-            if strict:
-                reasons = []
-                if r is None:
-                    reasons.append("it declares no `conditioner_radius`" if bound else
-                                   "it is not a bound conditional denoiser (bind(D, c))")
-                elif not same_net:
-                    reasons.append("the background is not the unconditional model of the same network "
-                                   "(bind(D, cond.drop_all()))")
-                raise fail(where, f"strategy 'crop' needs a bounded support for components[{j}], but it has no "
-                           f"mask and {' and '.join(reasons) or 'its support is unknown'}.",
-                           "give the component a mask, declare `conditioner_radius` on the network, or use "
-                           "strategy='batched'.")
-            return False
-        return box
-
-    def _crop_plans(self, x: Tensor, masks: list[Tensor | None], active: Tensor, targets: list[Any], where: str,
-                    *, strict: bool) -> list[_CropPlan | None] | None:
+    def _crop_plan(self, x: Tensor, masks: list[Tensor | None], active: Tensor, targets: list[Any], where: str,
+                   *, strict: bool) -> _CropPlan | None:
+        """The crops of every active (component, image) pair; ``None`` if some component cannot be cropped."""
         B, _, H, W = x.shape
-        bg = self._bg_target(B, x.device)
-        plans: list[_CropPlan | None] = []
-        for j, target in enumerate(targets):
-            rows = active[:, j]
-            if not bool(rows.any()):
-                plans.append(None)
-                continue
+        n = len(targets)
+        act = active.tolist()
+        radii: list[int] = []
+        for j in range(n):
             R = receptive_radius(self.components[j])
-            if R is None:
+            if R is None and any(act[b][j] for b in range(B)):
                 if strict:
                     raise fail(where, f"strategy 'crop' needs the receptive radius of components[{j}] "
                                f"({describe(self.components[j])}), which declares none.",
                                "set an int `receptive_radius` attribute on the network (output pixel i depends "
                                "only on input pixels within that Chebyshev distance), or use strategy='batched'.")
                 return None
-            plan = _CropPlan([], [], [])
-            for b in rows.nonzero().flatten().tolist():
-                box = self._support_box(j, b, H, W, masks[j], target, bg, where, strict)
-                if box is False:
-                    return None
-                if box is None or isinstance(box, bool):
-                    continue
-                plan.images.append(b)
-                plan.boxes.append(box)
-                plan.needed.append((max(0, box[0] - R), min(H - 1, box[1] + R),
-                                    max(0, box[2] - R), min(W - 1, box[3] + R)))
-            plans.append(plan)
-        return plans
-
-    def _eval_crop(self, x: Tensor, s: Tensor, coef: Tensor, masks: list[Tensor | None], active: Tensor,
-                   targets: list[Any], plans: list[_CropPlan | None], where: str) -> Tensor:
-        B, _, H, W = x.shape
+            radii.append(0 if R is None else int(R))
+        # Effect boxes from the masks: first and last non-zero row and column, all masks at once.
+        boxes: dict[tuple[int, int], list[int]] = {}
+        with_mask = [j for j in range(n) if masks[j] is not None]
+        if with_mask:
+            big = max(H, W) + 1
+            stacked = torch.stack([m.ne(0).any(dim=1).expand(B, H, W) for m in masks if m is not None])  # [nm, B, H, W]
+            rows, cols = stacked.any(dim=3), stacked.any(dim=2)
+            ar_h = torch.arange(H, device=x.device)
+            ar_w = torch.arange(W, device=x.device)
+            mb = torch.stack([torch.where(rows, ar_h, big).amin(-1), torch.where(rows, ar_h, -1).amax(-1),
+                              torch.where(cols, ar_w, big).amin(-1), torch.where(cols, ar_w, -1).amax(-1)], -1)
+            for i, row in enumerate(mb.tolist()):
+                for b in range(B):
+                    boxes[(with_mask[i], b)] = row[b]
+        # Effect boxes from the conditioner radius: valid positions +- r (Chebyshev), for bind(D, c) over
+        # the unconditional background of the same D.
         fn_bg, c_bg, _ = self._bg_target(B, x.device)
-        d_bg = _run_jobs([_Job(("bg",), fn_bg, x, s, c_bg, "background")], where, merge=False,
-                         max_batch=self.max_batch, max_pixels=self.max_pixels)[0]
-        # One crop size per network group, so each group is one batched call.
-        sizes: dict[tuple[Any, ...], tuple[int, int]] = {}
-        for j, plan in enumerate(plans):
-            if plan is None or not plan.images:
+        bg_uncond = c_bg is None or not bool(c_bg.valid.any())
+        for j, (fn, c, bound) in enumerate(targets):
+            if not any(act[b][j] for b in range(B)):
                 continue
-            fn, c, _ = targets[j]
-            key = _group_key(fn, c)
-            hs = max(nb[1] - nb[0] + 1 for nb in plan.needed)
-            ws = max(nb[3] - nb[2] + 1 for nb in plan.needed)
-            old = sizes.get(key, (0, 0))
-            sizes[key] = (max(old[0], hs), max(old[1], ws))
-        jobs: list[_Job] = []
-        placed: list[tuple[int, list[tuple[int, int]]]] = []
-        for j, plan in enumerate(plans):
-            if plan is None or not plan.images:
-                continue
-            fn, c, _ = targets[j]
-            key = _group_key(fn, c)
-            h, w = sizes[key]
-            starts = []
-            crops = []
-            conds = []
-            for b, nb in zip(plan.images, plan.needed):
-                t = min(nb[0], H - h)
-                left = min(nb[2], W - w)
-                starts.append((t, left))
-                crops.append(x[b, :, t : t + h, left : left + w])
-                if c is not None:
-                    cb = c[b]
-                    shift = torch.tensor([t, left], dtype=cb.pos.dtype, device=cb.device)
-                    conds.append(Conditions(cb.pos - shift, cb.attr, cb.valid))
-            idx = torch.tensor(plan.images, device=x.device)
-            jobs.append(_Job((*key, h, w), fn, torch.stack(crops), s[idx], Conditions.cat(conds) if conds else None,
-                             f"components[{j}]"))
-            placed.append((j, starts))
-        outs = _run_jobs(jobs, where, merge=True, max_batch=self.max_batch, max_pixels=self.max_pixels)
-        out = d_bg.clone()
-        for (j, starts), y in zip(placed, outs):
-            plan = plans[j]
-            assert plan is not None
-            m = masks[j]
-            for n_i, (b, box, (t, left)) in enumerate(zip(plan.images, plan.boxes, starts)):
-                r0, r1, c0, c1 = box
-                d_j = y[n_i, :, r0 - t : r1 + 1 - t, c0 - left : c1 + 1 - left]
-                a: Tensor = coef[b, j]
-                if m is not None:
-                    a = a * m[0 if m.shape[0] == 1 else b, :, r0 : r1 + 1, c0 : c1 + 1].to(x.dtype)
-                region = out[b, :, r0 : r1 + 1, c0 : c1 + 1]
-                out[b, :, r0 : r1 + 1, c0 : c1 + 1] = region + a * (d_j - d_bg[b, :, r0 : r1 + 1, c0 : c1 + 1])
-        return out
+            r = conditioner_radius(self.components[j]) if bound else None
+            same_net = bound and fn is fn_bg and bg_uncond
+            if r is None or not same_net or c is None:
+                if (j, 0) in boxes:
+                    continue
+                if strict:
+                    reason = ("it is not a bound conditional denoiser (bind(D, c))" if not bound else
+                              "it declares no `conditioner_radius`" if r is None else
+                              "the background is not the unconditional model of the same network "
+                              "(bind(D, cond.drop_all()))")
+                    raise fail(where, f"strategy 'crop' needs a bounded support for components[{j}], but it has "
+                               f"no mask and {reason}.",
+                               "give the component a mask, declare `conditioner_radius` on the network, or use "
+                               "strategy='batched'.")
+                return None
+            pos, valid = c.pos.detach().tolist(), c.valid.tolist()
+            for b in range(B):
+                pts = [p for p, v in zip(pos[b], valid[b]) if v]
+                if not pts:
+                    cb = [1, 0, 1, 0]  # empty
+                else:
+                    cb = [math.floor(min(p[0] for p in pts) - r), math.ceil(max(p[0] for p in pts) + r),
+                          math.floor(min(p[1] for p in pts) - r), math.ceil(max(p[1] for p in pts) + r)]
+                old = boxes.get((j, b))
+                boxes[(j, b)] = cb if old is None else [max(old[0], cb[0]), min(old[1], cb[1]),
+                                                        max(old[2], cb[2]), min(old[3], cb[3])]
+        entries: list[tuple[int, ...]] = []
+        for j in range(n):
+            R = radii[j]
+            for b in range(B):
+                if not act[b][j]:
+                    continue
+                r0, r1, c0, c1 = boxes[(j, b)]
+                r0, r1, c0, c1 = max(r0, 0), min(r1, H - 1), max(c0, 0), min(c1, W - 1)
+                if r0 > r1 or c0 > c1:
+                    continue
+                entries.append((j, b, r0, r1, c0, c1, max(r0 - R, 0), min(r1 + R, H - 1), max(c0 - R, 0),
+                                min(c1 + R, W - 1)))
+        return _CropPlan(entries)
+
+    @staticmethod
+    def _crop_groups(plan: _CropPlan, targets: list[Any]
+                     ) -> dict[tuple[Any, ...], tuple[tuple[int, int], list[tuple[int, ...]]]]:
+        """Entries grouped by network, with one crop size per group (the largest needed): one call each."""
+        groups: dict[tuple[Any, ...], tuple[tuple[int, int], list[tuple[int, ...]]]] = {}
+        for e in plan.entries:
+            j = e[0]
+            key = _group_key(targets[j][0], targets[j][1])
+            (h, w), lst = groups.get(key, ((0, 0), []))
+            lst.append(e)
+            groups[key] = ((max(h, e[7] - e[6] + 1), max(w, e[9] - e[8] + 1)), lst)
+        return groups
+
+    def _eval_crop(self, x: Tensor, s: Tensor, coef: Tensor, masks: list[Tensor | None],
+                   targets: list[Any], plan: _CropPlan, where: str) -> Tensor:
+        B, _, H, W = x.shape
+        dev = x.device
+        fn_bg, c_bg, _ = self._bg_target(B, dev)
+        jobs: list[_Job] = [_Job(("bg",), fn_bg, x, s, c_bg, "background")]
+        placed: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = []
+        for key, ((h, w), entries) in self._crop_groups(plan, targets).items():
+            # Crops placed inside the image: start at the needed box, moved in where it would overflow.
+            rows_meta = [(e[0], e[1], e[2], e[3], e[4], e[5], min(e[6], H - h), min(e[8], W - w)) for e in entries]
+            meta = torch.tensor(rows_meta, device=dev)  # [N, 8]
+            jj, bi, box, top, left = meta[:, 0], meta[:, 1], meta[:, 2:6], meta[:, 6], meta[:, 7]
+            rows = top[:, None] + torch.arange(h, device=dev)  # [N, h]
+            cols = left[:, None] + torch.arange(w, device=dev)  # [N, w]
+            crops = x[bi[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # [N, C, h, w]
+            fn = targets[entries[0][0]][0]
+            cc = None
+            if key[1] == "cond":
+                comps = sorted({e[0] for e in entries})
+                local = {j: i for i, j in enumerate(comps)}
+                conds = [targets[j][1] for j in comps]
+                K = max(c.num_slots for c in conds)
+                conds = [c.pad_to(K) for c in conds]
+                li = torch.tensor([local[e[0]] for e in entries], device=dev)
+                pos = torch.stack([c.pos for c in conds])[li, bi]  # [N, K, 2]
+                valid = torch.stack([c.valid for c in conds])[li, bi]
+                attr = None if conds[0].attr is None else torch.stack([c.attr for c in conds])[li, bi]
+                shift = torch.stack([top, left], dim=1).to(pos.dtype)[:, None, :]
+                cc = Conditions(pos - shift, attr, valid)
+            jobs.append(_Job((*key, h, w), fn, crops.contiguous(), s[bi], cc, "components"))
+            placed.append((jj, bi, box, rows, cols))
+        outs = _run_jobs(jobs, where, merge=False, max_batch=self.max_batch, max_pixels=self.max_pixels)
+        d_bg = outs[0]
+        out = d_bg.permute(0, 2, 3, 1)  # [B, H, W, C] view
+        stacked_masks = None
+        if any(m is not None for m in masks):
+            cm = max(m.shape[1] for m in masks if m is not None)
+            one = torch.ones(1, dtype=x.dtype, device=dev).expand(B, cm, H, W)
+            stacked_masks = torch.stack([one if m is None else m.to(x.dtype).expand(B, cm, H, W) for m in masks])
+        for (jj, bi, box, rows, cols), y in zip(placed, outs[1:]):
+            b3, r3, c3 = bi[:, None, None], rows[:, :, None], cols[:, None, :]
+            inside = ((r3 >= box[:, 0, None, None]) & (r3 <= box[:, 1, None, None])
+                      & (c3 >= box[:, 2, None, None]) & (c3 <= box[:, 3, None, None]))  # [N, h, w]
+            a = coef[bi, jj].view(-1, 1, 1, 1) * inside[..., None].to(x.dtype)  # [N, h, w, 1]
+            if stacked_masks is not None:
+                a = a * stacked_masks[jj[:, None, None], b3, :, r3, c3]  # [N, h, w, 1 or C]
+            delta = a * (y.permute(0, 2, 3, 1) - d_bg[b3, :, r3, c3])
+            out = out.index_put((b3, r3, c3), delta, accumulate=True)
+        return out.permute(0, 3, 1, 2).contiguous()
 
 
 # --------------------------------------------------------------------------------------------- constructors
