@@ -16,6 +16,7 @@ from .blocks import ChannelNorm, LocalResBlock, make_norm
 from .config import LocalNetConfig, UNetConfig
 from .encoders import ConditionerEncoder, FourierFeatures, SigmaEmbedding, rotate_features
 from .local import LocalConditionalDenoiser, LocalScoreNet
+from .unet import GlobalConditionalDenoiser, PooledSetEmbedding, TokenEncoder, UNet, UNetResBlock
 
 __all__ = [
     "BoxRule",
@@ -26,6 +27,7 @@ __all__ = [
     "DiscRule",
     "FourierFeatures",
     "GaussianRule",
+    "GlobalConditionalDenoiser",
     "GlobalSelfAttention",
     "LocalConditionalDenoiser",
     "LocalNetConfig",
@@ -34,9 +36,13 @@ __all__ = [
     "MaskRule",
     "MaskedCrossAttention",
     "NeighborhoodSelfAttention",
+    "PooledSetEmbedding",
     "RenderedConditioning",
     "SigmaEmbedding",
+    "TokenEncoder",
+    "UNet",
     "UNetConfig",
+    "UNetResBlock",
     "box_masks",
     "disc_masks",
     "gaussian_masks",

@@ -97,7 +97,7 @@ class LocalNetConfig(_ConfigBase):
     """
 
     channels: int = 3
-    width: int = 64
+    width: int = 48
     depth: int = 2
     kernel_size: int = 3
     attr_dim: int = 13
@@ -226,7 +226,7 @@ class UNetConfig(_ConfigBase):
     """
 
     channels: int = 3
-    base_width: int = 32
+    base_width: int = 24
     channel_mult: tuple[int, ...] = (1, 2, 2)
     blocks_per_level: int = 1
     attention_levels: tuple[int, ...] = (0, 1, 2)
