@@ -22,7 +22,10 @@ from localscore.adapters.diffusers import (  # noqa: E402
     RegionalAttnProcessor,
     ablation_influence,
     bind_prompt,
+    concept_composition,
     concept_feature_means,
+    concept_locality,
+    concept_orthogonality,
     gradient_influence,
     install_regional_attention,
     list_blocks,
@@ -456,10 +459,11 @@ def test_concept_feature_means_recover_known_cosines():
     p = PromptConditions(e, [[1], [2], [3]])
     x = torch.randn(64, 3, 1, 1, generator=torch.Generator().manual_seed(0), dtype=F64)
     means, bg = concept_feature_means(fn, x, 1.0, p.singletons(), p.drop_all())
-    d = means - bg
-    cos = (d @ d.T) / (d.norm(dim=1)[:, None] * d.norm(dim=1)[None])
-    torch.testing.assert_close(cos, torch.tensor([[1, 0.6, 0], [0.6, 1, 0], [0, 0, 1]], dtype=F64))
-    torch.testing.assert_close(d[0], 2 * u)
+    torch.testing.assert_close(means - bg, torch.stack([2 * u, 3 * v, w]))
+    res = concept_orthogonality(fn, x, 1.0, p.singletons(), p.drop_all(), labels=["style", "content", "other"])
+    torch.testing.assert_close(res.cosine, torch.tensor([[1, 0.6, 0], [0.6, 1, 0], [0, 0, 1]], dtype=F64))
+    assert res.max_abs_offdiag == pytest.approx(0.6) and res.labels == ("style", "content", "other")
+    torch.testing.assert_close(res.norms, torch.tensor([2.0, 3.0, 1.0], dtype=F64))
 
 
 # ------------------------------------------------------------------------------------------------ influence
@@ -510,3 +514,40 @@ def test_gradient_influence_runs_without_graph(unet):
     with torch.no_grad():
         gi = gradient_influence(D, x, 1.0, p, probes=2, generator=torch.Generator().manual_seed(0))
     assert gi.shape == (1, 2, 8, 8) and not gi.requires_grad and float(gi.min()) >= 0 and float(gi.max()) > 0
+
+
+def test_concept_locality_goes_through_the_metric():
+    p = prompt(batch=2).drop(1)                             # concept 1 absent in both prompts
+    regions = halves(1, 4)
+    I = torch.zeros(2, 2, 2, 2, dtype=F64)
+    I[:, 0, :, 0] = 1.0                                     # concept 0: left column, its region
+    I[1, 0, 0, 1] = 2.0                                     # image 1: some influence on the right
+    res = concept_locality(I, p, regions=regions)           # regions at 4x4 resized to the maps' 2x2
+    assert res.inside[:, 0].tolist() == [1.0, 0.5]
+    assert res.on_others[:, 0].tolist() == [0.0, 0.0]      # the absent concept's region does not count
+    assert not bool(res.valid[:, 1].any()) and res.index == pytest.approx(0.75)
+    with pytest.raises(LocalScoreError, match="no regions"):
+        concept_locality(I, p)
+    with pytest.raises(LocalScoreError, match="influence"):
+        concept_locality(I[:, :1], p, regions=regions)
+
+
+def test_concept_composition_is_the_projective_formula(unet):
+    from localscore.sampling import sample_euler
+
+    D = DiffusersDenoiser(unet, diffusers.DDIMScheduler(clip_sample=False), quantize=True)
+    p = prompt()
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(9), dtype=F64)
+    comp = concept_composition(D, p, strategy="sequential")
+    bg = D(x, 2.0, p.drop_all())
+    want = bg + (D(x, 2.0, p.select(0)) - bg) + (D(x, 2.0, p.select(1)) - bg)
+    torch.testing.assert_close(comp(x, 2.0), want, rtol=1e-10, atol=1e-10)
+    weighted = concept_composition(D, p, [2.0, 0.0], strategy="sequential")
+    torch.testing.assert_close(weighted(x, 2.0), bg + 2 * (D(x, 2.0, p.select(0)) - bg), rtol=1e-10, atol=1e-10)
+    # the composition samples with localscore's samplers and with a diffusers scheduler, identically
+    sched = diffusers.DDIMScheduler(clip_sample=False)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(10), dtype=F64)
+    via_sched = sample_with_scheduler(comp, sched, latents, num_inference_steps=4)
+    sig = scheduler_sigmas(sched, 4, dtype=F64)
+    via_euler = sample_euler(comp, vp_to_ve(latents, sig[0]), sig)
+    torch.testing.assert_close(via_sched, via_euler, rtol=2e-5, atol=2e-5)

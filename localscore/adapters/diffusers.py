@@ -60,6 +60,8 @@ __all__ = [
     "bind_prompt",
     "concept_composition",
     "concept_feature_means",
+    "concept_locality",
+    "concept_orthogonality",
     "gradient_influence",
     "install_regional_attention",
     "list_blocks",
@@ -128,7 +130,7 @@ class PromptConditions:
         >>> e = torch.randn(1, 6, 4)
         >>> p = PromptConditions(e, [[1, 2], [4]])          # two concepts: tokens 1-2 and token 4
         >>> p.num_groups, p.counts().tolist()
-        (2, [1])
+        (2, [2])
         >>> q = p.drop(0)                                   # tokens 1, 2 become the null embedding (zeros)
         >>> q.effective_embeds()[0, 1:3].abs().sum().item(), torch.equal(q.effective_embeds()[0, 4], e[0, 4])
         (0.0, True)
@@ -438,8 +440,8 @@ def vp_to_ve(latents: Tensor, sigma: Any) -> Tensor:
 
     Example:
         >>> import torch
-        >>> vp_to_ve(torch.ones(1, 1, 1, 1), 1.0).item() == 2 ** 0.5
-        True
+        >>> round(vp_to_ve(torch.ones(1, 1, 1, 1), 1.0).item(), 4)      # sqrt(2)
+        1.4142
     """
     x = check_image(latents, "vp_to_ve", "latents")
     s = as_sigma(sigma, x.shape[0], "vp_to_ve", like=x, allow_zero=True)
@@ -692,12 +694,12 @@ def concept_composition(denoiser: Any, prompt: PromptConditions, weights: Any = 
     Returns:
         A denoiser ``D_hat(x [B, C, H, W], sigma) -> [B, C, H, W]`` (prompt bound).
     """
+    from .. import compose
+
     prompt = _check_prompt(prompt, "concept_composition", "prompt")
-    try:
-        from .. import compose  # type: ignore[attr-defined]
-    except ImportError as e:  # pragma: no cover - until localscore.compose lands
-        raise fail("concept_composition", "localscore.compose is not available in this installation.",
-                   "update localscore.") from e
+    if prompt.num_groups == 0:
+        raise fail("concept_composition", "the prompt has no token group (G = 0): there is nothing to compose.",
+                   "group the tokens of each concept when building PromptConditions.")
     background = bind_prompt(denoiser, prompt.drop_all())
     components = [bind_prompt(denoiser, p) for p in prompt.singletons()]
     return compose.projective(background, components, weights, **options)
@@ -1494,6 +1496,86 @@ def concept_feature_means(
             raise fail(where, f"`fn` returned {describe(out)} for {name}, expected a tensor [B = {x.shape[0]}, ...].")
         means.append(out.reshape(out.shape[0], -1).mean(0))
     return torch.stack(means[:-1]), means[-1]
+
+
+def concept_orthogonality(
+    fn: Any,
+    x: Tensor,
+    sigma: Any,
+    prompts: Sequence[PromptConditions],
+    background: PromptConditions,
+    *,
+    labels: Sequence[str] | None = None,
+) -> Any:
+    r"""The feature-orthogonality test for concepts: the cosine matrix of mean feature differences.
+
+    :func:`concept_feature_means` followed by :func:`localscore.metrics.feature_orthogonality`:
+    ``d_k = mu_k - mu_none`` and ``cosine[j, k] = <d_j, d_k> / (|d_j| |d_k|)``. Near-zero off-diagonal
+    entries (e.g. between a style and a content concept) are the necessary condition for their
+    projective composition in that feature space.
+
+    Returns:
+        :class:`localscore.metrics.FeatureOrthogonality` (``cosine [K, K]``, ``norms [K]``,
+        ``max_abs_offdiag``).
+    """
+    from ..metrics import feature_orthogonality
+
+    means, bg = concept_feature_means(fn, x, sigma, prompts, background)
+    return feature_orthogonality(means, bg, labels=labels)
+
+
+def concept_locality(
+    influence: Tensor,
+    prompt: PromptConditions,
+    *,
+    regions: Tensor | None = None,
+    coarse: Coarse = "majority",
+) -> Any:
+    r"""The conditional locality index of per-concept influence maps, by :func:`localscore.metrics.locality_index`.
+
+    The regions (``regions`` or ``prompt.regions``, ``[B or 1, G, H, W]``) are resized to the maps'
+    resolution with :func:`resize_regions` (so latent-, feature- and pixel-resolution maps all work) and
+    zeroed for inactive concepts; then ``inside[b, g]`` is the share of concept ``g``'s influence
+    inside its own region and ``on_others[b, g]`` the share on the other concepts' regions.
+
+    Args:
+        influence: ``[B, G, h, w] >= 0`` from :func:`ablation_influence` or :func:`gradient_influence`.
+        prompt: the prompts the maps belong to.
+        regions: the concepts' regions (default: ``prompt.regions``).
+        coarse: how hard masks are resized (see :func:`resize_regions`).
+
+    Returns:
+        :class:`localscore.metrics.LocalityIndex` (``inside``, ``on_others``, ``index``, ...).
+
+    Example:
+        >>> import torch
+        >>> p = PromptConditions(torch.zeros(1, 3, 2), [[1], [2]])
+        >>> regions = torch.zeros(1, 2, 4, 4, dtype=torch.bool); regions[:, 0, :, :2] = True
+        >>> regions[:, 1, :, 2:] = True
+        >>> I = torch.zeros(1, 2, 2, 2); I[0, 0, :, 0] = 3.0; I[0, 0, 0, 1] = 1.0; I[0, 1, :, 1] = 1.0
+        >>> res = concept_locality(I, p, regions=regions)    # 4 x 4 regions, 2 x 2 maps
+        >>> [round(v, 4) for v in res.inside[0].tolist()], round(res.index, 4)     # 6/7 and 1
+        ([0.8571, 1.0], 0.9286)
+    """
+    from ..metrics import locality_index
+
+    where = "concept_locality"
+    prompt = _check_prompt(prompt, where, "prompt")
+    if not isinstance(influence, torch.Tensor) or influence.dim() != 4 \
+            or tuple(influence.shape[:2]) != (prompt.batch_size, prompt.num_groups):
+        raise fail(where, f"argument `influence` is {describe(influence)}, expected [B, G, h, w] = "
+                   f"[{prompt.batch_size}, {prompt.num_groups}, h, w] (one map per concept).",
+                   "compute it with ablation_influence / gradient_influence on the same prompt.")
+    r = regions if regions is not None else prompt.regions
+    if r is None:
+        raise fail(where, "no regions: the prompt carries none and `regions` was not given.",
+                   "pass regions=[B, G, H, W] masks (where each concept should act).")
+    r = prompt.with_regions(r).regions
+    assert r is not None
+    m = resize_regions(r, influence.shape[-2:], coarse=coarse).to(influence.device)
+    m = m.expand(prompt.batch_size, -1, -1, -1).to(influence.dtype) * prompt.active[:, :, None, None].to(
+        influence.dtype)
+    return locality_index(influence, m)
 
 
 # ============================================================================ decoders
