@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from localscore.adapters.diffusers import (
     DiffusersDenoiser,
@@ -42,6 +41,7 @@ from localscore.adapters.diffusers import (
     concept_locality,
     concept_orthogonality,
     gradient_influence,
+    math_attention,
     regional_attention,
     sample_with_scheduler,
     scheduler_sigmas,
@@ -200,7 +200,7 @@ def main() -> None:
         level: dict[str, Any] = {"sigma": s}
         # 2. spatial locality of the score in latent space (dense Jacobian, or exact rows at random pixels);
         #    forward-mode derivatives need the math kernel of scaled-dot-product attention
-        with sdpa_kernel(SDPBackend.MATH):
+        with math_attention():
             pl = pixel_locality(bind_prompt(D, prompt.with_regions(None)), x, s, target="score",
                                 method="dense" if dense else "probes", n_rows=16, generator=gen)
         level["pixel_locality"] = {"radius50": int(pl.radius(0.5)[0]), "radius90": int(pl.radius(0.9)[0]),

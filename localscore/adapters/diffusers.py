@@ -65,6 +65,7 @@ __all__ = [
     "gradient_influence",
     "install_regional_attention",
     "list_blocks",
+    "math_attention",
     "regional_attention",
     "resize_regions",
     "sample_with_scheduler",
@@ -1267,6 +1268,29 @@ class FeatureMap(nn.Module):
 
 
 # ============================================================================ influence maps
+def math_attention() -> Any:
+    """A context manager that makes ``scaled_dot_product_attention`` use its math kernel.
+
+    The fused kernels (flash, memory-efficient) have no forward-mode derivative, so ``torch.func.jvp``
+    through a diffusers model fails with them; :func:`gradient_influence` uses this internally, and
+    other forward-mode tools (e.g. ``localscore.metrics.pixel_locality(..., method="probes")``) can be
+    wrapped in it.
+
+    Example:
+        >>> import torch
+        >>> with math_attention():
+        ...     q = torch.randn(1, 1, 3, 2)
+        ...     torch.func.jvp(lambda q: torch.nn.functional.scaled_dot_product_attention(q, q, q),
+        ...                    (q,), (torch.ones_like(q),))[1].shape
+        torch.Size([1, 1, 3, 2])
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - torch < 2.3
+        return torch.backends.cuda.sdp_kernel(enable_flash=False, enable_math=True, enable_mem_efficient=False)
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 InfluenceMode = Literal["drop", "only"]
 
 
@@ -1411,11 +1435,9 @@ def gradient_influence(
     def f(e: Tensor) -> Tensor:
         return _apply(fn, decoder, x, s, fixed.replace(embeds=e, null_embeds=None), where)
 
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     B, _, Dm = base.shape
     maps = []
-    with sdpa_kernel(SDPBackend.MATH):
+    with math_attention():
         for g in range(cond.num_groups):
             tok = cond.token_mask(g)                                          # [B, T]
             acc: Tensor | None = None
