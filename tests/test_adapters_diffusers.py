@@ -10,6 +10,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -587,3 +589,57 @@ def test_transformer_denoiser_hand_computation_and_output_locality():
         assert float(jg[regions[0, g]].min()) > 1e-8
     J0 = torch.func.jacrev(lambda e: D(x, s, p.replace(embeds=e)))(p.embeds)[0, :, :, :, 0]
     assert float(J0[..., [3], :].abs().amax(dim=(0, 3, 4))[~regions[0, 1]].min()) > 1e-8
+
+
+# ------------------------------------------------------------------------------------------------ properties
+@st.composite
+def grouped_prompts(draw):
+    B = draw(st.integers(1, 3))
+    T = draw(st.integers(2, 7))
+    owner = draw(st.lists(st.integers(-1, 2), min_size=T, max_size=T))          # group of each token, -1 none
+    G = max(owner) + 1
+    if G == 0:
+        owner[0], G = 0, 1
+    groups = [[t for t in range(T) if owner[t] == g] for g in range(G)]
+    groups = [g for g in groups if g]
+    active = draw(st.lists(st.lists(st.booleans(), min_size=len(groups), max_size=len(groups)),
+                           min_size=B, max_size=B))
+    seed = draw(st.integers(0, 2**16))
+    return B, T, groups, torch.tensor(active, dtype=torch.bool), seed
+
+
+@given(grouped_prompts())
+def test_effective_embeds_follow_the_rule(case):
+    B, T, groups, active, seed = case
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(B, T, 3, generator=g, dtype=F64)
+    null = torch.randn(1, T, 3, generator=g, dtype=F64)
+    p = PromptConditions(e, groups, null_embeds=null, active=active)
+    eff = p.effective_embeds()
+    for b in range(B):
+        for t in range(T):
+            absent = any(t in grp and not bool(active[b, k]) for k, grp in enumerate(groups))
+            assert torch.equal(eff[b, t], null[0, t] if absent else e[b, t])
+    # drop_all then select(k) restores exactly concept k's tokens; singletons reassemble the prompt
+    for k, grp in enumerate(groups):
+        sel = p.select(k).effective_embeds()
+        for b in range(B):
+            keep = grp if bool(active[b, k]) else []
+            for t in range(T):
+                in_any = any(t in gg for gg in groups)
+                want = e[b, t] if (t in keep or not in_any) else null[0, t]
+                assert torch.equal(sel[b, t], want)
+    assert torch.equal(p.drop_all().counts(), torch.zeros(B, dtype=torch.long))
+    assert torch.equal(sum(s.counts() for s in p.singletons()), p.counts())
+
+
+def test_reduced_precision_model_returns_the_input_dtype():
+    unet16 = tiny_unet().to(torch.bfloat16)
+    unet64 = tiny_unet()
+    sched = diffusers.DDIMScheduler()
+    p = prompt()
+    x = torch.randn(1, 4, 8, 8)
+    out16 = DiffusersDenoiser(unet16, sched)(x, 1.0, p.to(dtype=torch.float32))
+    out64 = DiffusersDenoiser(unet64, sched)(x.double(), 1.0, p)
+    assert out16.dtype == torch.float32
+    torch.testing.assert_close(out16.double(), out64, rtol=0.05, atol=0.05)
