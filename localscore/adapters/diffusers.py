@@ -1374,6 +1374,25 @@ def ablation_influence(
     return (out * cond.active[:, :, None, None].to(out.dtype)).to(x.dtype)
 
 
+def _batched_jvp_sq(fn: Any, decoder: Any, x: Tensor, s: Tensor, cond: PromptConditions, base: Tensor,
+                    dirs: list[Tensor], where: str) -> Tensor:
+    """``|J v_k|^2`` summed over channels, ``[n, B, h, w]``, for ``n`` directions in one call of batch ``n B``.
+
+    The images of a batch are independent, so stacking ``n`` copies of the batch along the batch axis and
+    feeding direction ``k`` to copy ``k`` gives the ``n`` Jacobian-vector products in one forward-mode pass.
+    """
+    n, B = len(dirs), x.shape[0]
+    fixed = cond.replace(active=torch.ones_like(cond.active), null_embeds=None).repeat(n)
+    xr = x.repeat(n, 1, 1, 1)
+    sr = s.repeat(n)
+
+    def f(e: Tensor) -> Tensor:
+        return _apply(fn, decoder, xr, sr, fixed.replace(embeds=e), where)
+
+    jv = torch.func.jvp(f, (base.repeat(n, 1, 1),), (torch.cat(dirs),))[1]
+    return (jv**2).sum(1).reshape(n, B, *jv.shape[2:])
+
+
 def gradient_influence(
     fn: Any,
     x: Tensor,
@@ -1383,6 +1402,7 @@ def gradient_influence(
     probes: int | Literal["exact"] = "exact",
     generator: torch.Generator | None = None,
     decoder: Callable[[Tensor], Tensor] | None = None,
+    chunk: int = 8,
 ) -> Tensor:
     r"""Per-concept influence maps by gradient with respect to the concept's token embeddings: ``[B, G, h, w]``.
 
@@ -1397,7 +1417,11 @@ def gradient_influence(
     embeddings the model sees (:meth:`PromptConditions.effective_embeds`), so an inactive concept (its
     tokens replaced) is measured at the null embedding; use ``mode="drop"`` of
     :func:`ablation_influence` for presence-versus-absence effects. Uses ``torch.func.jvp`` with the
-    math backend of scaled-dot-product attention (the fused kernels have no forward-mode derivative).
+    math backend of scaled-dot-product attention (the fused kernels have no forward-mode derivative),
+    ``chunk`` directions per call: the batch is stacked ``chunk`` times and copy ``k`` carries direction
+    ``k``, which is exact because ``fn`` treats the images of a batch independently (diffusion models in
+    eval mode do; a model with batch statistics does not). Run it under ``torch.no_grad()`` to keep no
+    graph for the parameters.
 
     Args:
         fn: ``fn(x, sigma, cond) -> [B, C', h, w]`` (a denoiser or a :class:`FeatureMap`).
@@ -1407,6 +1431,7 @@ def gradient_influence(
         probes: ``"exact"`` or the number of random probes per concept.
         generator: source of the random probes.
         decoder: optional map applied to ``fn``'s output.
+        chunk: directions evaluated per batched forward-mode call (memory grows with it).
 
     Returns:
         ``[B, G, h, w]`` non-negative influence, in ``x``'s dtype.
@@ -1429,18 +1454,14 @@ def gradient_influence(
         raise fail(where, f"`probes` is {probes!r}, expected 'exact' or an int >= 1.")
     if cond.num_groups == 0:
         raise fail(where, "the prompt has no token group (G = 0): there is no concept to measure.")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise fail(where, f"`chunk` is {chunk!r}, expected an int >= 1 (directions per batched call).")
     base = cond.effective_embeds()
-    fixed = cond.replace(active=torch.ones_like(cond.active))  # e is fed as is: no replacement inside
-
-    def f(e: Tensor) -> Tensor:
-        return _apply(fn, decoder, x, s, fixed.replace(embeds=e, null_embeds=None), where)
-
     B, _, Dm = base.shape
     maps = []
     with math_attention():
         for g in range(cond.num_groups):
             tok = cond.token_mask(g)                                          # [B, T]
-            acc: Tensor | None = None
             if exact:
                 n_tok = int(tok.sum(1).max())
                 idx = [tok[b].nonzero().flatten().tolist() for b in range(B)]
@@ -1457,10 +1478,10 @@ def gradient_influence(
                 for _ in range(int(probes)):
                     r = torch.randint(0, 2, base.shape, generator=generator, device=base.device).to(base.dtype) * 2 - 1
                     dirs.append(r * tok[..., None].to(base.dtype))
-            for v in dirs:
-                jv = torch.func.jvp(f, (base,), (v,))[1]
-                sq = (jv**2).sum(1)
-                acc = sq if acc is None else acc + sq
+            acc: Tensor | None = None
+            for start in range(0, len(dirs), chunk):
+                sq = _batched_jvp_sq(fn, decoder, x, s, cond, base, dirs[start:start + chunk], where)  # [n, B, h, w]
+                acc = sq.sum(0) if acc is None else acc + sq.sum(0)
             assert acc is not None
             if not exact:
                 acc = acc / len(dirs)
