@@ -146,6 +146,11 @@ def influence_figure(path: Path, maps: dict[str, torch.Tensor], labels: list[str
 
 
 def main() -> None:
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise SystemExit("this example needs diffusers: pip install 'localscore[diffusers]' "
+                         "(and transformers for a real checkpoint)") from None
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny random model, few steps (CI)")
     ap.add_argument("--out", default="out/diffusers_locality", help="output directory")

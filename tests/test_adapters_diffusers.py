@@ -643,3 +643,15 @@ def test_reduced_precision_model_returns_the_input_dtype():
     out64 = DiffusersDenoiser(unet64, sched)(x.double(), 1.0, p)
     assert out16.dtype == torch.float32
     torch.testing.assert_close(out16.double(), out64, rtol=0.05, atol=0.05)
+
+
+def test_attention_mask_reaches_the_model(unet):
+    D = DiffusersDenoiser(unet, diffusers.DDIMScheduler())
+    mask = torch.ones(1, T_TOK)
+    mask[0, 4] = 0                                           # token 4 is padding
+    p = prompt(attention_mask=mask)
+    e2 = p.embeds.clone()
+    e2[0, 4] += 5.0
+    x = torch.randn(1, 4, 8, 8, dtype=F64)
+    torch.testing.assert_close(D(x, 1.0, p.replace(embeds=e2)), D(x, 1.0, p), rtol=0, atol=1e-12)
+    assert (D(x, 1.0, p.replace(attention_mask=None, embeds=e2)) - D(x, 1.0, p)).abs().max() > 1e-6
