@@ -655,3 +655,36 @@ def test_attention_mask_reaches_the_model(unet):
     x = torch.randn(1, 4, 8, 8, dtype=F64)
     torch.testing.assert_close(D(x, 1.0, p.replace(embeds=e2)), D(x, 1.0, p), rtol=0, atol=1e-12)
     assert (D(x, 1.0, p.replace(attention_mask=None, embeds=e2)) - D(x, 1.0, p)).abs().max() > 1e-6
+
+
+def test_bad_input_of_the_public_functions(unet):
+    D = DiffusersDenoiser(unet, diffusers.DDIMScheduler())
+    p = prompt()
+    x = torch.randn(1, 4, 8, 8, dtype=F64)
+    cases = [
+        (lambda: bind_prompt(D, "a red hat"), "PromptConditions"),
+        (lambda: bind_prompt(D, p)(x, 1.0, p), "already has its prompt"),
+        (lambda: scheduler_sigmas(object(), 4), "scheduler"),
+        (lambda: scheduler_sigmas(diffusers.DDIMScheduler(), 0), "num_inference_steps"),
+        (lambda: sample_with_scheduler(D, diffusers.DDIMScheduler(), x[0], p, num_inference_steps=2), "latents"),
+        (lambda: sample_with_scheduler("D", diffusers.DDIMScheduler(), x, p, num_inference_steps=2), "denoiser"),
+        (lambda: list_blocks("unet"), "nn.Module"),
+        (lambda: FeatureMap(D, unet, "nope"), "no block named"),
+        (lambda: ablation_influence(D, x, 1.0, p.embeds), "PromptConditions"),
+        (lambda: ablation_influence(D, x, -1.0, p), "sigma"),
+        (lambda: gradient_influence(D, x, 1.0, p, chunk=0), "chunk"),
+        (lambda: concept_feature_means(D, x, 1.0, p, p.drop_all()), "list of PromptConditions"),
+        (lambda: concept_locality(torch.zeros(1, 2, 4), p, regions=halves()), "influence"),
+        (lambda: resize_regions(torch.zeros(2, 2), (1, 1)), "regions"),
+        (lambda: p.replace(colour=1), "unknown fields"),
+        (lambda: p.repeat(0), "n"),
+        (lambda: DiffusersDenoiser(torch.nn.Linear(2, 2), diffusers.DDIMScheduler()), "convention"),
+        (lambda: install_regional_attention(unet, coarse="most"), "coarse"),
+        (lambda: RegionalAttnProcessor(3), "attention processor"),
+    ]
+    from localscore.adapters.diffusers import vae_decoder
+
+    cases.append((lambda: vae_decoder(object()), "decode"))
+    for call, match in cases:
+        with pytest.raises(LocalScoreError, match=match):
+            call()
