@@ -439,3 +439,26 @@ def test_constructor_shape_and_global_validation() -> None:
         OverlappingObjects(1, 8, 8, object_radius=1.0, global_std=-1.0)
     with pytest.raises(TypeError):
         FactorizedObjects(1, 8, 8, object_radius=1.0, global_std=1.0)  # type: ignore[call-arg]
+
+
+@given(positions=st.lists(st.tuples(st.floats(-0.5, 13.5), st.floats(-0.5, 11.5)), min_size=0, max_size=6),
+       log_sigma=st.floats(math.log(0.002), math.log(80.0)), seed=st.integers(0, 2**16))
+def test_cpc_identity_or_overlap_error_at_random_positions(positions, log_sigma: float, seed: int) -> None:
+    """Random positions: either two regions share a pixel (and the oracle names them), or CPC holds."""
+    oracle = FactorizedObjects(1, 14, 12, object_radius=1.7, object_std=0.6, length_scale=1.1, background_std=0.3)
+    cond = Conditions.from_lists([positions], dtype=F64)
+    R = 1.7**2
+    pix = [(h, w) for h in range(14) for w in range(12)]
+    sets = [{p for p in pix if (p[0] - r) ** 2 + (p[1] - c) ** 2 <= R} for r, c in positions]
+    clash = [(j, k) for j in range(len(sets)) for k in range(j + 1, len(sets)) if sets[j] & sets[k]]
+    if clash:
+        j, k = clash[0]
+        with pytest.raises(LocalScoreError, match=f"objects {j} and {k} of image 0 overlap"):
+            oracle.regions(cond)
+        return
+    s = math.exp(log_sigma)
+    x = oracle.sample(cond, sigma=s, generator=torch.Generator().manual_seed(seed))
+    st_ = torch.tensor([s], dtype=F64)
+    gap = oracle.denoise(x, st_, cond) - composed(oracle, x, st_, cond)
+    assert float(gap.abs().max()) <= 1e-13 * (float(x.abs().max()) + 1.0)
+    assert [set(map(tuple, r.nonzero().tolist())) for r in oracle.regions(cond)[0]] == sets

@@ -14,7 +14,7 @@ Both oracles describe images ``x [C, H, W]`` as a sum of independent Gaussian pi
   (only :class:`OverlappingObjects`; zero for :class:`FactorizedObjects`).
 
 Given a conditioner set ``c_J`` the image is Gaussian, ``x | c_J ~ N(mu_J, Sigma_J)``, so at noise level
-``sigma`` (``x_sigma = x + sigma * eps``) everything is closed form::
+``sigma`` (``x_sigma = x + sigma * eps``) everything is closed form:
 
     A        = Sigma_J + sigma**2 I
     D(x)     = E[x_0 | x_sigma = x, c_J] = x - sigma**2 A^{-1} (x - mu_J)
@@ -349,6 +349,14 @@ class _GaussianObjects(AnalyticDistribution):
 
         Padding slots are all ``False``. Raises like :meth:`denoise` for off-image positions, wrong
         attributes and (for :class:`FactorizedObjects`) overlapping regions.
+
+        Example:
+            >>> from localscore import Conditions
+            >>> from localscore.oracles import FactorizedObjects
+            >>> oracle = FactorizedObjects(1, 8, 8, object_radius=1.0)
+            >>> m = oracle.regions(Conditions.from_lists([[(2, 2), (6, 5)], [(0, 7)]]))
+            >>> m.shape, m.sum((2, 3)).tolist()      # a radius-1 disc holds 5 pixels, 3 at the corner
+            (torch.Size([2, 2, 8, 8]), [[5, 5], [3, 0]])
         """
         where = f"{type(self).__name__}.regions"
         if not isinstance(cond, Conditions):
@@ -356,7 +364,17 @@ class _GaussianObjects(AnalyticDistribution):
         return self._layout(cond, where).regions
 
     def mean(self, cond: Conditions) -> Tensor:
-        """``mu_J [B, C, H, W]``, the mean image given each conditioner set (in the oracle's dtype)."""
+        """``mu_J [B, C, H, W]``, the mean image given each conditioner set (in the oracle's dtype).
+
+        ``mu_J[c, p] = background_mean[c] + sum_j colour_j[c] * profile_j(p) * [p in M_j]``.
+
+        Example:
+            >>> from localscore import Conditions
+            >>> from localscore.oracles import FactorizedObjects
+            >>> oracle = FactorizedObjects(1, 5, 5, object_radius=1.0, object_mean=2.0, background_mean=0.5)
+            >>> oracle.mean(Conditions.from_lists([[(2, 2)]]))[0, 0, 1:4, 1:4].tolist()
+            [[0.5, 2.5, 0.5], [2.5, 2.5, 2.5], [0.5, 2.5, 0.5]]
+        """
         where = f"{type(self).__name__}.mean"
         if not isinstance(cond, Conditions):
             raise fail(where, f"argument `cond` is {describe(cond)}, expected a localscore.Conditions.")
@@ -374,6 +392,14 @@ class _GaussianObjects(AnalyticDistribution):
 
         ``D(x) = x - sigma**2 (Sigma_J + sigma**2 I)^{-1} (x - mu_J)`` (module docstring), solved block by
         block in the oracle's dtype. ``cond=None`` (or an empty set) is the background-only model.
+
+        Example:
+            >>> import torch
+            >>> from localscore.oracles import FactorizedObjects
+            >>> oracle = FactorizedObjects(1, 4, 4, object_radius=1.0, background_std=1.0)
+            >>> x = torch.full((1, 1, 4, 4), 2.0)
+            >>> oracle.denoise(x, 1.0)[0, 0, 0, 0].item()   # background: v / (v + sigma**2) * x = 0.5 * 2
+            1.0
         """
         where = f"{type(self).__name__}.denoise"
         x0 = x
@@ -386,6 +412,14 @@ class _GaussianObjects(AnalyticDistribution):
 
         ``log p = -1/2 [ r^T A^{-1} r + log det A + C H W log(2 pi) ]`` with ``r = x - mu_J`` and
         ``A = Sigma_J + sigma**2 I``. Differentiable in ``x``: its gradient is :meth:`score`.
+
+        Example:
+            >>> import math, torch
+            >>> from localscore.oracles import FactorizedObjects
+            >>> oracle = FactorizedObjects(1, 2, 2, object_radius=1.0, background_std=1.0)
+            >>> lp = oracle.log_prob(torch.zeros(1, 1, 2, 2, dtype=torch.float64), 1.0)  # 4 x N(0, 1 + 1)
+            >>> round(lp.item(), 10) == round(-2 * math.log(2 * math.pi * 2), 10)
+            True
         """
         where = f"{type(self).__name__}.log_prob"
         x0 = x
@@ -409,6 +443,17 @@ class _GaussianObjects(AnalyticDistribution):
         Returns:
             ``[B, C, H, W]`` in the oracle's dtype (float64 by default):
             ``mu_J + sqrt(v_b) z_b + sum_j L_j z_j + g 1 + sigma * eps`` with ``L_j L_j^T = K_j``.
+
+        Example:
+            >>> import torch
+            >>> from localscore import Conditions
+            >>> from localscore.oracles import FactorizedObjects
+            >>> oracle = FactorizedObjects(3, 8, 8, object_radius=2.0)
+            >>> g = torch.Generator().manual_seed(0)
+            >>> oracle.sample(Conditions.from_lists([[(2, 2)], []]), generator=g).shape
+            torch.Size([2, 3, 8, 8])
+            >>> oracle.sample(5, sigma=0.5, generator=g).dtype
+            torch.float64
         """
         where = f"{type(self).__name__}.sample"
         C, H, W = self.shape
@@ -459,6 +504,16 @@ class _GaussianObjects(AnalyticDistribution):
         posterior mean of this oracle (padding slots give ``D(x | none)`` and contribute nothing). It is zero
         to round-off for :class:`FactorizedObjects`; for :class:`OverlappingObjects` it is the residual a
         composition operator must reproduce.
+
+        Example:
+            >>> import torch
+            >>> from localscore import Conditions
+            >>> from localscore.oracles import OverlappingObjects
+            >>> oracle = OverlappingObjects(1, 8, 8, object_radius=2.0, global_std=0.5)
+            >>> cond = Conditions.from_lists([[(2, 2), (6, 6)]])      # disjoint, but the offset couples them
+            >>> x = oracle.sample(cond, sigma=0.5, generator=torch.Generator().manual_seed(0))
+            >>> bool(oracle.composition_gap(x, 0.5, cond).abs().max() > 1e-4)
+            True
         """
         where = f"{type(self).__name__}.composition_gap"
         x = self._check_x(x, where)
