@@ -102,13 +102,18 @@ OVER_COND = Conditions.from_lists([[(2.0, 2.0), (3.0, 4.5)], [(3.0, 3.5)], [], [
 
 
 # --------------------------------------------------------------------------- against the dense reference
-@pytest.mark.parametrize("kind", ["factorized", "overlapping", "overlapping_no_global"])
+@pytest.mark.parametrize("kind", ["factorized", "factorized_diag", "overlapping", "overlapping_diag",
+                                  "overlapping_no_global"])
 @pytest.mark.parametrize("s", [0.0, 0.01, 0.3, 2.0, 50.0])
 def test_denoise_and_log_prob_match_dense_reference(kind: str, s: float) -> None:
-    if kind == "factorized":
-        oracle, cond = make_factorized(), FACT_COND
+    # "_diag": a diagonal channel correlation takes the per-channel (separable) solver path
+    diag = torch.diag(torch.tensor([1.0, 0.5]))
+    if kind.startswith("factorized"):
+        oracle = make_factorized(channel_corr=diag) if kind.endswith("diag") else make_factorized()
+        cond = FACT_COND
     else:
-        oracle = make_overlapping(global_std=0.6 if kind == "overlapping" else 0.0)
+        kw = {"channel_corr": diag} if kind.endswith("diag") else {}
+        oracle = make_overlapping(global_std=0.0 if kind.endswith("no_global") else 0.6, **kw)
         cond = OVER_COND
     gen = torch.Generator().manual_seed(1)
     x = 1.5 * torch.randn(cond.batch_size, *oracle.shape, dtype=F64, generator=gen) + 0.3

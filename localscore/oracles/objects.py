@@ -104,16 +104,23 @@ def _sqrt_psd(m: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- the layout of one batch
 @dataclass
+class _Blocks:
+    """A bucket of ``N`` object groups of similar pixel counts, padded to ``P`` pixels."""
+
+    gb: Tensor  # [N] long: image of each group
+    idx: Tensor  # [N, P] long: flat pixel index of each group's pixels (padding arbitrary)
+    pmask: Tensor  # [N, P] bool: real (non-padding) pixel of the group
+    kpix: Tensor  # [N, P, P] pixel part of sum_j K_j on the group (channel part is channel_corr)
+
+
+@dataclass
 class _Layout:
     """Everything about a batch of conditioner sets that does not depend on ``x`` or ``sigma``."""
 
     mean: Tensor  # [B, C, H, W]  mu_J
     regions: Tensor  # [B, K, H, W] bool, padding False
     in_group: Tensor  # [B, HW] bool: pixel lies in some region
-    gb: Tensor  # [N] long: image of each group
-    idx: Tensor  # [N, P] long: flat pixel index of each group's pixels (padding arbitrary)
-    pmask: Tensor  # [N, P] bool: real (non-padding) pixel of the group
-    kpix: Tensor  # [N, P, P] pixel part of sum_j K_j on the group (channel part is channel_corr)
+    blocks: list[_Blocks]  # the dense blocks of A, bucketed by size so padding stays small
 
 
 class _GaussianObjects(AnalyticDistribution):
@@ -274,17 +281,33 @@ class _GaussianObjects(AnalyticDistribution):
         roots = valid & (label == torch.arange(K, device=dev))
         gb, gl = roots.nonzero(as_tuple=True)
         memb = (label[gb] == gl[:, None]) & valid[gb]  # [N, K]
-        gmask = (flat[gb] & memb[..., None]).any(1)  # [N, HW]
-        N = int(gb.shape[0])
-        P = int(gmask.sum(1).max()) if N else 0
-        order = torch.argsort((~gmask).to(torch.int8), dim=1, stable=True)[:, :P]
-        pmask = torch.gather(gmask, 1, order)
-        mem = torch.gather(flat[gb] & memb[..., None], 2, order[:, None, :].expand(N, K, P)).to(dt)  # [N, K, P]
-        count = torch.einsum("nkp,nkq->npq", mem, mem)
-        r, c = (order // W).to(dt), (order % W).to(dt)
-        sq = (r[:, :, None] - r[:, None, :]) ** 2 + (c[:, :, None] - c[:, None, :]) ** 2
-        kpix = self.object_std**2 * torch.exp(-sq / (2 * self.length_scale**2)) * count
-        return _Layout(mean=mean, regions=regions, in_group=flat.any(1), gb=gb, idx=order, pmask=pmask, kpix=kpix)
+        owned = flat[gb] & memb[..., None]  # [N, K, HW]: pixels of each group's objects
+        gmask = owned.any(1)  # [N, HW]
+        # Bucket groups by pixel count (a bucket's largest is at most 1.5x its smallest, or 16 px more), so a
+        # few large groups of overlapping objects do not pad every small block to their size.
+        sizes = gmask.sum(1)
+        by_size = torch.argsort(sizes).tolist()
+        size_list = sizes.tolist()
+        buckets: list[list[int]] = []
+        for g in by_size:
+            if buckets and size_list[g] <= max(1.5 * size_list[buckets[-1][0]], size_list[buckets[-1][0]] + 16):
+                buckets[-1].append(g)
+            else:
+                buckets.append([g])
+        blocks = []
+        for members in buckets:
+            sel = torch.as_tensor(members, dtype=torch.long, device=dev)
+            N = len(members)
+            P = int(sizes[sel].max())
+            order = torch.argsort((~gmask[sel]).to(torch.int8), dim=1, stable=True)[:, :P]
+            pmask = torch.gather(gmask[sel], 1, order)
+            mem = torch.gather(owned[sel], 2, order[:, None, :].expand(N, K, P)).to(dt)  # [N, K, P]
+            count = torch.einsum("nkp,nkq->npq", mem, mem)  # number of objects covering both pixels
+            r, c = (order // W).to(dt), (order % W).to(dt)
+            sq = (r[:, :, None] - r[:, None, :]) ** 2 + (c[:, :, None] - c[:, None, :]) ** 2
+            kpix = self.object_std**2 * torch.exp(-sq / (2 * self.length_scale**2)) * count
+            blocks.append(_Blocks(gb=gb[sel], idx=order, pmask=pmask, kpix=kpix))
+        return _Layout(mean=mean, regions=regions, in_group=flat.any(1), blocks=blocks)
 
     # ------------------------------------------------------------------ the linear algebra
     def _solve(self, x: Tensor, s: Tensor, lay: _Layout) -> tuple[Tensor, Tensor]:
@@ -301,38 +324,53 @@ class _GaussianObjects(AnalyticDistribution):
         in_group = lay.in_group[:, None, :]
         logdet = (torch.log(vb) * (~lay.in_group).sum(1).view(B, 1, 1).to(dt)).sum((1, 2))
         use_global = self.global_std > 0
-        N, P = lay.idx.shape
-        if N:
-            cc = self.channel_corr.to(dev, dt)
-            A = (lay.kpix[:, :, None, :, None] * cc[None, None, :, None, :]).reshape(N, P * C, P * C)
-            pm = lay.pmask[:, :, None]
-            diag = torch.where(pm, v.view(1, 1, C) + s2[lay.gb].view(N, 1, 1), torch.ones((), dtype=dt, device=dev))
-            A = A + torch.diag_embed(diag.reshape(N, P * C))
-            L = torch.linalg.cholesky(A)
-            logdet = logdet.index_add(0, lay.gb, 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1))
-            rg = torch.gather(r[lay.gb], 2, lay.idx[:, None, :].expand(N, C, P)).transpose(1, 2)  # [N, P, C]
-            rhs = [torch.where(pm, rg, torch.zeros((), dtype=dt, device=dev)).reshape(N, P * C, 1)]
-            if use_global:
-                ug = (pm & torch.ones(1, 1, C, dtype=torch.bool, device=dev)).to(dt)[..., None] * torch.eye(
-                    C, dtype=dt, device=dev).view(1, 1, C, C)  # [N, P, C, C']
-                rhs.append(ug.reshape(N, P * C, C))
-            sol = torch.cholesky_solve(torch.cat(rhs, -1), L)  # [N, PC, 1 (+C)]
-            bi = lay.gb[:, None, None].expand(N, P, C)[lay.pmask]
-            pi = lay.idx[:, :, None].expand(N, P, C)[lay.pmask]
-            ci = torch.arange(C, device=dev).view(1, 1, C).expand(N, P, C)[lay.pmask]
-            zg = torch.zeros(B, C, HW, dtype=dt, device=dev).index_put(
-                (bi, ci, pi), sol[:, :, 0].reshape(N, P, C)[lay.pmask])
-            z = torch.where(in_group, zg, z_bg)
-        else:
-            z = z_bg
+        eye_c = torch.eye(C, dtype=dt, device=dev)
+        cc = self.channel_corr.to(dev, dt)
+        zg = torch.zeros(B, C, HW, dtype=dt, device=dev)
+        gfield = torch.zeros(B, C, HW, C, dtype=dt, device=dev) if use_global else None
+        one = torch.ones((), dtype=dt, device=dev)
+        zero = torch.zeros((), dtype=dt, device=dev)
+        separable = bool((cc == torch.diag(torch.diagonal(cc))).all())  # channels independent: C small systems
+        for blk in lay.blocks:
+            N, P = blk.idx.shape
+            pmc = blk.pmask[:, None, :]  # [N, 1, P]
+            rg = torch.where(pmc, torch.gather(r[blk.gb], 2, blk.idx[:, None, :].expand(N, C, P)), zero)  # [N, C, P]
+            diag = torch.where(pmc, v.view(1, C, 1) + s2[blk.gb].view(N, 1, 1), one)  # [N, C, P]
+            bi = blk.gb[:, None, None].expand(N, P, C)[blk.pmask]
+            pi = blk.idx[:, :, None].expand(N, P, C)[blk.pmask]
+            ci = torch.arange(C, device=dev).view(1, 1, C).expand(N, P, C)[blk.pmask]
+            if separable:
+                # A restricted to the block is kron(kpix, diag(cc)) + diag: one [P, P] system per channel
+                A = torch.diagonal(cc).view(1, C, 1, 1) * blk.kpix[:, None] + torch.diag_embed(diag)
+                L = torch.linalg.cholesky(A)  # [N, C, P, P]
+                logdet = logdet.index_add(0, blk.gb, 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum((1, 2)))
+                rhs = [rg[..., None]]
+                if use_global:  # column c of U restricted to channel c's system is the pixel mask
+                    rhs.append(pmc.to(dt).expand(N, C, P)[..., None])
+                sol = torch.cholesky_solve(torch.cat(rhs, -1), L)  # [N, C, P, 1 (+1)]
+                z_blk = sol[..., 0].transpose(1, 2)  # [N, P, C]
+                u_blk = torch.diag_embed(sol[..., 1].transpose(1, 2)) if use_global else None  # [N, P, C, C']
+            else:
+                A = (blk.kpix[:, :, None, :, None] * cc[None, None, :, None, :]).reshape(N, P * C, P * C)
+                A = A + torch.diag_embed(diag.transpose(1, 2).reshape(N, P * C))  # (pixel, channel) order
+                L = torch.linalg.cholesky(A)
+                logdet = logdet.index_add(0, blk.gb, 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1))
+                rhs = [rg.transpose(1, 2).reshape(N, P * C, 1)]
+                if use_global:  # B^{-1} U on the block: U is 1 on every (pixel, channel c) for column c
+                    pm = blk.pmask[:, :, None, None].to(dt)
+                    rhs.append((pm * eye_c.view(1, 1, C, C)).reshape(N, P * C, C))
+                sol = torch.cholesky_solve(torch.cat(rhs, -1), L)  # [N, PC, 1 (+C)]
+                z_blk = sol[:, :, 0].reshape(N, P, C)
+                u_blk = sol[:, :, 1:].reshape(N, P, C, C) if use_global else None
+            zg = zg.index_put((bi, ci, pi), z_blk[blk.pmask])
+            if gfield is not None and u_blk is not None:
+                gfield = gfield.index_put((bi, ci, pi), u_blk[blk.pmask])
+        z = torch.where(in_group, zg, z_bg)
         if use_global:
             # Woodbury with U = ones over pixels per channel and T = global_std**2 I_C:
             # A^{-1} r = B^{-1} r - B^{-1} U T (I + W T)^{-1} U^T B^{-1} r,  W = U^T B^{-1} U.
-            eye_c = torch.eye(C, dtype=dt, device=dev)
             binv_u = (eye_c.view(1, C, 1, C) / vb[..., None]).expand(B, C, HW, C)  # [B, C, HW, C']
-            if N:
-                ug_sol = sol[:, :, 1:].reshape(N, P, C, C)[lay.pmask]  # [n, C, C']
-                gfield = torch.zeros(B, C, HW, C, dtype=dt, device=dev).index_put((bi, ci, pi), ug_sol)
+            if gfield is not None:
                 binv_u = torch.where(in_group[..., None], gfield, binv_u)
             Wm = binv_u.sum(2)  # [B, C, C']
             T = self.global_std**2 * eye_c
