@@ -467,3 +467,33 @@ def test_cpc_identity_or_overlap_error_at_random_positions(positions, log_sigma:
     gap = oracle.denoise(x, st_, cond) - composed(oracle, x, st_, cond)
     assert float(gap.abs().max()) <= 1e-13 * (float(x.abs().max()) + 1.0)
     assert [set(map(tuple, r.nonzero().tolist())) for r in oracle.regions(cond)[0]] == sets
+
+
+_bad_sigma = st.one_of(
+    st.sampled_from([math.nan, math.inf, -math.inf, 0.0, True, "1.0", None, [1.0]]),
+    st.floats(max_value=-1e-12, allow_nan=False, allow_infinity=False),
+    st.integers(2, 5).map(lambda n: torch.ones(n)),  # wrong length for B = 1
+    st.just(torch.ones(1, 1)),
+    st.just(torch.tensor([float("nan")])),
+)
+
+
+@given(sigma=_bad_sigma, method=st.sampled_from(["denoise", "score", "log_prob", "composition_gap"]),
+       kind=st.sampled_from(["factorized", "overlapping"]))
+def test_bad_sigmas_always_raise(sigma, method: str, kind: str) -> None:
+    oracle = make_factorized() if kind == "factorized" else make_overlapping()
+    cond = FACT_COND[0] if kind == "factorized" else OVER_COND[0]
+    x = torch.zeros(1, 2, 7, 8, dtype=F64)
+    if method == "log_prob" and isinstance(sigma, float) and sigma == 0.0:
+        return  # sigma = 0 is the data density for log_prob
+    with pytest.raises(LocalScoreError, match="sigma"):
+        getattr(oracle, method)(x, sigma, cond)
+
+
+@given(shape=st.lists(st.integers(0, 9), min_size=0, max_size=6), method=st.sampled_from(["denoise", "log_prob"]))
+def test_bad_image_shapes_always_raise(shape: list[int], method: str) -> None:
+    oracle = make_overlapping()
+    if shape == [1, 2, 7, 8] or (len(shape) == 4 and shape[0] >= 1 and shape[1:] == [2, 7, 8]):
+        return
+    with pytest.raises(LocalScoreError, match="`x`"):
+        getattr(oracle, method)(torch.zeros(shape, dtype=F64), 1.0, None)

@@ -237,7 +237,7 @@ class _GaussianObjects(AnalyticDistribution):
         ) ** 2
         return (d2 <= self.object_radius**2) & valid[..., None, None], d2
 
-    def _layout(self, cond: Conditions, where: str) -> _Layout:
+    def _layout(self, cond: Conditions, where: str, *, blocks: bool = True) -> _Layout:
         C, _, W = self.shape
         dt, dev = self.dtype, cond.device
         pos, attr, valid = self._validate(cond, where)
@@ -269,6 +269,8 @@ class _GaussianObjects(AnalyticDistribution):
         if self.mean_width is not None:
             prof = prof * torch.exp(-d2 / (2 * self.mean_width**2))
         mean = self.background_mean.to(dev, dt).view(1, C, 1, 1) + torch.einsum("bkc,bkhw->bchw", colour, prof)
+        if not blocks:  # regions and mean only
+            return _Layout(mean=mean, regions=regions, in_group=flat.any(1), blocks=[])
         # groups: connected components of the overlap graph (singletons when regions are disjoint)
         label = torch.where(valid, torch.arange(K, device=dev).expand(B, K), torch.full((), K, device=dev))
         link = adj | eye
@@ -294,7 +296,7 @@ class _GaussianObjects(AnalyticDistribution):
                 buckets[-1].append(g)
             else:
                 buckets.append([g])
-        blocks = []
+        out = []
         for members in buckets:
             sel = torch.as_tensor(members, dtype=torch.long, device=dev)
             N = len(members)
@@ -306,8 +308,8 @@ class _GaussianObjects(AnalyticDistribution):
             r, c = (order // W).to(dt), (order % W).to(dt)
             sq = (r[:, :, None] - r[:, None, :]) ** 2 + (c[:, :, None] - c[:, None, :]) ** 2
             kpix = self.object_std**2 * torch.exp(-sq / (2 * self.length_scale**2)) * count
-            blocks.append(_Blocks(gb=gb[sel], idx=order, pmask=pmask, kpix=kpix))
-        return _Layout(mean=mean, regions=regions, in_group=flat.any(1), blocks=blocks)
+            out.append(_Blocks(gb=gb[sel], idx=order, pmask=pmask, kpix=kpix))
+        return _Layout(mean=mean, regions=regions, in_group=flat.any(1), blocks=out)
 
     # ------------------------------------------------------------------ the linear algebra
     def _solve(self, x: Tensor, s: Tensor, lay: _Layout) -> tuple[Tensor, Tensor]:
@@ -399,7 +401,7 @@ class _GaussianObjects(AnalyticDistribution):
         where = f"{type(self).__name__}.regions"
         if not isinstance(cond, Conditions):
             raise fail(where, f"argument `cond` is {describe(cond)}, expected a localscore.Conditions.")
-        return self._layout(cond, where).regions
+        return self._layout(cond, where, blocks=False).regions
 
     def mean(self, cond: Conditions) -> Tensor:
         """``mu_J [B, C, H, W]``, the mean image given each conditioner set (in the oracle's dtype).
@@ -416,7 +418,7 @@ class _GaussianObjects(AnalyticDistribution):
         where = f"{type(self).__name__}.mean"
         if not isinstance(cond, Conditions):
             raise fail(where, f"argument `cond` is {describe(cond)}, expected a localscore.Conditions.")
-        return self._layout(cond, where).mean
+        return self._layout(cond, where, blocks=False).mean
 
     def _prepare(self, x: Any, sigma: Any, cond: Conditions | None, where: str,
                  allow_zero: bool = False) -> tuple[Tensor, Tensor, _Layout]:
@@ -502,7 +504,7 @@ class _GaussianObjects(AnalyticDistribution):
         else:
             raise fail(where, f"argument `n` is {describe(n)}, expected an int >= 1 or a Conditions batch.")
         s = _scalar(sigma, where, "sigma", allow_zero=True)
-        lay = self._layout(cond, where)
+        lay = self._layout(cond, where, blocks=False)
         dt, dev = self.dtype, cond.device
         B = cond.batch_size
 
