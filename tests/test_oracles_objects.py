@@ -229,8 +229,11 @@ def test_sample_int_is_background_and_reproducible() -> None:
     oracle = make_factorized()
     a = oracle.sample(3, generator=torch.Generator().manual_seed(0))
     b = oracle.sample(3, generator=torch.Generator().manual_seed(0))
-    assert a.shape == (3, 2, 7, 8) and torch.equal(a, b)
-    big = oracle.sample(4000, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (3, 2, 7, 8) and torch.equal(a, b) and a.dtype == torch.get_default_dtype()
+    assert oracle.sample(FACT_COND.to(dtype=torch.float32)).dtype == torch.float32  # the conditions' dtype
+    assert oracle.sample(FACT_COND).dtype == F64
+    assert oracle.sample(2, dtype=torch.float16).dtype == torch.float16
+    big = oracle.sample(4000, generator=torch.Generator().manual_seed(1), dtype=F64)
     torch.testing.assert_close(big.mean((0, 2, 3)), oracle.background_mean, rtol=0, atol=0.01)
     torch.testing.assert_close(big.std((0, 2, 3)), oracle.background_std, rtol=0.02, atol=0)
 
@@ -409,6 +412,10 @@ def test_call_argument_validation() -> None:
             oracle.sample(bad_n)  # type: ignore[arg-type]
     with pytest.raises(LocalScoreError, match="sigma"):
         oracle.sample(2, sigma=-0.1)
+    with pytest.raises(LocalScoreError, match="generator"):
+        oracle.sample(2, generator=0)  # type: ignore[arg-type]
+    with pytest.raises(LocalScoreError, match="dtype"):
+        oracle.sample(2, dtype=torch.int32)
     assert float(oracle.log_prob(x, 0.0, FACT_COND).isfinite().all()) == 1.0  # sigma = 0 is the data density
 
 

@@ -470,8 +470,8 @@ class _GaussianObjects(AnalyticDistribution):
         quad = (r * z).flatten(1).sum(1)
         return (-0.5 * (quad + logdet + D * math.log(2 * math.pi))).to(x0.dtype)
 
-    def sample(self, n: int | Conditions, *, sigma: float = 0.0,
-               generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int | Conditions, *, sigma: float = 0.0, generator: torch.Generator | None = None,
+               dtype: torch.dtype | None = None) -> Tensor:
         """Exact samples of ``x_sigma = x_0 + sigma * eps``, ``x_0 ~ p(x | c)``: ``[B, C, H, W]``.
 
         Args:
@@ -479,10 +479,12 @@ class _GaussianObjects(AnalyticDistribution):
                 per conditioner set, on its device).
             sigma: noise level ``>= 0`` added to the clean samples.
             generator: a ``torch.Generator`` for reproducibility (on the samples' device).
+            dtype: dtype of the result; default: ``n``'s dtype (``n.dtype``) for a Conditions batch,
+                ``torch.get_default_dtype()`` for an int. Samples are drawn in the oracle's dtype either way.
 
         Returns:
-            ``[B, C, H, W]`` in the oracle's dtype (float64 by default):
-            ``mu_J + sqrt(v_b) z_b + sum_j L_j z_j + g 1 + sigma * eps`` with ``L_j L_j^T = K_j``.
+            ``[B, C, H, W]``: ``mu_J + sqrt(v_b) z_b + sum_j L_j z_j + g 1 + sigma * eps`` with
+            ``L_j L_j^T = K_j``.
 
         Example:
             >>> import torch
@@ -492,8 +494,8 @@ class _GaussianObjects(AnalyticDistribution):
             >>> g = torch.Generator().manual_seed(0)
             >>> oracle.sample(Conditions.from_lists([[(2, 2)], []]), generator=g).shape
             torch.Size([2, 3, 8, 8])
-            >>> oracle.sample(5, sigma=0.5, generator=g).dtype
-            torch.float64
+            >>> oracle.sample(5, sigma=0.5, generator=g).dtype, oracle.sample(5, generator=g, dtype=torch.float64).dtype
+            (torch.float32, torch.float64)
         """
         where = f"{type(self).__name__}.sample"
         C, H, W = self.shape
@@ -504,6 +506,11 @@ class _GaussianObjects(AnalyticDistribution):
         else:
             raise fail(where, f"argument `n` is {describe(n)}, expected an int >= 1 or a Conditions batch.")
         s = _scalar(sigma, where, "sigma", allow_zero=True)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise fail(where, f"argument `generator` is {describe(generator)}, expected a torch.Generator or None.")
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise fail(where, f"argument `dtype` is {describe(dtype)}, expected a floating torch.dtype.")
+        out_dtype = dtype or (cond.dtype if isinstance(n, Conditions) else torch.get_default_dtype())
         lay = self._layout(cond, where, blocks=False)
         dt, dev = self.dtype, cond.device
         B = cond.batch_size
@@ -535,7 +542,7 @@ class _GaussianObjects(AnalyticDistribution):
             x = x + self.global_std * randn(B, C, 1, 1)
         if s > 0:
             x = x + s * randn(B, C, H, W)
-        return x
+        return x.to(out_dtype)
 
     def composition_gap(self, x: Tensor, sigma: Any, cond: Conditions) -> Tensor:
         """The exact failure of projective composition: ``[B, C, H, W]`` in ``x``'s dtype.
