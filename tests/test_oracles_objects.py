@@ -504,3 +504,11 @@ def test_bad_image_shapes_always_raise(shape: list[int], method: str) -> None:
         return
     with pytest.raises(LocalScoreError, match="`x`"):
         getattr(oracle, method)(torch.zeros(shape, dtype=F64), 1.0, None)
+
+
+def test_gap_vanishes_without_object_covariance() -> None:
+    """With object_std = 0 all conditionals share one covariance, so D is affine in the mean: gap = 0."""
+    oracle = make_overlapping(object_std=0.0, global_std=0.6)
+    x = oracle.sample(OVER_COND, sigma=0.5, generator=torch.Generator().manual_seed(9))
+    assert float(oracle.composition_gap(x, 0.5, OVER_COND).abs().max()) < 1e-13
+    assert float(make_overlapping().composition_gap(x, 0.5, OVER_COND).abs().max()) > 1e-3

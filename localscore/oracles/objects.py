@@ -681,9 +681,11 @@ class OverlappingObjects(_GaussianObjects):
         gap = D(x | c_J) - D(x | none) - sum_j [ D(x | c_j) - D(x | none) ]
 
     is exact. The means add, so the gap vanishes as ``sigma -> inf`` (``D -> mu``); it also vanishes at
-    ``sigma -> 0`` (``D -> x``); in between it is nonzero exactly on the pixels coupled to an overlap
-    (all pixels when ``global_std > 0``). With disjoint regions and ``global_std = 0`` this oracle equals
-    :class:`FactorizedObjects` with the same parameters.
+    ``sigma -> 0`` (``D -> x``); in between it is nonzero on the groups of overlapping objects (with
+    ``global_std = 0``; elsewhere it is exactly zero) or on every pixel (``global_std > 0``). The gap comes
+    from the covariances only: with ``object_std = 0`` every conditional shares one covariance, ``D`` is
+    affine in the mean, and the gap is exactly zero. With disjoint regions and ``global_std = 0`` this
+    oracle equals :class:`FactorizedObjects` with the same parameters.
 
     Args:
         channels, height, width, object_radius, object_mean, attr_map, object_std, length_scale,
