@@ -18,12 +18,17 @@ Given a conditioner set ``c_J`` the image is Gaussian, ``x | c_J ~ N(mu_J, Sigma
 
     A        = Sigma_J + sigma**2 I
     D(x)     = E[x_0 | x_sigma = x, c_J] = x - sigma**2 A^{-1} (x - mu_J)
-    log p    = -1/2 [ (x - mu_J)^T A^{-1} (x - mu_J) + log det A + D log(2 pi) ]
+    log p    = -1/2 [ (x - mu_J)^T A^{-1} (x - mu_J) + log det A + C H W log(2 pi) ]
 
 ``A`` is block diagonal: one dense block per group of objects whose regions share pixels (every object
 alone in :class:`FactorizedObjects`), a diagonal elsewhere; the shared offset ``g`` adds the rank-``C``
 term ``U T U^T`` (``U`` = ones over pixels per channel, ``T = global_std**2 I_C``), inverted with the
 Woodbury identity and the matrix determinant lemma. All of it runs in float64 by default.
+
+The model is defined on a canvas of any size: ``shape = (C, H, W)`` is the canvas of ``sample(n)``,
+``regions`` and ``mean``, while ``denoise``, ``score``, ``log_prob`` and ``composition_gap`` accept
+``x [B, C, H', W']`` of any ``H', W'`` (positions in that canvas' pixels, regions clipped to it). So the
+oracles are translation equivariant with local borders, and local compositions may evaluate them on crops.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import as_sigma
+from .._checks import as_sigma, check_image
 from .._errors import describe, fail
 from ..conditions import Conditions
 from ._base import AnalyticDistribution
@@ -196,9 +201,17 @@ class _GaussianObjects(AnalyticDistribution):
                        "build it with `Conditions.from_lists([[(row, col), ...], ...])`.")
         return cond.check_batch(batch, where, device=device)
 
-    def _validate(self, cond: Conditions, where: str) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Check positions and attributes; return ``pos``, ``attr`` (compute dtype) and ``valid``."""
-        C, H, W = self.shape
+    def _check_canvas(self, x: Any, where: str) -> Tensor:
+        """``x [B, C, H', W']`` with this oracle's ``C``; any canvas size (the model is defined on every canvas)."""
+        x = check_image(x, where)
+        if x.shape[1] != self.shape[0] or x.shape[2] == 0 or x.shape[3] == 0:
+            raise fail(where, f"`x` has {x.shape[1]} channels (shape {tuple(x.shape)}), expected C = {self.shape[0]} "
+                       f"(this oracle's images are {tuple(self.shape)}).")
+        return x
+
+    def _validate(self, cond: Conditions, where: str, H: int, W: int) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Check positions (on an ``H x W`` canvas) and attributes; return ``pos``, ``attr``, ``valid``."""
+        C = self.shape[0]
         valid = cond.valid
         pos = cond.pos.to(self.dtype)
         attr = None
@@ -227,9 +240,8 @@ class _GaussianObjects(AnalyticDistribution):
                        "normalised [0, 1] coordinates by (H - 1, W - 1).")
         return pos, attr, valid
 
-    def _regions(self, pos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        """``regions [B, K, H, W]`` bool and squared distances ``d2 [B, K, H, W]``."""
-        _, H, W = self.shape
+    def _regions(self, pos: Tensor, valid: Tensor, H: int, W: int) -> tuple[Tensor, Tensor]:
+        """``regions [B, K, H, W]`` bool and squared distances ``d2 [B, K, H, W]`` on an ``H x W`` canvas."""
         rows = torch.arange(H, dtype=pos.dtype, device=pos.device)
         cols = torch.arange(W, dtype=pos.dtype, device=pos.device)
         d2 = (rows.view(1, 1, H, 1) - pos[..., 0, None, None]) ** 2 + (
@@ -237,12 +249,14 @@ class _GaussianObjects(AnalyticDistribution):
         ) ** 2
         return (d2 <= self.object_radius**2) & valid[..., None, None], d2
 
-    def _layout(self, cond: Conditions, where: str, *, blocks: bool = True) -> _Layout:
-        C, _, W = self.shape
+    def _layout(self, cond: Conditions, where: str, size: tuple[int, int] | None = None, *,
+                blocks: bool = True) -> _Layout:
+        C = self.shape[0]
+        H, W = size if size is not None else self.shape[1:]
         dt, dev = self.dtype, cond.device
-        pos, attr, valid = self._validate(cond, where)
+        pos, attr, valid = self._validate(cond, where, H, W)
         B, K = valid.shape
-        regions, d2 = self._regions(pos, valid)
+        regions, d2 = self._regions(pos, valid, H, W)
         flat = regions.flatten(2)  # [B, K, HW]
         sizes = flat.sum(-1)
         empty = valid & (sizes == 0)
@@ -314,8 +328,7 @@ class _GaussianObjects(AnalyticDistribution):
     # ------------------------------------------------------------------ the linear algebra
     def _solve(self, x: Tensor, s: Tensor, lay: _Layout) -> tuple[Tensor, Tensor]:
         """``(A^{-1} r [B, C, H, W], log det A [B])`` with ``r = x - mu_J`` and ``A = Sigma_J + s**2 I``."""
-        C, H, W = self.shape
-        B = x.shape[0]
+        B, C, H, W = x.shape
         dt, dev = x.dtype, x.device
         HW = H * W
         v = self.background_std.to(dev, dt) ** 2  # [C]
@@ -422,10 +435,10 @@ class _GaussianObjects(AnalyticDistribution):
 
     def _prepare(self, x: Any, sigma: Any, cond: Conditions | None, where: str,
                  allow_zero: bool = False) -> tuple[Tensor, Tensor, _Layout]:
-        x = self._check_x(x, where)
+        x = self._check_canvas(x, where)
         s = as_sigma(sigma, x.shape[0], where, like=x, allow_zero=allow_zero).to(self.dtype)
         c = self._cond(cond, x.shape[0], x.device, where)
-        return x.to(self.dtype), s, self._layout(c, where)
+        return x.to(self.dtype), s, self._layout(c, where, (x.shape[2], x.shape[3]))
 
     def denoise(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
         """Exact posterior mean ``E[x_0 | x_sigma = x, cond]``: ``[B, C, H, W]`` in ``x``'s dtype.
@@ -563,7 +576,7 @@ class _GaussianObjects(AnalyticDistribution):
             True
         """
         where = f"{type(self).__name__}.composition_gap"
-        x = self._check_x(x, where)
+        x = self._check_canvas(x, where)
         if not isinstance(cond, Conditions):
             raise fail(where, f"argument `cond` is {describe(cond)}, expected a localscore.Conditions.")
         B = x.shape[0]
@@ -597,8 +610,11 @@ class FactorizedObjects(_GaussianObjects):
     pixels would break the first equality: that is :class:`OverlappingObjects` with ``global_std > 0``.
 
     The denoiser is local: the output at a pixel of ``M_j`` depends only on ``x_{M_j}`` and ``c_j``, at a
-    background pixel only on that pixel. It declares ``receptive_radius = floor(2 object_radius)`` and
-    ``conditioner_radius = ceil(object_radius)`` (Chebyshev, see :func:`localscore.denoisers.receptive_radius`).
+    background pixel only on that pixel. It is translation equivariant and accepts any canvas size
+    ``x [B, C, H', W']`` (module docstring), so it can be evaluated on crops, which is what
+    ``localscore.compose``'s ``"crop"`` strategy does with a declared ``receptive_radius``.
+    It declares ``receptive_radius = floor(2 object_radius)`` and ``conditioner_radius = ceil(object_radius)``
+    (Chebyshev, see :func:`localscore.denoisers.receptive_radius`).
 
     Args:
         channels, height, width: the image shape ``C, H, W``.
