@@ -532,6 +532,12 @@ def test_any_canvas_size_and_crops(kind: str) -> None:
     single = Conditions.from_lists([[(4.3 - r0, 5.0 - c0)]], dtype=F64)
     out = oracle.denoise(crop, 0.7, single)
     region = oracle.regions(cond)[0, 0, r0:9, c0:10]
+    assert torch.equal(oracle.regions(single, size=(8, 8))[0, 0], region)
+    torch.testing.assert_close(oracle.mean(single, (8, 8)), oracle.mean(cond)[:, :, r0:9, c0:10] * region
+                               + oracle.background_mean.view(1, 2, 1, 1) * ~region, rtol=0, atol=1e-15)
+    for bad in ((8,), (0, 8), (8.0, 8), "88", True):
+        with pytest.raises(LocalScoreError, match="`size`"):
+            oracle.regions(single, size=bad)  # type: ignore[arg-type]
     torch.testing.assert_close(out[..., region], full[:, :, r0:9, c0:10][..., region], rtol=0, atol=1e-14)
     # the 8 x 8 canvas is the model on 8 x 8: compare with the dense reference written for that canvas
     small = (FactorizedObjects(2, 8, 8, **kw) if kind == "factorized"

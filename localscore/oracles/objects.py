@@ -209,6 +209,15 @@ class _GaussianObjects(AnalyticDistribution):
                        f"(this oracle's images are {tuple(self.shape)}).")
         return x
 
+    def _size(self, size: Any, where: str) -> tuple[int, int] | None:
+        if size is None:
+            return None
+        ok = isinstance(size, (tuple, list)) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
+        if not ok:
+            raise fail(where, f"argument `size` is {describe(size)}, expected None or (H, W) with ints >= 1.")
+        return int(size[0]), int(size[1])
+
     def _validate(self, cond: Conditions, where: str, H: int, W: int) -> tuple[Tensor, Tensor | None, Tensor]:
         """Check positions (on an ``H x W`` canvas) and attributes; return ``pos``, ``attr``, ``valid``."""
         C = self.shape[0]
@@ -397,11 +406,12 @@ class _GaussianObjects(AnalyticDistribution):
         return z.reshape(B, C, H, W), logdet
 
     # ------------------------------------------------------------------ public API
-    def regions(self, cond: Conditions) -> Tensor:
+    def regions(self, cond: Conditions, size: tuple[int, int] | None = None) -> Tensor:
         """The object supports ``M_j``: ``[B, K, H, W]`` bool, ``True`` where ``|p - pos_j| <= object_radius``.
 
-        Padding slots are all ``False``. Raises like :meth:`denoise` for off-image positions, wrong
-        attributes and (for :class:`FactorizedObjects`) overlapping regions.
+        ``size = (H', W')`` picks another canvas (default: this oracle's ``(H, W)``). Padding slots are all
+        ``False``. Raises like :meth:`denoise` for off-image positions, wrong attributes and (for
+        :class:`FactorizedObjects`) overlapping regions.
 
         Example:
             >>> from localscore import Conditions
@@ -414,12 +424,13 @@ class _GaussianObjects(AnalyticDistribution):
         where = f"{type(self).__name__}.regions"
         if not isinstance(cond, Conditions):
             raise fail(where, f"argument `cond` is {describe(cond)}, expected a localscore.Conditions.")
-        return self._layout(cond, where, blocks=False).regions
+        return self._layout(cond, where, self._size(size, where), blocks=False).regions
 
-    def mean(self, cond: Conditions) -> Tensor:
+    def mean(self, cond: Conditions, size: tuple[int, int] | None = None) -> Tensor:
         """``mu_J [B, C, H, W]``, the mean image given each conditioner set (in the oracle's dtype).
 
-        ``mu_J[c, p] = background_mean[c] + sum_j colour_j[c] * profile_j(p) * [p in M_j]``.
+        ``mu_J[c, p] = background_mean[c] + sum_j colour_j[c] * profile_j(p) * [p in M_j]``; ``size = (H', W')``
+        picks another canvas (default: this oracle's ``(H, W)``).
 
         Example:
             >>> from localscore import Conditions
@@ -431,7 +442,7 @@ class _GaussianObjects(AnalyticDistribution):
         where = f"{type(self).__name__}.mean"
         if not isinstance(cond, Conditions):
             raise fail(where, f"argument `cond` is {describe(cond)}, expected a localscore.Conditions.")
-        return self._layout(cond, where, blocks=False).mean
+        return self._layout(cond, where, self._size(size, where), blocks=False).mean
 
     def _prepare(self, x: Any, sigma: Any, cond: Conditions | None, where: str,
                  allow_zero: bool = False) -> tuple[Tensor, Tensor, _Layout]:
