@@ -201,7 +201,6 @@ def sample_euler(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | No
     where = "sample_euler"
     x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
     sigmas = _check_sigmas(sigmas, x, where)
-    grid = _values(sigmas)
     for i in _steps(len(sigmas) - 1, progress, where):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         d = _denoise(denoiser, x, sigma, cond, where)
