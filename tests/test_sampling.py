@@ -387,3 +387,28 @@ def test_bad_log_prob_difference_input_raises(case: str) -> None:
         kw["n_quad"] = 100
     with pytest.raises(LocalScoreError):
         log_prob_difference(a["denoiser"], a["x"], x_new, sigma, a["cond"], **kw)
+
+
+def test_ddpm_on_a_discrete_vp_model_recovers_the_distribution() -> None:
+    """End to end: an epsilon network on a DDPM table, wrapped by the adapter, sampled on its own timesteps."""
+    from localscore.denoisers import DiscreteDDPMDenoiser
+    from localscore.schedules import alphas_cumprod_to_sigmas, ddpm_alphas_cumprod
+
+    ac = ddpm_alphas_cumprod(1000, dtype=F64)
+
+    def eps_net(x_vp: torch.Tensor, t: torch.Tensor, c: Any) -> torch.Tensor:
+        a = ac[t.round().long()].view(-1, 1, 1, 1)
+        s = torch.sqrt((1 - a) / a)
+        x = x_vp / torch.sqrt(a)
+        return (x - MIXTURE(x, s.flatten())) / s
+
+    model = DiscreteDDPMDenoiser(eps_net, ac)
+    table = alphas_cumprod_to_sigmas(ac)
+    sigmas = torch.cat([table.flip(0)[::4], table.new_zeros(1)])     # 250 of the model's timesteps, then 0
+    g = torch.Generator().manual_seed(0)
+    x = sigmas[0] * torch.randn(N, 2, 1, 1, generator=g, dtype=F64)
+    out = sample_ddpm(model, x, sigmas, generator=g).flatten(1)
+    mean, cov = MIXTURE.moments()
+    assert ((out.mean(0) - mean.flatten()).abs() < 4.5 * (cov.diagonal() / N).sqrt()).all()
+    ref = MIXTURE.sample(1000, generator=torch.Generator().manual_seed(99), dtype=F64)
+    assert energy_test(out[:1000], ref, n_perm=100) > 0.01
