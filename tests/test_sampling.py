@@ -412,3 +412,16 @@ def test_ddpm_on_a_discrete_vp_model_recovers_the_distribution() -> None:
     assert ((out.mean(0) - mean.flatten()).abs() < 4.5 * (cov.diagonal() / N).sqrt()).all()
     ref = MIXTURE.sample(1000, generator=torch.Generator().manual_seed(99), dtype=F64)
     assert energy_test(out[:1000], ref, n_perm=100) > 0.01
+
+
+def test_langevin_chains_converge_from_a_wrong_start() -> None:
+    """From a point mass at the mean, both chains reach p_sigma (ULA up to its O(eps) bias, small here)."""
+    sigma, n = 0.3, 2000
+    mean, cov = GAUSS.moments(sigma)
+    se_cov = ((cov.diagonal()[:, None] * cov.diagonal()[None] + cov**2) / n).sqrt()
+    start = mean.expand(n, *GAUSS.shape).clone()
+    for metropolis in (False, True):
+        g = torch.Generator().manual_seed(3)
+        out = langevin_correct(GAUSS, start, sigma, n_steps=150, step_scale=1.0 if metropolis else 0.3,
+                               metropolis=metropolis, n_quad=1, generator=g)
+        assert ((torch.cov(out.flatten(1).T) - cov).abs() < 5 * se_cov).all(), metropolis
