@@ -8,5 +8,6 @@ from __future__ import annotations
 
 from ._base import AnalyticDistribution
 from .gaussian import Gaussian, GaussianMixture
+from .objects import FactorizedObjects, OverlappingObjects
 
-__all__ = ["AnalyticDistribution", "Gaussian", "GaussianMixture"]
+__all__ = ["AnalyticDistribution", "FactorizedObjects", "Gaussian", "GaussianMixture", "OverlappingObjects"]
