@@ -47,6 +47,7 @@ from ._errors import describe, fail
 from .conditions import Conditions
 from .denoisers import BoundDenoiser, bind, call_denoiser, conditioner_radius, receptive_radius
 from .masks import MaskRule
+from .oracles._base import AnalyticDistribution
 
 __all__ = [
     "Composition",
@@ -413,6 +414,24 @@ def _target(d: Any, B: int, device: torch.device) -> tuple[Any, Conditions | Non
     return d, None, False
 
 
+def _crop_blocker(d: Any) -> str | None:
+    """Why network ``d`` cannot be evaluated on crops (``None`` if nothing says it cannot).
+
+    Walks the ``inner`` chain: a network with a fixed image shape (an analytic oracle) or one that declares
+    ``translation_equivariant = False`` (coordinate channels, absolute position embeddings) is never cropped.
+    """
+    seen: set[int] = set()
+    obj = d
+    while obj is not None and id(obj) not in seen:
+        seen.add(id(obj))
+        if getattr(obj, "translation_equivariant", None) is False:
+            return f"{type(obj).__name__} declares translation_equivariant = False"
+        if isinstance(obj, AnalyticDistribution):
+            return f"{type(obj).__name__} is defined on a fixed image shape {tuple(obj.shape)}"
+        obj = getattr(obj, "inner", None)
+    return None
+
+
 def _group_key(fn: Any, cond: Conditions | None, extra: tuple[Any, ...] = ()) -> tuple[Any, ...]:
     if cond is None:
         return (id(fn), "none", *extra)
@@ -520,8 +539,10 @@ class Composition:
       evaluated on a crop only. Requirements: every cropped component declares ``receptive_radius`` ``R``
       (its output at a pixel depends only on input pixels within Chebyshev distance ``R``), is translation
       equivariant (shifting the image and the conditioner positions shifts the output; conditioner
-      positions are shifted into crop coordinates), treats image borders locally (zero, reflect or
-      replicate padding; not circular), and has a bounded *effect support* ``S_jb``: the box holding the
+      positions are shifted into crop coordinates; a network that is not, e.g. one with coordinate
+      channels, must declare ``translation_equivariant = False``, and analytic oracles, defined on one
+      image shape, are never cropped), accepts smaller images, treats image borders locally (zero,
+      reflect or replicate padding; not circular), and has a bounded *effect support* ``S_jb``: the box holding the
       non-zero entries of its mask, and/or, for ``bind(D, c)`` over the background ``bind(D, none)`` of the
       same ``D`` declaring ``conditioner_radius`` ``r``, the box ``pos +- r`` around the valid conditioners
       (where ``D(x|c) != D(x|none)`` can hold).
@@ -755,6 +776,12 @@ class Composition:
                                "only on input pixels within that Chebyshev distance), or use strategy='batched'.")
                 return None
             radii.append(0 if R is None else int(R))
+            blocker = _crop_blocker(targets[j][0]) if any(act[b][j] for b in range(B)) else None
+            if blocker is not None:
+                if strict:
+                    raise fail(where, f"strategy 'crop' cannot evaluate components[{j}] on crops: {blocker}.",
+                               "use strategy='batched' (or 'auto', which only crops where it is exact).")
+                return None
         # Effect boxes from the masks: first and last non-zero row and column, all masks at once.
         boxes: dict[tuple[int, int], list[int]] = {}
         with_mask = [j for j in range(n) if masks[j] is not None]
