@@ -1,9 +1,7 @@
 r"""Projective composition of per-object denoisers: guidance, negation, regional (masked) composition.
 
 A *composition* turns a background denoiser ``D_bg`` and component denoisers ``D_1 .. D_n`` into one
-denoiser
-
-.. code-block:: text
+denoiser::
 
     D_hat(x, sigma) = D_bg(x, sigma) + sum_j a_j(sigma) * ( D_j(x, sigma) - D_bg(x, sigma) )
     a_j[b, c, i, k]  = w_j[b](sigma) * on_j[b](sigma) * m_j[b, c, i, k](sigma)

@@ -121,7 +121,7 @@ def test_sampling_the_composition_draws_from_the_exact_joint():
     ratio = got.var(0) / exact.var(0)
     assert float((ratio - 1).abs().max()) < 0.45  # var ratio of two n = 384 samples: sd ~ 0.07 per pixel
     # Heun's own discretisation bias on the variance is ~2 % at 64 steps (~8 % at 24), exact-vs-exact ~1 %
-    assert float((got.var(0).mean() / exact.var(0).mean() - 1)) == pytest.approx(0.0, abs=0.05)
+    assert float(got.var(0).mean() / exact.var(0).mean() - 1) == pytest.approx(0.0, abs=0.05)
     p_energy = energy_test(got[:256], exact[:256], n_perm=200)
     p_ks = ks_projections(got, exact, n_dirs=8)
     assert p_energy > 0.01 and p_ks > 0.01, (p_energy, p_ks)
