@@ -426,6 +426,8 @@ def _crop_blocker(d: Any) -> str | None:
             return f"{type(obj).__name__} declares translation_equivariant = False"
         if isinstance(obj, AnalyticDistribution):
             return f"{type(obj).__name__} is defined on a fixed image shape {tuple(obj.shape)}"
+        if isinstance(obj, BoundDenoiser):
+            return "it wraps a bound denoiser whose conditions are in full-image coordinates"
         obj = getattr(obj, "inner", None)
     return None
 
@@ -572,6 +574,10 @@ class Composition:
         >>> comp(torch.zeros(1, 1, 2, 2), 1.0)[0, 0, 0, 0].item()   # 0 + 1 * (1 - 0) - 0.5 * (2 - 0)
         0.0
     """
+
+    #: Never evaluated on crops as a component of another composition: its conditions and masks are in
+    #: full-image coordinates.
+    translation_equivariant = False
 
     def __init__(
         self,
