@@ -467,10 +467,10 @@ def _run_jobs(jobs: list[_Job], where: str, *, merge: bool, max_batch: int | Non
             cond = None if first.cond is None else Conditions.cat([c for c in conds if c is not None])
         pix = x.shape[-1] * x.shape[-2]
         parts = []
-        for sl in _chunks(x.shape[0], pix, max_batch, max_pixels):
-            xc = x[sl]
-            cc = None if cond is None else cond[sl]
-            parts.append(call_denoiser(first.fn, xc, s[sl], cc, where, first.name))
+        chunks = _chunks(x.shape[0], pix, max_batch, max_pixels)
+        for sl in chunks:
+            xc, sc, cc = (x, s, cond) if len(chunks) == 1 else (x[sl], s[sl], None if cond is None else cond[sl])
+            parts.append(call_denoiser(first.fn, xc, sc, cc, where, first.name))
         y = parts[0] if len(parts) == 1 else torch.cat(parts)
         start = 0
         for i in idx:
@@ -659,6 +659,15 @@ class Composition:
 
         Returns:
             ``[B, C, H, W]``, the composed denoiser output.
+
+        Example:
+            >>> import torch
+            >>> from localscore import Conditions
+            >>> D = lambda x, s, c=None: x + (0 if c is None else c.counts().view(-1, 1, 1, 1).to(x.dtype))
+            >>> comp = projective_from(D, Conditions.from_lists([[(0.0, 0.0), (1.0, 1.0)]]))
+            >>> x = torch.zeros(1, 1, 2, 2)
+            >>> torch.equal(comp.evaluate(x, 1.0, strategy="sequential"), comp.evaluate(x, 1.0, strategy="batched"))
+            True
         """
         where = "Composition"
         if cond is not None:
@@ -682,7 +691,15 @@ class Composition:
         return self._eval_full(x, s, coef, masks, active, targets, where, merge=chosen == "batched")
 
     def plan(self, x: Tensor, sigma: Any) -> str:
-        """The strategy ``auto`` would use for these inputs (``"crop"``, ``"batched"`` or ``"sequential"``)."""
+        """The strategy a call would use for these inputs: ``self.strategy``, or what ``auto`` resolves to.
+
+        Example:
+            >>> import torch
+            >>> from localscore import Conditions
+            >>> D = lambda x, s, c=None: x                       # declares no receptive radius: no crops
+            >>> projective_from(D, Conditions.from_lists([[(0.0, 0.0)]])).plan(torch.zeros(1, 1, 4, 4), 1.0)
+            'batched'
+        """
         where = "Composition.plan"
         x = check_image(x, where)
         s = as_sigma(sigma, x.shape[0], where, like=x)
@@ -723,33 +740,36 @@ class Composition:
         jobs: list[_Job] = []
         fn_bg, c_bg, _ = self._bg_target(B, x.device)
         jobs.append(_Job(_group_key(fn_bg, c_bg), fn_bg, x, s, c_bg, "background"))
-        used: list[tuple[int, Tensor]] = []
+        used: list[tuple[int, Tensor | None]] = []
         for j, (fn, c, _) in enumerate(targets):
             rows = active[:, j]
             if not bool(rows.any()):
                 continue
             if bool(rows.all()):
-                idx = None
                 jobs.append(_Job(_group_key(fn, c), fn, x, s, c, f"components[{j}]"))
+                used.append((j, None))
             else:
-                idx = rows.nonzero().flatten()
-                jobs.append(_Job(_group_key(fn, c), fn, x[idx], s[idx], None if c is None else c[idx],
+                sel = rows.nonzero().flatten()
+                jobs.append(_Job(_group_key(fn, c), fn, x[sel], s[sel], None if c is None else c[sel],
                                  f"components[{j}]"))
-            used.append((j, idx if idx is not None else torch.arange(B, device=x.device)))
+                used.append((j, sel))
         outs = _run_jobs(jobs, where, merge=merge, max_batch=self.max_batch, max_pixels=self.max_pixels)
         d_bg = outs[0]
         out = d_bg
         for (j, idx), d_j in zip(used, outs[1:]):
-            a = coef[idx, j].view(-1, 1, 1, 1)
+            # a_j = w_j * on_j * m_j on the images the component acts on; D_hat += a_j * (D_j - D_bg)
             m = masks[j]
-            if m is not None:
-                mm = m.to(x.dtype)
-                a = a * (mm if mm.shape[0] == 1 else mm[idx])
-            delta = a * (d_j - d_bg[idx])
-            if idx.shape[0] == B:
-                out = out + delta
+            if idx is None:
+                a = coef[:, j].view(-1, 1, 1, 1)
+                if m is not None:
+                    a = a * m.to(x.dtype)
+                out = out + a * (d_j - d_bg)
             else:
-                out = out.index_add(0, idx, delta)
+                a = coef[idx, j].view(-1, 1, 1, 1)
+                if m is not None:
+                    mm = m.to(x.dtype)
+                    a = a * (mm if mm.shape[0] == 1 else mm[idx])
+                out = out.index_add(0, idx, a * (d_j - d_bg[idx]))
         return out
 
     def _choose(self, x: Tensor, masks: list[Tensor | None], active: Tensor, targets: list[Any],
