@@ -486,3 +486,20 @@ def test_fuzzed_arguments_either_work_or_raise_localscore_error(weight_kind, wei
             assert out.shape == x.shape and bool(torch.isfinite(out).all())
     except LocalScoreError:
         pass
+
+
+def test_crop_through_an_adapter_chain_and_chunked():
+    """The radii are found through adapters (``.inner``); crops are chunked to the memory budget."""
+    from localscore.denoisers import X0Denoiser
+
+    net = LocalConvDenoiser(paint=1, layers=2, seed=4)
+    D = X0Denoiser(net, vp_input=True)
+    x = _x(2, size=20)
+    cond = _cond([[(3.0, 3.0), (10.0, 15.0), (17.0, 6.0)], [(9.0, 9.0)]])
+    comp = projective_from(D, cond, max_batch=2)
+    seq = comp.evaluate(x, 0.7, strategy="sequential")
+    net.calls.clear()
+    assert comp.plan(x, 0.7) == "crop"
+    torch.testing.assert_close(comp(x, 0.7), seq, rtol=1e-5, atol=1e-5)
+    assert [c[0] for c in net.calls] == [2, 2, 2]  # background (2 images), then 4 crops in chunks of 2
+    assert all(c[-2:] == (11, 11) for c in net.calls[1:])
