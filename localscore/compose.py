@@ -359,7 +359,7 @@ class _MaskSource:
             else:
                 m = self.fn(s)
                 label = "the `masks` callable's output"
-            m = self._check(m, (None, n, H, W), B, where, label, f"[B, K, H, W] = [{B}, {n}, {H}, {W}]")
+            m = self._check(m, (None, n, H, W), B, where, label, f"[B, K, H, W] = [{B}, {n}, {H}, {W}]", x.device)
             return [m[:, j : j + 1] for j in range(n)]
         out: list[Tensor | None] = []
         for j, item in enumerate(self.items):
@@ -368,15 +368,17 @@ class _MaskSource:
                 continue
             m = item if isinstance(item, Tensor) else item(s)
             m = self._check(m, (None, None, H, W), B, where, f"`masks[{j}]`", f"[B, 1 or C, H, W] = [{B}, 1 or {C}, "
-                            f"{H}, {W}]", channels=C)
+                            f"{H}, {W}]", x.device, channels=C)
             out.append(m)
         return out
 
     @staticmethod
     def _check(m: Any, shape: tuple[int | None, ...], B: int, where: str, label: str, want: str,
-               channels: int | None = None) -> Tensor:
+               device: torch.device, channels: int | None = None) -> Tensor:
         if not isinstance(m, Tensor):
             raise fail(where, f"{label} is {describe(m)}, expected a tensor {want}.")
+        if m.device != device:
+            raise fail(where, f"{label} is on {m.device} but x is on {device}.", "move the masks to x's device.")
         ok = m.dim() == 4 and m.shape[0] in (1, B) and all(e is None or e == g for e, g in zip(shape[1:], m.shape[1:]))
         if ok and channels is not None:
             ok = m.shape[1] in (1, channels)
