@@ -27,7 +27,8 @@ Evaluation strategies (identical results up to float round-off):
   and evaluated in one call (chunked to ``max_batch`` images / ``max_pixels`` pixels per call).
 * ``crop``: for local networks, each component is evaluated only on a crop around its support, dilated by
   the network's receptive radius, and pasted back; exact (see :class:`Composition`).
-* ``auto``: ``crop`` when it is valid and cheaper, else ``batched``.
+* ``auto``: ``crop`` when it is valid and cheaper, else ``batched`` on accelerators and ``sequential`` on
+  the CPU (where stacking gives no parallelism and costs memory).
 """
 
 from __future__ import annotations
@@ -558,8 +559,9 @@ class Composition:
       full-image formula. Crops of one network share a size (the largest needed, placed inside the image,
       which only adds context), so they are evaluated as one batch.
     * ``auto``: ``crop`` when it is valid and its crops hold at most half the pixels of the ``n`` full
-      component passes (the rest pays for the extra call), else
-      ``batched`` (which equals ``sequential`` when no two denoisers share a network).
+      component passes (the rest pays for the extra call); else ``batched`` on accelerators and
+      ``sequential`` on the CPU, where a stacked batch buys no parallelism (measured in
+      ``benchmarks/compose.py``).
 
     Raises:
         LocalScoreError: on malformed arguments at construction, and at call time on images, noise
@@ -700,7 +702,7 @@ class Composition:
             >>> from localscore import Conditions
             >>> D = lambda x, s, c=None: x                       # declares no receptive radius: no crops
             >>> projective_from(D, Conditions.from_lists([[(0.0, 0.0)]])).plan(torch.zeros(1, 1, 4, 4), 1.0)
-            'batched'
+            'sequential'
         """
         where = "Composition.plan"
         x = check_image(x, where)
@@ -783,7 +785,9 @@ class Composition:
             crop = sum(len(entries) * h * w for (h, w), entries in self._crop_groups(plan, targets).values())
             if crop <= _CROP_GAIN * full:
                 return "crop", plan
-        return "batched", None
+        # On the CPU a stacked batch buys no parallelism and its activations fall out of cache: in
+        # benchmarks/compose.py it was up to 1.7x slower than sequential calls at K = 16.
+        return ("sequential" if x.device.type == "cpu" else "batched"), None
 
     def _crop_plan(self, x: Tensor, masks: list[Tensor | None], active: Tensor, targets: list[Any], where: str,
                    *, strict: bool) -> _CropPlan | None:

@@ -242,7 +242,7 @@ def test_compositions_nest():
     outer2 = masked(bg, [inner], [box])
     ref = outer2.evaluate(x, 0.9, strategy="sequential")
     torch.testing.assert_close(ref, _formula(D, x, 0.9, cond, masks=box.expand(1, 3, H, W)), rtol=1e-10, atol=1e-10)
-    assert outer2.plan(x, 0.9) == "batched"
+    assert outer2.plan(x, 0.9) == "sequential"  # on the CPU
     torch.testing.assert_close(outer2(x, 0.9), ref, rtol=1e-12, atol=1e-12)
     with pytest.raises(LocalScoreError, match="translation_equivariant = False"):
         outer2.evaluate(x, 0.9, strategy="crop")
@@ -336,10 +336,10 @@ def test_auto_picks_a_valid_strategy():
     crowded = _cond([[(float(r), float(c)) for r in range(2, 32, 4) for c in range(2, 32, 4)]])
     assert projective_from(D, crowded).plan(x, 1.0) == "crop"  # 64 crops of 11 x 11 < 64 images of 32 x 32
     wide = LocalConvDenoiser(paint=30)  # crops would be the whole image: no gain
-    assert projective_from(wide, small).plan(x, 1.0) == "batched"
+    assert projective_from(wide, small).plan(x, 1.0) == "sequential"  # on the CPU
     undeclared = LocalConvDenoiser(declare=False)
     comp = projective_from(undeclared, small)
-    assert comp.plan(x, 1.0) == "batched"
+    assert comp.plan(x, 1.0) == "sequential"  # on the CPU
     torch.testing.assert_close(comp(x, 1.0), comp.evaluate(x, 1.0, strategy="sequential"))
 
 
@@ -503,3 +503,18 @@ def test_crop_through_an_adapter_chain_and_chunked():
     torch.testing.assert_close(comp(x, 0.7), seq, rtol=1e-5, atol=1e-5)
     assert [c[0] for c in net.calls] == [2, 2, 2]  # background (2 images), then 4 crops in chunks of 2
     assert all(c[-2:] == (11, 11) for c in net.calls[1:])
+
+
+def test_crop_is_exact_for_the_library_local_network():
+    """``localscore.nn.LocalConditionalDenoiser`` (declared radii 6 and 9): crop == sequential in float32."""
+    from localscore.nn.local import LocalConditionalDenoiser
+
+    torch.manual_seed(0)
+    D = LocalConditionalDenoiser(width=16, attr_dim=0).eval()
+    x = _x(2, C=3, size=40)
+    cond = _cond([[(3.0, 3.0), (20.0, 30.0), (38.0, 10.0)], [(15.0, 15.0)]])
+    comp = projective_from(D, cond)
+    with torch.no_grad():
+        seq = comp.evaluate(x, 0.7, strategy="sequential")
+        torch.testing.assert_close(comp.evaluate(x, 0.7, strategy="crop"), seq, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(comp.evaluate(x, 0.7, strategy="batched"), seq, rtol=1e-5, atol=1e-5)
