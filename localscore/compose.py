@@ -796,8 +796,13 @@ class Composition:
         n = len(targets)
         act = active.tolist()
         radii: list[int] = []
+        # Declarations of each distinct network, read once (bound components share their network's radii).
+        decl: dict[int, tuple[int | None, int | None, str | None]] = {}
+        for fn, _, _ in targets:
+            if id(fn) not in decl:
+                decl[id(fn)] = (receptive_radius(fn), conditioner_radius(fn), _crop_blocker(fn))
         for j in range(n):
-            R = receptive_radius(self.components[j])
+            R = decl[id(targets[j][0])][0]
             if R is None and any(act[b][j] for b in range(B)):
                 if strict:
                     raise fail(where, f"strategy 'crop' needs the receptive radius of components[{j}] "
@@ -806,7 +811,7 @@ class Composition:
                                "only on input pixels within that Chebyshev distance), or use strategy='batched'.")
                 return None
             radii.append(0 if R is None else int(R))
-            blocker = _crop_blocker(targets[j][0]) if any(act[b][j] for b in range(B)) else None
+            blocker = decl[id(targets[j][0])][2] if any(act[b][j] for b in range(B)) else None
             if blocker is not None:
                 if strict:
                     raise fail(where, f"strategy 'crop' cannot evaluate components[{j}] on crops: {blocker}.",
@@ -833,7 +838,7 @@ class Composition:
         for j, (fn, c, bound) in enumerate(targets):
             if not any(act[b][j] for b in range(B)):
                 continue
-            r = conditioner_radius(self.components[j]) if bound else None
+            r = decl[id(fn)][1] if bound else None
             same_net = bound and fn is fn_bg and bg_uncond
             if r is None or not same_net or c is None:
                 if (j, 0) in boxes:
