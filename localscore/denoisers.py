@@ -54,7 +54,9 @@ class Denoiser(Protocol):
     composition. Optionally it declares locality through integer attributes ``receptive_radius``
     (output pixel ``i`` depends only on input pixels within this Chebyshev distance) and
     ``conditioner_radius`` (and only on conditioners within this distance); see
-    :func:`receptive_radius`.
+    :func:`receptive_radius`. A model whose output is not translation equivariant (coordinate channels,
+    absolute position embeddings) sets ``translation_equivariant = False`` so that it is never evaluated
+    on crops (see :mod:`localscore.compose`).
     """
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Conditions | None = None) -> Tensor: ...
