@@ -688,3 +688,19 @@ def test_bad_input_of_the_public_functions(unet):
     for call, match in cases:
         with pytest.raises(LocalScoreError, match=match):
             call()
+
+
+def test_vae_decoder_matches_diffusers_decode():
+    from localscore.adapters.diffusers import vae_decoder
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+                                  down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                                  up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=4,
+                                  scaling_factor=0.13025).to(F64).eval()
+    z = torch.randn(2, 4, 4, 4, dtype=F64)
+    with torch.no_grad():
+        want = vae.decode(z / 0.13025).sample
+        got = vae_decoder(vae)(z)
+    assert got.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
