@@ -704,3 +704,45 @@ def test_vae_decoder_matches_diffusers_decode():
         got = vae_decoder(vae)(z)
     assert got.shape == (2, 3, 8, 8)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def pipeline_loop(unet, sched, latents, embeds, n):
+    """The loop of a diffusers pipeline (no guidance): scale, predict, step."""
+    sched.set_timesteps(n)
+    latents = latents * sched.init_noise_sigma
+    for t in sched.timesteps:
+        out = unet(sched.scale_model_input(latents, t), t, encoder_hidden_states=embeds).sample
+        latents = sched.step(out, t, latents).prev_sample
+    return latents
+
+
+@pytest.mark.parametrize("make", [
+    lambda: diffusers.EulerDiscreteScheduler(timestep_spacing="leading"),
+    lambda: diffusers.DPMSolverMultistepScheduler(),
+    lambda: diffusers.EulerDiscreteScheduler(timestep_spacing="leading", prediction_type="v_prediction"),
+])
+def test_scheduler_bridge_on_schedulers_with_their_own_sigma_grid(unet, make):
+    p = prompt()
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(12), dtype=F64)
+    ref = pipeline_loop(unet, make(), noise, p.embeds, 6)
+    sched = make()
+    D = DiffusersDenoiser(unet, sched, quantize=True)
+    sched.set_timesteps(6)
+    out = sample_with_scheduler(D, sched, noise * sched.init_noise_sigma, p, num_inference_steps=6)
+    torch.testing.assert_close(out, ref, rtol=2e-5, atol=2e-5)
+    grid = scheduler_sigmas(make(), 6, dtype=F64)
+    assert len(grid) == 7 and grid[-1] == 0
+
+
+def test_scheduler_bridge_with_fractional_timesteps(unet):
+    """Euler with 'linspace' spacing has fractional timesteps; the denoiser's log-sigma interpolation of the
+    timestep differs from Euler's linear one by a fraction of a step, so the samples agree closely."""
+    p = prompt()
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(13), dtype=F64)
+    make = lambda: diffusers.EulerDiscreteScheduler(timestep_spacing="linspace")  # noqa: E731
+    ref = pipeline_loop(unet, make(), noise, p.embeds, 6)
+    sched = make()
+    sched.set_timesteps(6)
+    out = sample_with_scheduler(DiffusersDenoiser(unet, sched), sched, noise * sched.init_noise_sigma, p,
+                                num_inference_steps=6)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3)

@@ -725,13 +725,29 @@ def _timestep_index(t: Tensor, T: int, where: str) -> int:
     return i
 
 
+def _grid(scheduler: Any, where: str) -> Tensor:
+    """``[N + 1]`` float64 noise levels (CPU) of the scheduler's current timesteps, last one included."""
+    steps = scheduler.timesteps
+    own = getattr(scheduler, "sigmas", None)
+    if isinstance(own, torch.Tensor) and own.dim() == 1 and own.numel() == len(steps) + 1:
+        # schedulers that keep their own sigma grid (Euler, LMS, DPM-Solver, UniPC, ...)
+        return own.detach().double().cpu()
+    ac = scheduler.alphas_cumprod.double().cpu()
+    a = ac[[_timestep_index(t, ac.numel(), where) for t in steps]]
+    final = 0.0
+    if getattr(scheduler.config, "set_alpha_to_one", True) is False and "DDIM" in type(scheduler).__name__:
+        final = math.sqrt((1 - float(ac[0])) / float(ac[0]))
+    return torch.cat([torch.sqrt((1 - a) / a), torch.tensor([final], dtype=torch.float64)])
+
+
 def scheduler_sigmas(scheduler: Any, num_inference_steps: int | None = None, *,
                      device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
     r"""The noise-level grid ``[N + 1]`` of a diffusers scheduler's timesteps, in localscore's variables.
 
     ``sigmas[i] = sqrt((1 - a[t_i]) / a[t_i])`` for the scheduler's timesteps ``t_0 > ... > t_{N-1}``
     (after ``set_timesteps(num_inference_steps)`` when given), and the final level ``0`` (or, for DDIM
-    with ``set_alpha_to_one=False``, ``sqrt((1 - a[0]) / a[0])``, where DDIM ends). With this grid,
+    with ``set_alpha_to_one=False``, ``sqrt((1 - a[0]) / a[0])``, where DDIM ends). Schedulers that keep
+    their own grid ``scheduler.sigmas`` of ``N + 1`` levels (Euler, LMS, DPM-Solver, UniPC) return it. With this grid,
     deterministic DDIM in diffusers and :func:`localscore.sampling.sample_ddim` on
     :class:`DiffusersDenoiser` take the same steps.
 
@@ -747,15 +763,7 @@ def scheduler_sigmas(scheduler: Any, num_inference_steps: int | None = None, *,
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise fail(where, f"`num_inference_steps` is {num_inference_steps!r}, expected an int >= 1.")
         scheduler.set_timesteps(num_inference_steps)
-    ac = scheduler.alphas_cumprod.double().cpu()
-    idx = [_timestep_index(t, ac.numel(), where) for t in scheduler.timesteps]
-    a = ac[idx]
-    sig = torch.sqrt((1 - a) / a)
-    final = 0.0
-    if getattr(scheduler.config, "set_alpha_to_one", True) is False and "DDIM" in type(scheduler).__name__:
-        final = math.sqrt((1 - float(ac[0])) / float(ac[0]))
-    out = torch.cat([sig, torch.tensor([final], dtype=torch.float64)])
-    return out.to(device=device, dtype=dtype or torch.get_default_dtype())
+    return _grid(scheduler, where).to(device=device, dtype=dtype or torch.get_default_dtype())
 
 
 def sample_with_scheduler(
@@ -770,7 +778,9 @@ def sample_with_scheduler(
 ) -> Tensor:
     r"""Run a diffusers scheduler's sampling loop on any localscore denoiser (e.g. a composition).
 
-    At each timestep ``t`` (``a = alphas_cumprod[t]``, ``sigma = sqrt((1 - a) / a)``)::
+    At each timestep ``t`` (``sigma = sqrt((1 - a) / a)`` with ``a = alphas_cumprod[t]``, or the
+    scheduler's own ``sigmas[i]`` for schedulers that keep a sigma grid, such as Euler or DPM-Solver;
+    then ``a = 1 / (1 + sigma**2)``)::
 
         x_in = scheduler.scale_model_input(latents, t)       (what a UNet would see: VP latents)
         x    = x_in * sqrt(1 + sigma**2)                       (localscore's variables)
@@ -803,20 +813,21 @@ def sample_with_scheduler(
         raise fail(where, f"`num_inference_steps` is {num_inference_steps!r}, expected an int >= 1.")
     pred = _prediction_type(scheduler, None, where)
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
-    ac = scheduler.alphas_cumprod.to(device=latents.device, dtype=torch.float64)
+    grid = _grid(scheduler, where).to(device=latents.device)
     takes_gen = "generator" in inspect.signature(scheduler.step).parameters
     B = latents.shape[0]
     for i, t in enumerate(scheduler.timesteps):
-        a = ac[_timestep_index(t, ac.numel(), where)]
-        sigma = torch.sqrt((1 - a) / a).to(latents.dtype)
+        sig64 = grid[i]
+        sigma = sig64.to(latents.dtype)
         x_in = scheduler.scale_model_input(latents, t)
         x = x_in * torch.sqrt(1 + sigma**2)
         d = denoiser(x, sigma.expand(B), cond)
         eps = (x - d) / sigma
         if pred == "epsilon":
             out = eps
-        elif pred == "v_prediction":
-            out = a.sqrt().to(x.dtype) * eps - (1 - a).sqrt().to(x.dtype) * d
+        elif pred == "v_prediction":      # a = 1 / (1 + sigma^2): sqrt(a) = 1 / sqrt(1 + s^2), sqrt(1 - a) = s sqrt(a)
+            ra = (1 / torch.sqrt(1 + sig64**2)).to(x.dtype)
+            out = ra * eps - (sig64 * ra).to(x.dtype) * d
         else:
             out = d
         step_kwargs: dict[str, Any] = {"return_dict": False}
