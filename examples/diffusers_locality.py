@@ -45,8 +45,9 @@ from localscore.adapters.diffusers import (
     regional_attention,
     sample_with_scheduler,
     scheduler_sigmas,
+    scheduler_start,
     vae_decoder,
-    vp_to_ve,
+    ve_to_vp,
 )
 from localscore.metrics import pixel_locality
 
@@ -258,13 +259,15 @@ def main() -> None:
     with torch.no_grad(), regional_attention(unet):
         comp = concept_composition(D, prompt, strategy="sequential")
         x_comp = sample_with_scheduler(comp, sched, latents0, num_inference_steps=steps)
-        sig = scheduler_sigmas(sched, steps, device=device)
         from localscore.sampling import sample_euler
 
-        x_euler = sample_euler(comp, vp_to_ve(latents0, float(sig[0])), sig)
+        x_euler = sample_euler(comp, *scheduler_start(sched, latents0, steps))
+        if float(scheduler_sigmas(sched, steps)[-1]) > 0:   # DDIM without set_alpha_to_one ends above 0
+            x_euler = ve_to_vp(x_euler, float(scheduler_sigmas(sched, steps)[-1]))
         imgs = [decode(v) for v in (x0, x_comp, x_euler)]
     results["scheduler_vs_localscore_sampler_max_abs"] = float((x_comp - x_euler).abs().max())
-    _save_samples(out / "samples.png", imgs, ["one pass (regional)", "composition, DDIM scheduler",
+    # localscore's Euler equals DDIM (eta = 0) and diffusers' Euler scheduler on the same grid
+    _save_samples(out / "samples.png", imgs, ["one pass (regional)", "composition, diffusers scheduler",
                                               "composition, localscore Euler"])
     results["seconds"] = round(time.time() - t_start, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2))

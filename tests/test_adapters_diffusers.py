@@ -232,6 +232,9 @@ def test_ddim_localscore_sampler_matches_diffusers_scheduler(unet):
     assert sigmas[-1] == 0 and len(sigmas) == n + 1
     D = DiffusersDenoiser(unet, sched, quantize=True)
     x0 = vp_to_ve(latents, sigmas[0])
+    from localscore.adapters.diffusers import scheduler_start
+
+    torch.testing.assert_close(scheduler_start(diffusers.DDIMScheduler(clip_sample=False), latents, n)[0], x0)
     ours = sample_ddim(bind_prompt(D, p), x0, sigmas)
     # diffusers computes the scheduler's coefficients (sqrt of alphas_cumprod) in float32: 1e-5 is its round-off
     tol = dict(rtol=2e-5, atol=2e-5)
@@ -732,6 +735,13 @@ def test_scheduler_bridge_on_schedulers_with_their_own_sigma_grid(unet, make):
     torch.testing.assert_close(out, ref, rtol=2e-5, atol=2e-5)
     grid = scheduler_sigmas(make(), 6, dtype=F64)
     assert len(grid) == 7 and grid[-1] == 0
+    if isinstance(sched, diffusers.EulerDiscreteScheduler):
+        # diffusers' Euler scheduler is localscore's Euler sampler from the matching start
+        from localscore.adapters.diffusers import scheduler_start
+        from localscore.sampling import sample_euler
+
+        x, sigmas = scheduler_start(make(), noise * sched.init_noise_sigma, 6)
+        torch.testing.assert_close(sample_euler(bind_prompt(D, p), x, sigmas), ref, rtol=2e-5, atol=2e-5)
 
 
 def test_scheduler_bridge_with_fractional_timesteps(unet):

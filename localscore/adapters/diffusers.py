@@ -70,6 +70,7 @@ __all__ = [
     "resize_regions",
     "sample_with_scheduler",
     "scheduler_sigmas",
+    "scheduler_start",
     "vae_decoder",
     "ve_to_vp",
     "vp_to_ve",
@@ -764,6 +765,35 @@ def scheduler_sigmas(scheduler: Any, num_inference_steps: int | None = None, *,
             raise fail(where, f"`num_inference_steps` is {num_inference_steps!r}, expected an int >= 1.")
         scheduler.set_timesteps(num_inference_steps)
     return _grid(scheduler, where).to(device=device, dtype=dtype or torch.get_default_dtype())
+
+
+def scheduler_start(scheduler: Any, latents: Tensor, num_inference_steps: int) -> tuple[Tensor, Tensor]:
+    r"""The starting point and noise-level grid for localscore's samplers that match a scheduler's run.
+
+    After ``scheduler.set_timesteps(num_inference_steps)``, ``sigmas = scheduler_sigmas(scheduler)`` and
+    ``x = scheduler.scale_model_input(latents, t_0) * sqrt(1 + sigmas[0]**2)``: the scheduler's starting
+    latents (``randn * scheduler.init_noise_sigma``, variance preserving for DDIM, variance exploding for
+    Euler) in localscore's variables. Then ``sample_euler(D, x, sigmas)`` takes the steps of diffusers'
+    ``EulerDiscreteScheduler`` and ``sample_ddim(D, x, sigmas)`` those of ``DDIMScheduler``.
+
+    Returns:
+        ``(x [B, C, H, W], sigmas [N + 1])`` in ``latents``' dtype and device.
+
+    Example:
+        >>> import torch
+        >>> from diffusers import EulerDiscreteScheduler
+        >>> sched = EulerDiscreteScheduler(timestep_spacing="leading")
+        >>> sched.set_timesteps(4)
+        >>> x, sigmas = scheduler_start(sched, torch.ones(1, 1, 1, 1) * sched.init_noise_sigma, 4)
+        >>> round(x.item(), 4) == round(float(sched.init_noise_sigma), 4), len(sigmas)   # VE already
+        (True, 5)
+    """
+    where = "scheduler_start"
+    _check_scheduler(scheduler, where)
+    latents = check_image(latents, where, "latents")
+    sigmas = scheduler_sigmas(scheduler, num_inference_steps, device=latents.device, dtype=latents.dtype)
+    x_in = scheduler.scale_model_input(latents, scheduler.timesteps[0])
+    return x_in * torch.sqrt(1 + sigmas[0] ** 2), sigmas
 
 
 def sample_with_scheduler(
