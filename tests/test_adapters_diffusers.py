@@ -756,3 +756,16 @@ def test_scheduler_bridge_with_fractional_timesteps(unet):
     out = sample_with_scheduler(DiffusersDenoiser(unet, sched), sched, noise * sched.init_noise_sigma, p,
                                 num_inference_steps=6)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3)
+
+
+def test_prompt_batch_indexing():
+    p = prompt(batch=3, regions=halves(1)).drop(0)
+    q = p[1]
+    assert q.batch_size == 1 and torch.equal(q.embeds, p.embeds[1:2]) and q.regions.shape[0] == 1
+    assert torch.equal(q.effective_embeds(), p.effective_embeds()[1:2])
+    r = p[1:]
+    assert r.batch_size == 2 and torch.equal(r.effective_embeds(), p.effective_embeds()[1:])
+    with pytest.raises(LocalScoreError, match="out of range"):
+        p[3]
+    with pytest.raises(LocalScoreError, match="selects no prompt"):
+        p[3:]

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from .._checks import as_sigma, check_image, check_tensor
 from .._errors import describe, fail
-from ..denoisers import DiscreteDDPMDenoiser, Prediction
+from ..denoisers import DiscreteDDPMDenoiser, Prediction, call_denoiser
 
 __all__ = [
     "DiffusersDenoiser",
@@ -398,6 +398,30 @@ class PromptConditions:
             added_cond_kwargs={k: cast(Tensor, tile(v)) for k, v in self.added_cond_kwargs.items()},
             attention_mask=tile(self.attention_mask),
             regions=tile(regions) if regions is not None and regions.shape[0] > 1 else regions,
+        )
+
+    def __getitem__(self, index: int | slice) -> PromptConditions:
+        """Batch indexing: an int keeps a batch of one, a slice selects prompts."""
+        if isinstance(index, bool) or not isinstance(index, (int, slice)):
+            raise fail("PromptConditions[...]", f"index is {describe(index)}, expected an int or a slice.")
+        if isinstance(index, int):
+            if not -self.batch_size <= index < self.batch_size:
+                raise fail("PromptConditions[...]", f"prompt index {index} is out of range for B = {self.batch_size}.")
+            index = slice(index % self.batch_size, index % self.batch_size + 1)
+        if len(range(self.batch_size)[index]) == 0:
+            raise fail("PromptConditions[...]", f"the slice {index} selects no prompt of B = {self.batch_size}.")
+
+        def take(t: Tensor | None) -> Tensor | None:
+            # per-prompt tensors are indexed; shared ones (batch 1, broadcast) are kept
+            if t is None or (t.shape[0] == 1 and self.batch_size > 1):
+                return t
+            return t[index]
+
+        return PromptConditions(
+            self.embeds[index], self.groups[index], null_embeds=take(self.null_embeds), active=self.active[index],
+            added_cond_kwargs={k: v[index] for k, v in self.added_cond_kwargs.items()},
+            attention_mask=None if self.attention_mask is None else self.attention_mask[index],
+            regions=take(self.regions),
         )
 
     def for_batch(self, batch: int, where: str) -> PromptConditions:
@@ -851,7 +875,7 @@ def sample_with_scheduler(
         sigma = sig64.to(latents.dtype)
         x_in = scheduler.scale_model_input(latents, t)
         x = x_in * torch.sqrt(1 + sigma**2)
-        d = denoiser(x, sigma.expand(B), cond)
+        d = call_denoiser(denoiser, x, sigma.expand(B), cond, where)   # shape and finiteness checked
         eps = (x - d) / sigma
         if pred == "epsilon":
             out = eps
