@@ -1,0 +1,343 @@
+r"""Pixel-to-conditioner locality masks built from :class:`~localscore.Conditions`.
+
+A mask batch has shape ``[B, K, H, W]``: entry ``[b, k, i, j]`` says how much pixel ``(i, j)`` of
+image ``b`` belongs to (may see, or is governed by) conditioner ``k``. Hard rules give ``bool``; the
+soft Gaussian rule gives floats in ``[0, 1]``. Padding slots (``cond.valid == False``) are all zero.
+
+Pixel ``(i, j)`` has position ``(i, j)`` (row, col) in pixel units, origin at the top-left pixel centre,
+the same convention as ``Conditions.pos``.
+
+Sizes may depend on the noise level: every rule accepts a *radius spec*, which is a float, a ``[B]`` or
+``[B, K]`` tensor, or a callable ``sigma [B] -> float or [B]`` (then pass ``sigma``).
+
+Rules as small objects (:class:`DiscRule`, :class:`BoxRule`, :class:`GaussianRule`) are callables
+``rule(cond, size, sigma=None) -> [B, K, H, W]``; networks, the intervention and masked composition take
+them. Distances: :class:`DiscRule` and :class:`GaussianRule` use the Euclidean distance, :class:`BoxRule`
+the Chebyshev distance (a disc of radius ``r`` lies inside the box of half-size ``r``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from ._checks import as_sigma
+from ._errors import describe, fail
+from .conditions import Conditions
+
+__all__ = [
+    "BoxRule",
+    "DiscRule",
+    "GaussianRule",
+    "MaskRule",
+    "RadiusSpec",
+    "box_masks",
+    "disc_masks",
+    "distances",
+    "gaussian_masks",
+    "nearest_conditioner",
+    "pixel_grid",
+    "resolve_radius",
+    "union",
+    "voronoi_masks",
+]
+
+RadiusSpec = float | int | Tensor | Callable[[Tensor], Any]
+"""A size in pixels: a number, a ``[B]`` / ``[B, K]`` tensor, or a callable of ``sigma [B]``."""
+
+Metric = Literal["euclidean", "chebyshev"]
+
+
+def _check_size(size: Any, where: str) -> tuple[int, int]:
+    if (
+        not isinstance(size, (tuple, list, torch.Size))
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+    ):
+        raise fail(where, f"`size` is {describe(size)}, expected (H, W), two positive ints.",
+                   "pass the image size, e.g. `x.shape[-2:]`.")
+    return int(size[0]), int(size[1])
+
+
+def _check_cond(cond: Any, where: str) -> Conditions:
+    if not isinstance(cond, Conditions):
+        raise fail(where, f"`cond` is {describe(cond)}, expected a localscore.Conditions.",
+                   "build one with `Conditions.from_lists(...)`.")
+    return cond
+
+
+def pixel_grid(size: tuple[int, int], *, device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None) -> Tensor:
+    """``[H, W, 2]`` pixel positions ``(row, col)``; ``grid[i, j] = (i, j)``.
+
+    Example:
+        >>> pixel_grid((2, 3))[1, 2].tolist()
+        [1.0, 2.0]
+    """
+    H, W = _check_size(size, "pixel_grid")
+    dtype = dtype or torch.get_default_dtype()
+    rows = torch.arange(H, device=device, dtype=dtype)
+    cols = torch.arange(W, device=device, dtype=dtype)
+    return torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)
+
+
+def distances(cond: Conditions, size: tuple[int, int], metric: Metric = "euclidean") -> Tensor:
+    """``[B, K, H, W]`` distance from each pixel to each conditioner's position.
+
+    ``euclidean``: ``sqrt((i - r_k)**2 + (j - c_k)**2)``; ``chebyshev``: ``max(|i - r_k|, |j - c_k|)``.
+    Padding slots get ``+inf``.
+
+    Example:
+        >>> c = Conditions.from_lists([[(0.0, 0.0)]])
+        >>> distances(c, (2, 2), "chebyshev")[0, 0].tolist()
+        [[0.0, 1.0], [1.0, 1.0]]
+    """
+    where = "distances"
+    cond = _check_cond(cond, where)
+    H, W = _check_size(size, where)
+    if metric not in ("euclidean", "chebyshev"):
+        raise fail(where, f"`metric` is {metric!r}, expected 'euclidean' or 'chebyshev'.")
+    grid = pixel_grid((H, W), device=cond.device, dtype=cond.dtype)  # [H, W, 2]
+    diff = grid[None, None] - cond.pos[:, :, None, None, :]  # [B, K, H, W, 2]
+    d = diff.norm(dim=-1) if metric == "euclidean" else diff.abs().amax(dim=-1)
+    inf = torch.full((), float("inf"), dtype=d.dtype, device=d.device)
+    return torch.where(cond.valid[:, :, None, None], d, inf)
+
+
+def resolve_radius(spec: RadiusSpec, cond: Conditions, sigma: Any, where: str, name: str = "radius") -> Tensor:
+    """Turn a radius spec into a ``[B, K]`` tensor of non-negative sizes (pixels).
+
+    Example:
+        >>> c = Conditions.from_lists([[(0, 0), (1, 1)]])
+        >>> resolve_radius(lambda s: 2 * s, c, 1.5, "demo").tolist()
+        [[3.0, 3.0]]
+    """
+    B, K = cond.batch_size, cond.num_slots
+    value: Any = spec
+    if callable(spec) and not isinstance(spec, Tensor):
+        if sigma is None:
+            raise fail(where, f"`{name}` is a function of sigma but no `sigma` was given.",
+                       "pass sigma=... (a float or a [B] tensor of noise levels).")
+        s = as_sigma(sigma, B, where, like=cond.pos)
+        value = spec(s)
+    if isinstance(value, bool):
+        raise fail(where, f"`{name}` is a bool, expected a size in pixels.")
+    if isinstance(value, (int, float)):
+        r = torch.full((B, K), float(value), dtype=cond.dtype, device=cond.device)
+    elif isinstance(value, Tensor):
+        t = value.to(device=cond.device, dtype=cond.dtype)
+        if t.dim() == 0 or (t.dim() == 1 and t.shape[0] == 1):
+            r = t.reshape(1, 1).expand(B, K)
+        elif t.dim() == 1 and t.shape[0] == B:
+            r = t[:, None].expand(B, K)
+        elif t.dim() == 2 and tuple(t.shape) == (B, K):
+            r = t
+        else:
+            raise fail(where, f"`{name}` has shape {tuple(t.shape)}, expected a scalar, [B] = [{B}] or "
+                       f"[B, K] = [{B}, {K}].")
+    else:
+        raise fail(where, f"`{name}` is {describe(value)}, expected a number, a tensor, or a callable of sigma.")
+    if not bool(torch.isfinite(r).all()) or bool((r < 0).any()):
+        raise fail(where, f"`{name}` holds invalid sizes {r.flatten()[:6].tolist()}; expected finite values >= 0.",
+                   "radii are distances in pixels; use 0 for 'the conditioner's own pixel only'.")
+    return r
+
+
+def disc_masks(cond: Conditions, size: tuple[int, int], radius: RadiusSpec, *, sigma: Any = None) -> Tensor:
+    """Hard discs: ``mask[b, k, i, j] = valid[b, k] and ||(i, j) - pos[b, k]||_2 <= radius[b, k]``.
+
+    Returns:
+        bool ``[B, K, H, W]``.
+
+    Example:
+        >>> c = Conditions.from_lists([[(1.0, 1.0)]])
+        >>> disc_masks(c, (3, 3), 1.0)[0, 0].int().tolist()
+        [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+    """
+    where = "disc_masks"
+    cond = _check_cond(cond, where)
+    r = resolve_radius(radius, cond, sigma, where)
+    return distances(cond, size, "euclidean") <= r[:, :, None, None]
+
+
+def box_masks(cond: Conditions, size: tuple[int, int], half_size: RadiusSpec, *, sigma: Any = None) -> Tensor:
+    """Hard boxes: ``mask[b, k, i, j] = valid[b, k] and max(|i - row|, |j - col|) <= half_size[b, k]``.
+
+    Returns:
+        bool ``[B, K, H, W]``.
+
+    Example:
+        >>> c = Conditions.from_lists([[(1.0, 1.0)]])
+        >>> int(box_masks(c, (4, 4), 1.0).sum())
+        9
+    """
+    where = "box_masks"
+    cond = _check_cond(cond, where)
+    r = resolve_radius(half_size, cond, sigma, where, "half_size")
+    return distances(cond, size, "chebyshev") <= r[:, :, None, None]
+
+
+def gaussian_masks(cond: Conditions, size: tuple[int, int], std: RadiusSpec, *, sigma: Any = None,
+                   truncate: float | None = None) -> Tensor:
+    """Soft masks: ``mask[b, k, i, j] = exp(-d**2 / (2 * std[b, k]**2))`` with ``d`` the Euclidean distance.
+
+    Zero for padding slots and, if ``truncate`` is given, where ``d > truncate * std`` (so the mask has
+    bounded support, which locality needs). ``std = 0`` gives the conditioner's own pixel only.
+
+    Returns:
+        float ``[B, K, H, W]`` in ``[0, 1]`` (the dtype of ``cond``).
+
+    Example:
+        >>> c = Conditions.from_lists([[(0.0, 0.0)]])
+        >>> round(gaussian_masks(c, (1, 2), 1.0)[0, 0, 0, 1].item(), 4)   # exp(-1/2)
+        0.6065
+    """
+    where = "gaussian_masks"
+    cond = _check_cond(cond, where)
+    s = resolve_radius(std, cond, sigma, where, "std")[:, :, None, None]
+    d = distances(cond, size, "euclidean")
+    finite = torch.isfinite(d)
+    d0 = torch.where(finite, d, torch.zeros((), dtype=d.dtype, device=d.device))
+    safe = torch.where(s > 0, s, torch.ones((), dtype=s.dtype, device=s.device))
+    m = torch.where(s > 0, torch.exp(-(d0**2) / (2 * safe**2)), (d0 == 0).to(d.dtype))
+    m = torch.where(finite, m, torch.zeros((), dtype=m.dtype, device=m.device))
+    if truncate is not None:
+        if not truncate > 0:
+            raise fail(where, f"`truncate` is {truncate!r}, expected a positive number of standard deviations.")
+        m = torch.where(d0 <= truncate * s, m, torch.zeros((), dtype=m.dtype, device=m.device))
+    return m
+
+
+def nearest_conditioner(cond: Conditions, size: tuple[int, int], *, max_distance: RadiusSpec | None = None,
+                        sigma: Any = None) -> Tensor:
+    """``[B, H, W]`` long: the slot of the nearest valid conditioner (Euclidean), ``-1`` if none.
+
+    With ``max_distance``, pixels farther than it from their nearest conditioner get ``-1``. Ties go to
+    the lower slot index.
+
+    Example:
+        >>> c = Conditions.from_lists([[(0.0, 0.0), (0.0, 3.0)]])
+        >>> nearest_conditioner(c, (1, 4))[0].tolist()
+        [[0, 0, 1, 1]]
+    """
+    where = "nearest_conditioner"
+    cond = _check_cond(cond, where)
+    H, W = _check_size(size, where)
+    B = cond.batch_size
+    if cond.num_slots == 0:
+        return torch.full((B, H, W), -1, dtype=torch.long, device=cond.device)
+    d = distances(cond, (H, W), "euclidean")
+    dmin, idx = d.min(dim=1)
+    out = torch.where(torch.isfinite(dmin), idx, torch.full_like(idx, -1))
+    if max_distance is not None:
+        r = resolve_radius(max_distance, cond, sigma, where, "max_distance")
+        r_near = torch.gather(r, 1, idx.clamp(min=0).flatten(1)).view(B, H, W)
+        out = torch.where(dmin <= r_near, out, torch.full_like(out, -1))
+    return out
+
+
+def voronoi_masks(cond: Conditions, size: tuple[int, int], *, max_distance: RadiusSpec | None = None,
+                  sigma: Any = None) -> Tensor:
+    """bool ``[B, K, H, W]``: each pixel belongs to its nearest conditioner only (a partition).
+
+    The one-hot form of :func:`nearest_conditioner`; with ``max_distance`` the cells are clipped to
+    discs, so the masks are disjoint regions as in conditional projective composition.
+    """
+    idx = nearest_conditioner(cond, size, max_distance=max_distance, sigma=sigma)
+    K = cond.num_slots
+    ks = torch.arange(K, device=idx.device).view(1, K, 1, 1)
+    return idx[:, None] == ks
+
+
+def union(masks: Tensor) -> Tensor:
+    """``[B, 1, H, W]``: the union (max over ``K``) of a mask batch ``[B, K, H, W]``; zero when ``K = 0``.
+
+    Example:
+        >>> m = torch.tensor([[[[1, 0]], [[0, 1]]]]).bool()   # [1, 2, 1, 2]
+        >>> union(m).int().tolist()
+        [[[[1, 1]]]]
+    """
+    if not isinstance(masks, Tensor) or masks.dim() != 4:
+        raise fail("union", f"`masks` is {describe(masks)}, expected a [B, K, H, W] tensor.")
+    if masks.shape[1] == 0:
+        return torch.zeros(masks.shape[0], 1, *masks.shape[2:], dtype=masks.dtype, device=masks.device)
+    return masks.amax(dim=1, keepdim=True)
+
+
+@runtime_checkable
+class MaskRule(Protocol):
+    """A locality rule: ``rule(cond, size, sigma=None) -> [B, K, H, W]`` masks (bool or in ``[0, 1]``).
+
+    Rules declare ``support_radius(sigma)``: an upper bound (pixels, Chebyshev) on how far from its
+    conditioner a mask entry can be non-zero, or ``None`` if unbounded. Networks and the intervention use
+    it to compute conditioner radii.
+    """
+
+    def __call__(self, cond: Conditions, size: tuple[int, int], sigma: Any = None) -> Tensor: ...
+
+    def support_radius(self, sigma: Any = None) -> float | None: ...
+
+
+def _const_max(spec: RadiusSpec, sigma: Any) -> float | None:
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return float(spec)
+    if isinstance(spec, Tensor):
+        return float(spec.max()) if spec.numel() else 0.0
+    if callable(spec) and sigma is not None:
+        v = spec(sigma if isinstance(sigma, Tensor) else torch.as_tensor([float(sigma)]))
+        return float(torch.as_tensor(v).max())
+    return None
+
+
+@dataclass(frozen=True)
+class DiscRule:
+    """Hard disc rule (:func:`disc_masks`): a pixel sees conditioner ``k`` iff within ``radius`` of it.
+
+    Example:
+        >>> rule = DiscRule(2.0)
+        >>> rule(Conditions.from_lists([[(4.0, 4.0)]]), (9, 9)).sum().item()
+        13
+    """
+
+    radius: RadiusSpec
+
+    def __call__(self, cond: Conditions, size: tuple[int, int], sigma: Any = None) -> Tensor:
+        return disc_masks(cond, size, self.radius, sigma=sigma)
+
+    def support_radius(self, sigma: Any = None) -> float | None:
+        """The largest radius (pixels); ``None`` for a sigma-dependent radius without ``sigma``."""
+        return _const_max(self.radius, sigma)
+
+
+@dataclass(frozen=True)
+class BoxRule:
+    """Hard box rule (:func:`box_masks`) of Chebyshev half-size ``half_size``."""
+
+    half_size: RadiusSpec
+
+    def __call__(self, cond: Conditions, size: tuple[int, int], sigma: Any = None) -> Tensor:
+        return box_masks(cond, size, self.half_size, sigma=sigma)
+
+    def support_radius(self, sigma: Any = None) -> float | None:
+        """The largest half-size (pixels)."""
+        return _const_max(self.half_size, sigma)
+
+
+@dataclass(frozen=True)
+class GaussianRule:
+    """Soft Gaussian rule (:func:`gaussian_masks`), truncated at ``truncate`` standard deviations."""
+
+    std: RadiusSpec
+    truncate: float | None = 3.0
+
+    def __call__(self, cond: Conditions, size: tuple[int, int], sigma: Any = None) -> Tensor:
+        return gaussian_masks(cond, size, self.std, sigma=sigma, truncate=self.truncate)
+
+    def support_radius(self, sigma: Any = None) -> float | None:
+        """``truncate * std`` (pixels); ``None`` if untruncated."""
+        s = _const_max(self.std, sigma)
+        return None if (s is None or self.truncate is None) else s * self.truncate
