@@ -541,6 +541,7 @@ def train(
     resume: bool = True,
     device: torch.device | str | None = None,
     until: int | None = None,
+    find_unused_parameters: bool = False,
 ) -> Trainer:
     """Train ``model`` on ``data`` with ``config``; resume from ``out_dir/checkpoint.pt`` if present.
 
@@ -555,6 +556,8 @@ def train(
         resume: continue from an existing checkpoint in ``out_dir`` (a corrupt one raises).
         device: training device.
         until: stop at this step (default ``config.steps``).
+        find_unused_parameters: passed to DistributedDataParallel (for models with parameters that a
+            step may not use).
 
     Returns:
         The :class:`Trainer` (``.ema_model`` is the model to sample from).
@@ -569,7 +572,8 @@ def train(
         >>> t.step, len(t.history)
         (5, 1)
     """
-    trainer = Trainer(model, data, config, out_dir=out_dir, device=device)
+    trainer = Trainer(model, data, config, out_dir=out_dir, device=device,
+                      find_unused_parameters=find_unused_parameters)
     if resume and out_dir is not None:
         trainer.resume()
     return trainer.fit(until)
