@@ -10,6 +10,7 @@ from .losses import (
     loss_weight,
     sample_sigmas,
 )
+from .run import MODEL_KINDS, RunConfig, run_training
 from .trainer import (
     CHECKPOINT_NAME,
     LOG_NAME,
@@ -24,7 +25,9 @@ from .trainer import (
 __all__ = [
     "CHECKPOINT_NAME",
     "LOG_NAME",
+    "MODEL_KINDS",
     "Objective",
+    "RunConfig",
     "SigmaSampling",
     "TrainConfig",
     "Trainer",
@@ -33,6 +36,7 @@ __all__ = [
     "drop_conditions",
     "load_checkpoint",
     "loss_weight",
+    "run_training",
     "sample_sigmas",
     "setup_distributed",
     "train",
