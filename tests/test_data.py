@@ -334,3 +334,25 @@ def test_layout_object_limit_and_missing_file(tmp_path: Path) -> None:
         parse_layout(d, max_objects=4)
     with pytest.raises(LocalScoreError, match="cannot read"):
         load_layout(tmp_path / "nope.json")
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-50, 200) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(["red", "pink", "disc", "star", "small", "huge", "", "pos", "color"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["size", "images", "pos", "color", "shape", "hue"]), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_json)
+def test_parse_layout_never_fails_with_anything_but_a_clear_error(value: object) -> None:
+    for candidate in (value, {"size": 32, "images": value}, {"size": 32, "images": [value]},
+                      {"size": 32, "images": [[value]]}):
+        try:
+            scene = parse_layout(candidate)
+        except LocalScoreError as e:
+            assert str(e).startswith("parse_layout: ")
+        else:
+            assert isinstance(scene, Scene)
+            assert bool((scene.pos >= 0).all() & (scene.pos <= scene.resolution - 1).all())

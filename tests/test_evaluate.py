@@ -215,3 +215,12 @@ def test_request_scenes_is_seeded() -> None:
     assert not torch.equal(a.pos, request_scenes(cfg, [1, 4], 3, seed=6).pos)
     with pytest.raises(LocalScoreError, match="per_count"):
         request_scenes(cfg, [1], 0)
+
+
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.0, 1.0))
+def test_detector_survives_arbitrary_images(seed: int, scale: float) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = 0.75 + scale * (torch.rand(3, 3, 16, 16, generator=g) * 2 - 1)     # clipped to [0, 1] inside
+    found = detect_objects(x, SceneConfig(resolution=16))
+    assert found.batch_size == 3 and bool(torch.isfinite(found.pos).all())
+    assert bool(((found.pos >= -0.5) & (found.pos <= 15.5)).all())
