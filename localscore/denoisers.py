@@ -493,7 +493,8 @@ class BoundDenoiser(nn.Module):
             raise fail("BoundDenoiser", "this denoiser already has its conditions bound; got another `cond`.",
                        "call it with cond=None, or bind the conditions you want instead.")
         x = check_image(x, "BoundDenoiser")
-        return self.inner(x, sigma, self.conditions_for(x.shape[0], x.device))
+        s = as_sigma(sigma, x.shape[0], "BoundDenoiser", like=x)
+        return call_denoiser(self.inner, x, s, self.conditions_for(x.shape[0], x.device), "BoundDenoiser")
 
     def __repr__(self) -> str:
         return f"BoundDenoiser({self.inner!r}, {self.cond!r})"
