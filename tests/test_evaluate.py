@@ -224,3 +224,38 @@ def test_detector_survives_arbitrary_images(seed: int, scale: float) -> None:
     found = detect_objects(x, SceneConfig(resolution=16))
     assert found.batch_size == 3 and bool(torch.isfinite(found.pos).all())
     assert bool(((found.pos >= -0.5) & (found.pos <= 15.5)).all())
+
+
+# ----------------------------------------------------------------------------- locality
+def test_locality_profile_of_a_local_and_of_a_global_model() -> None:
+    from localscore.evaluate import LocalityProfile, locality_profile, locality_table
+    from localscore.testing import LocalConvDenoiser
+
+    cfg = SceneConfig(resolution=16)
+    local = LocalConvDenoiser(3, radius=1, cond_radius=1.0)            # influence within 1 + 1 px
+    p = locality_profile(local, cfg, sigmas=[0.5, 5.0], n_images=2, count=2, region_radius=2.0)
+    assert p.index == (1.0, 1.0) and p.on_others == (0.0, 0.0) and all(r <= 2.0 for r in p.radius)
+
+    def global_model(x: torch.Tensor, sigma: torch.Tensor, cond: Conditions | None = None) -> torch.Tensor:
+        # every object shifts every pixel by the same amount: influence is uniform over the image
+        assert cond is not None
+        shift = (cond.pos.sum(-1) * cond.valid).sum(1) / 100.0
+        return 0.5 * x + shift.view(-1, 1, 1, 1)
+
+    g = locality_profile(global_model, cfg, sigmas=[1.0], n_images=2, count=2, region_radius=2.0)
+    scene = request_scenes(cfg, [2], 2, seed=0)                         # the scenes locality_profile used
+    rows, cols = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    shares = []
+    for b in range(2):
+        for k in range(2):
+            d = torch.maximum((rows - scene.pos[b, k, 0]).abs(), (cols - scene.pos[b, k, 1]).abs())
+            shares.append(float((d <= 2.0).float().mean()))
+    assert g.index[0] == pytest.approx(sum(shares) / 4, abs=1e-6)
+    assert g.index[0] < 0.2
+    table = locality_table({"local": p, "global": g},
+                           {"local": EvaluationResult((CountResult(4, 5, *(Proportion(5, 5),) * 4),)),
+                            "global": EvaluationResult((CountResult(4, 5, *(Proportion(1, 5),) * 4),))},
+                           counts=[4])
+    assert "| local | 5 | 1.00 | 0.00 |" in table and "| global | 1 | 0.06 |" in table
+    with pytest.raises(LocalScoreError, match="no evaluation result"):
+        locality_table({"x": LocalityProfile((1.0,), (1.0,), (0.0,), (1.0,), 2.0)}, {})
