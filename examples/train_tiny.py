@@ -5,8 +5,9 @@
 Steps: render scenes on the fly (1-3 labelled objects), train a ``LocalConditionalDenoiser`` with the
 EDM loss for half the steps, stop (as if the job were killed), resume from the checkpoint to the end,
 sample 0..N-object layouts with Euler on a Karras grid from the EMA weights, detect the objects and
-print the per-count table. Writes ``checkpoint.pt``, ``log.jsonl``, ``results.json``, ``results.md``
-and ``samples.png`` (if matplotlib is installed) to ``--out``.
+print the per-count table, then measure the model's conditional locality. Writes ``checkpoint.pt``,
+``log.jsonl``, ``results.json``, ``results.md``, ``locality.json`` and ``samples.png`` (if matplotlib is
+installed) to ``--out``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from localscore import Conditions
 from localscore.data import SceneConfig, SceneStream
-from localscore.evaluate import evaluate_sampler, request_scenes
+from localscore.evaluate import evaluate_sampler, locality_profile, request_scenes
 from localscore.nn import LocalConditionalDenoiser
 from localscore.sampling import sample_euler
 from localscore.schedules import karras_sigmas
@@ -81,6 +82,12 @@ def main() -> None:
     print(f"training {train_s:.1f} s ({steps} steps), evaluation {eval_s:.1f} s")
     (out / "results.json").write_text(json.dumps(result.to_dict(), indent=1))
     (out / "results.md").write_text(table + "\n")
+
+    with torch.no_grad():
+        profile = locality_profile(ema, scenes, sigmas=[0.2, 1.0, 5.0], n_images=2, count=4, seed=args.seed)
+    print("conditional locality of the trained model (4-object scenes):")
+    print(profile.to_markdown())
+    (out / "locality.json").write_text(json.dumps(profile.to_dict(), indent=1))
 
     try:
         import matplotlib
