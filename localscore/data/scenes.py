@@ -10,9 +10,11 @@ size, see :attr:`SceneConfig.radii`) with centre ``c`` and pixel offset ``d = p 
 * triangle (equilateral, apex up, circumradius ``R = 1.25 r``, centre = centroid):
   ``sdf = max(d_row, -d_row / 2 - (sqrt(3) / 2) d_col, -d_row / 2 + (sqrt(3) / 2) d_col) - R / 2``.
 
-Anti-aliasing: the coverage of a pixel is ``a = clamp(0.5 - sdf, 0, 1)`` (a one-pixel linear ramp
-across the edge, the box-filter coverage of a straight edge). The *bounding radius* ``b`` of an
-object is ``r``, ``0.85 sqrt(2) r`` and ``R`` for the three shapes.
+Anti-aliasing: the coverage of a pixel of a disc or triangle is ``a = clamp(0.5 - sdf, 0, 1)`` (a
+one-pixel linear ramp across the edge, the box-filter coverage of a straight edge; approximate at
+corners and for strongly curved edges). A square's coverage is the exact box filter,
+``a = o(d_row) o(d_col)`` with ``o(d) = clamp(min(d + 1/2, h) - max(d - 1/2, -h), 0, 1)``, ``h = 0.85 r``.
+The *bounding radius* ``b`` of an object is ``r``, ``0.85 sqrt(2) r`` and ``R`` for the three shapes.
 
 Compositing (objects drawn in slot order, ``a_k`` the coverage of object ``k``, ``f_k`` its colour):
 ``image = bg * prod_k (1 - a_k) + sum_k a_k f_k prod_{j > k} (1 - a_j)``.
@@ -295,7 +297,7 @@ def bounding_radius(shape: Tensor, size: Tensor, radii: tuple[float, float]) -> 
 
 def _sdf(d_row: Tensor, d_col: Tensor, shape: Tensor, r: Tensor) -> Tensor:
     """Signed distance (pixels, negative inside) for broadcastable offsets; shape/r broadcast too."""
-    disc = torch.sqrt(d_row**2 + d_col**2) - r
+    disc = torch.sqrt((d_row**2 + d_col**2).clamp_min(1e-12)) - r   # clamped: finite gradient at the centre
     square = torch.maximum(d_row.abs(), d_col.abs()) - _SQUARE_HALF * r
     half_in = 0.5 * _TRI_CIRCUM * r
     tri = torch.maximum(torch.maximum(d_row, -0.5 * d_row - _SQRT3_2 * d_col), -0.5 * d_row + _SQRT3_2 * d_col)
@@ -303,8 +305,21 @@ def _sdf(d_row: Tensor, d_col: Tensor, shape: Tensor, r: Tensor) -> Tensor:
     return torch.where(shape == 0, disc, torch.where(shape == 1, square, tri))
 
 
+def _overlap(d: Tensor, h: Tensor) -> Tensor:
+    """Length of ``[d - 1/2, d + 1/2] ∩ [-h, h]``: the 1-D box filter of an interval of half width ``h``."""
+    return (torch.minimum(d + 0.5, h) - torch.maximum(d - 0.5, -h)).clamp(0.0, 1.0)
+
+
+def _coverage(d_row: Tensor, d_col: Tensor, shape: Tensor, r: Tensor) -> Tensor:
+    """Pixel coverage: exact box filter for squares, ``clamp(0.5 - sdf, 0, 1)`` for discs and triangles."""
+    ramp = (0.5 - _sdf(d_row, d_col, shape, r)).clamp(0.0, 1.0)
+    h = _SQUARE_HALF * r
+    box = _overlap(d_row, h) * _overlap(d_col, h)
+    return torch.where(shape == 1, box, ramp)
+
+
 def coverage(pos: Tensor, shape: Tensor, radius: Tensor, height: int, width: int) -> Tensor:
-    """Anti-aliased coverage ``clamp(0.5 - sdf, 0, 1)`` of objects on a pixel grid.
+    """Anti-aliased coverage of objects on a pixel grid (see the module docstring).
 
     Args:
         pos: ``[N, 2]`` centres ``(row, col)`` in pixels.
@@ -326,8 +341,7 @@ def coverage(pos: Tensor, shape: Tensor, radius: Tensor, height: int, width: int
     cols = torch.arange(width, device=dev, dtype=dt).view(1, 1, width)
     d_row = rows - pos[:, 0].view(-1, 1, 1)
     d_col = cols - pos[:, 1].view(-1, 1, 1)
-    sdf = _sdf(d_row, d_col, shape.view(-1, 1, 1), radius.to(dt).view(-1, 1, 1))
-    return (0.5 - sdf).clamp(0.0, 1.0)
+    return _coverage(d_row, d_col, shape.view(-1, 1, 1), radius.to(dt).view(-1, 1, 1))
 
 
 def _draw_indices(allowed: Sequence[str], names: Sequence[str], shape: tuple[int, ...],
@@ -516,7 +530,7 @@ def render_scene(scene: Scene, config: SceneConfig | None = None, *, dtype: torc
     rr = r[..., None, None]
     bb = b[..., None, None]
     vf = v.to(dtype)[..., None, None]
-    a = (0.5 - _sdf(d_row, d_col, shp, rr)).clamp(0, 1) * vf                    # [B, K, H, W]
+    a = _coverage(d_row, d_col, shp, rr) * vf                                   # [B, K, H, W]
     if config.shadow > 0:
         off = 0.3 * bb
         width = 1.0 + 0.5 * bb

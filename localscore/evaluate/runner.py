@@ -61,7 +61,9 @@ def evaluate_sampler(
     ``sample_fn(cond, generator)``, which must return images ``[b, 3, H, W]`` in ``[0, 1]``. The
     images are detected (:func:`~localscore.evaluate.detect_objects`) and scored
     (:func:`~localscore.evaluate.evaluate_counts`). The sampler's generator is seeded with
-    ``seed + 1`` once, so the whole evaluation is reproducible.
+    ``seed + 1`` once, so the whole evaluation is reproducible. For a model trained with labelling
+    ``"one"``, ``sample_fn`` should sample the projective composition of the single-object conditionals
+    (``cond.singletons()``), as the paper's experiment 3 does.
 
     Args:
         sample_fn: ``(cond, generator) -> images``; e.g. a sampler around a trained denoiser, mapping
