@@ -15,6 +15,15 @@ from .attention import (
 from .blocks import ChannelNorm, LocalResBlock, make_norm
 from .config import LocalNetConfig, UNetConfig
 from .encoders import ConditionerEncoder, FourierFeatures, SigmaEmbedding, rotate_features
+from .intervention import (
+    LocalityEnforced,
+    LocalityReport,
+    LocalizedDenoiser,
+    enforce_locality,
+    localize,
+    register_locality_patch,
+    share_weights_copy,
+)
 from .local import LocalConditionalDenoiser, LocalScoreNet
 from .unet import GlobalConditionalDenoiser, PooledSetEmbedding, TokenEncoder, UNet, UNetResBlock
 
@@ -32,6 +41,9 @@ __all__ = [
     "LocalConditionalDenoiser",
     "LocalNetConfig",
     "LocalResBlock",
+    "LocalityEnforced",
+    "LocalityReport",
+    "LocalizedDenoiser",
     "LocalScoreNet",
     "MaskRule",
     "MaskedCrossAttention",
@@ -45,9 +57,13 @@ __all__ = [
     "UNetResBlock",
     "box_masks",
     "disc_masks",
+    "enforce_locality",
     "gaussian_masks",
+    "localize",
     "make_norm",
     "pool_mask",
+    "register_locality_patch",
     "rotate_features",
+    "share_weights_copy",
     "union",
 ]
