@@ -13,8 +13,6 @@ from localscore import Conditions
 
 def jacobian_x(D: Callable[..., Tensor], x: Tensor, sigma: float, cond: Conditions | None) -> Tensor:
     """``[H, W, H, W]``: ``sum_{c, c'} |d D(x)[c, p] / d x[c', q]|`` for one image ``x [1, C, H, W]``."""
-    C, H, W = x.shape[1:]
-
     def f(xx: Tensor) -> Tensor:
         return D(xx, sigma, cond)[0]
 

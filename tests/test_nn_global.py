@@ -177,11 +177,12 @@ def test_register_locality_patch_and_unpatchable_layers_are_reported() -> None:
 
     register_locality_patch(ThirdPartyCrossAttention, patch)
     with enforce_locality(model, DiscRule(1.0), copy=False) as local:
-        assert model.a.rule == DiscRule(1.0) and local.report.patched == ["a (ThirdPartyCrossAttention, registered patch)"]
+        assert model.a.rule == DiscRule(1.0)
+        assert local.report.patched == ["a (ThirdPartyCrossAttention, registered patch)"]
     assert model.a.rule is None
     with pytest.raises(LocalScoreError, match="MaskRule"):
         enforce_locality(model, 3.0)  # type: ignore[arg-type]
-    with pytest.raises(LocalScoreError, match="nn.Module"):
+    with pytest.raises(LocalScoreError, match=r"nn\.Module"):
         enforce_locality(lambda x: x, DiscRule(1.0))  # type: ignore[arg-type]
 
 
