@@ -120,7 +120,7 @@ def main() -> None:
         ax.set_title("|dD_p/d conditioner| (box: conditioner radius)", fontsize=8)
     fig.tight_layout()
     png = out_dir / "dependence_map.png"
-    fig.savefig(png, dpi=90)
+    fig.savefig(png, dpi=72)
     (out_dir / "dependence.json").write_text(json.dumps(summary, indent=2))
     far = int(dist_c.argmax())
     print(f"output pixel {pixel}; farthest conditioner {far} at Chebyshev distance {float(dist_c[far]):.1f} px")
