@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 from .._errors import describe, fail
 from ..masks import BoxRule, DiscRule, GaussianRule, MaskRule
 
-__all__ = ["LocalNetConfig", "UNetConfig"]
+__all__ = ["LocalNetConfig", "UNetConfig", "config_from_dict", "config_to_dict"]
 
 _C = TypeVar("_C", bound="_ConfigBase")
 
@@ -278,3 +278,31 @@ class UNetConfig(_ConfigBase):
     def downsampling(self) -> int:
         """The total downsampling factor ``2**(levels - 1)``: image sizes must be multiples of it."""
         return 2 ** (len(self.channel_mult) - 1)
+
+
+def config_to_dict(config: LocalNetConfig | UNetConfig) -> dict[str, Any]:
+    """``{"kind": "local" | "global", **fields}``: a config as a tagged plain dict, for checkpoints.
+
+    Example:
+        >>> config_to_dict(UNetConfig())["kind"]
+        'global'
+    """
+    if isinstance(config, LocalNetConfig):
+        return {"kind": "local", **config.to_dict()}
+    if isinstance(config, UNetConfig):
+        return {"kind": "global", **config.to_dict()}
+    raise fail("config_to_dict", f"`config` is {describe(config)}, expected a LocalNetConfig or UNetConfig.")
+
+
+def config_from_dict(data: dict[str, Any]) -> LocalNetConfig | UNetConfig:
+    """The inverse of :func:`config_to_dict`.
+
+    Example:
+        >>> config_from_dict(config_to_dict(LocalNetConfig(width=16))) == LocalNetConfig(width=16)
+        True
+    """
+    if not isinstance(data, dict) or data.get("kind") not in ("local", "global"):
+        raise fail("config_from_dict", f"`data` is {describe(data)}, expected a dict with kind 'local' or 'global'.",
+                   "pass the dict written by config_to_dict(config).")
+    fields = {k: v for k, v in data.items() if k != "kind"}
+    return LocalNetConfig.from_dict(fields) if data["kind"] == "local" else UNetConfig.from_dict(fields)
