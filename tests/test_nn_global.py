@@ -228,3 +228,20 @@ def test_localize_matches_explicit_gated_composition_and_checks_input() -> None:
         localize(D, rule, crop=4)
     with pytest.raises(LocalScoreError, match="larger than the image"):
         localize(D, rule, crop=16)(x, 0.7, cond)
+
+
+def test_localize_bad_input() -> None:
+    D = unet()
+    with pytest.raises(LocalScoreError, match="Conditions"):
+        localize(D, DiscRule(1.0))(torch.randn(1, 3, 8, 8, dtype=torch.float64), 1.0, [(1, 1)])  # type: ignore[arg-type]
+    with pytest.raises(LocalScoreError, match="support"):
+        localize(D, DiscRule(lambda s: s))
+    with pytest.raises(LocalScoreError, match="MaskRule"):
+        localize(D, 2.0)  # type: ignore[arg-type]
+    with pytest.raises(LocalScoreError, match="B = 2"):
+        localize(D, DiscRule(1.0))(torch.randn(1, 3, 8, 8, dtype=torch.float64), 1.0,
+                                   Conditions.from_lists([[(1, 1)], [(2, 2)]], attrs=[[[1, 0, 0]], [[1, 0, 0]]],
+                                                         dtype=torch.float64))
+    # no conditioners: exactly the unconditional model
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    assert torch.equal(localize(D, DiscRule(1.0))(x, 1.0, None), D(x, 1.0, None))

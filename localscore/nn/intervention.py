@@ -193,11 +193,6 @@ class LocalityEnforced(nn.Module):
         """The patched model's declared conditioner radius, or ``None``."""
         return conditioner_radius(self.inner)
 
-    @property
-    def active(self) -> bool:
-        """False after :meth:`restore`."""
-        return bool(self._undo) or not self.report.patched
-
     def restore(self) -> None:
         """Undo every patch (idempotent)."""
         while self._undo:
@@ -349,10 +344,10 @@ class LocalizedDenoiser(nn.Module):
         x = check_image(x, where)
         B, C, H, W = x.shape
         s = as_sigma(sigma, B, where, like=x)
+        if cond is not None and not isinstance(cond, Conditions):
+            raise fail(where, f"`cond` is {describe(cond)}, expected a localscore.Conditions or None.")
         if cond is None or cond.num_slots == 0:
             return call_denoiser(self.inner, x, s, cond, where)
-        if not isinstance(cond, Conditions):
-            raise fail(where, f"`cond` is {describe(cond)}, expected a localscore.Conditions or None.")
         cond.check_batch(B, where, device=x.device)
         K = cond.num_slots
         masks = self.rule(cond, (H, W), sigma=s).to(x.dtype)  # [B, K, H, W]
