@@ -44,8 +44,9 @@ CONFIGS = [
     {"depth": 1, "kernel_size": 5, "cond_blocks": "first", "width": 4, "heads": 1},
     {"depth": 1, "self_attention_radius": 1, "width": 6, "heads": 3},
     {"depth": 2, "cond_blocks": "first", "norm": "none", "relative_freqs": 0},
+    {"depth": 1, "head_kernel_size": 5, "width": 10},
 ]
-SIGMAS = [0.8, 0.02, 30.0, 1.3, 5.0]
+SIGMAS = [0.8, 0.02, 30.0, 1.3, 5.0, 0.3]
 
 
 @pytest.mark.parametrize(("kw", "sigma"), list(zip(CONFIGS, SIGMAS)))
@@ -96,6 +97,13 @@ def test_sigma_dependent_rule_with_a_bound() -> None:
     for sigma, reach in ((0.3, 1 + 3), (5.0, 2 + 3)):  # radius 1.3 -> floor 1 on the pixel grid; capped 2
         Jc = jacobian_cond(D, x, sigma, cond)[..., 0]
         assert float(dist[Jc > 0].max()) == reach
+
+
+@pytest.mark.parametrize("R", [3, 4, 5, 6, 7, 10, 11])
+def test_config_for_a_requested_receptive_radius(R: int) -> None:
+    cfg = LocalNetConfig.for_receptive_radius(R, width=8, heads=2)
+    assert cfg.receptive_radius == R
+    assert LocalConditionalDenoiser(cfg).receptive_radius == R
 
 
 def test_radii_formula_and_group_norm_declares_none() -> None:
@@ -388,6 +396,8 @@ def test_bad_input_raises_clear_errors() -> None:
         LocalScoreNet(LocalNetConfig(**SMALL), rule=GaussianRule(1.0, truncate=None))  # type: ignore[arg-type]
     with pytest.raises(LocalScoreError, match="kernel_size"):
         LocalNetConfig(kernel_size=4)
+    with pytest.raises(LocalScoreError, match="smallest"):
+        LocalNetConfig.for_receptive_radius(2)
     with pytest.raises(LocalScoreError, match="sigma"):
         D(x, -1.0)
     with pytest.raises(LocalScoreError, match="unknown keys"):
