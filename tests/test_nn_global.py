@@ -120,7 +120,7 @@ def test_enforce_locality_shares_weights_reports_and_restores() -> None:
 def test_masking_a_downsampling_unet_gives_only_coarse_locality() -> None:
     """Measured: after enforce_locality the global U-Net's conditioner influence still reaches every pixel;
     without its whole-image pathways it is bounded, but far beyond the rule's support."""
-    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     c = one_object((3.0, 3.0))
     dist = cheb_to_points(16, 16, c.pos[0])[..., 0]
     rule = DiscRule(1.0)
