@@ -302,15 +302,15 @@ def test_relative_features_match_explicit_offsets_in_cross_attention() -> None:
     q = attn.to_q(hq).view(-1, nh, d)
     k = attn.to_k(tokens[0]).view(K, nh, d)
     v = attn.to_v(tokens[0]).view(K, nh, d)
-    g = attn.to_g(hq).view(-1, nh, ff.dim)  # type: ignore[misc]
-    logits = (torch.einsum("nhd,khd->nhk", q, k) + torch.einsum("nhf,nkf->nhk", g, rel)) / math.sqrt(d)
+    g = attn.to_g(hq)  # type: ignore[misc]
+    logits = (torch.einsum("nhd,khd->nhk", q, k) + torch.einsum("nf,nkf->nk", g, rel)[:, None]) / math.sqrt(d)
     m = mask[0].flatten(1).T[:, None, :]  # [N, 1, K]
     logits = torch.where(m > 0, logits + torch.log(m.clamp_min(1e-300)), torch.tensor(float("-inf")).double())
     null = torch.einsum("nhd,hd->nh", q, attn.null_k)[..., None] / math.sqrt(d)
     a = torch.softmax(torch.cat([null, logits], -1), -1)
     o = a[..., :1] * attn.null_v + torch.einsum("nhk,khd->nhd", a[..., 1:], v)
-    u = torch.einsum("nhk,nkf->nhf", a[..., 1:], rel)
-    expected = attn.to_out(torch.cat([o, u], -1).reshape(h * w, -1)).T.reshape(1, 6, h, w)
+    u = torch.einsum("nk,nkf->nf", a[..., 1:].mean(1), rel)
+    expected = attn.to_out(torch.cat([o.reshape(h * w, -1), u], -1)).T.reshape(1, 6, h, w)
     assert torch.allclose(out, expected, atol=1e-12)
 
 

@@ -104,15 +104,12 @@ def rotate_features(feat: Tensor, angles: Tensor, *, inverse: bool = False) -> T
         >>> torch.allclose(rotate_features(ff(p), ff.angles(x)), ff(p - x), atol=1e-6)
         True
     """
-    shape = feat.shape
-    pairs = feat.unflatten(-1, (2, -1, 2))  # [..., 2, F, 2]
-    c, s = pairs[..., 0], pairs[..., 1]
-    cos, sin = angles.cos(), angles.sin()
-    if inverse:
-        out = torch.stack([c * cos - s * sin, s * cos + c * sin], dim=-1)
-    else:
-        out = torch.stack([c * cos + s * sin, s * cos - c * sin], dim=-1)
-    return out.reshape(*out.shape[:-3], shape[-1])
+    cos = angles.cos().repeat_interleave(2, dim=-1).flatten(-2)  # [..., 4F]: (cos, cos) per pair
+    sin = angles.sin().repeat_interleave(2, dim=-1).flatten(-2)
+    sign = torch.tensor([-1.0, 1.0] if inverse else [1.0, -1.0], dtype=sin.dtype, device=sin.device)
+    sin = (sin.unflatten(-1, (-1, 2)) * sign).flatten(-2)  # (sin, -sin), or (-sin, sin) for Rot^T
+    swapped = feat.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (s, c) per pair
+    return feat * cos + swapped * sin
 
 
 class SigmaEmbedding(nn.Module):
