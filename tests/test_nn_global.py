@@ -206,7 +206,7 @@ def test_localize_makes_the_global_unet_exactly_conditionally_local(crop: int | 
         def f(xx: torch.Tensor) -> torch.Tensor:
             return L(xx, 1.0, cond)[0, :, 3, 4] - D(xx, 1.0, None)[0, :, 3, 4]
 
-        J = torch.func.jacrev(f)(x)[:, 0].abs().sum((0, 1))  # [H, W]
+        J = torch.func.jacrev(f)(x)[:, 0].detach().abs().sum((0, 1))  # [H, W]
         assert float(J.sum()) > 0
         assert torch.all(J[8:, :] == 0) and torch.all(J[:, 8:] == 0)  # window rows 0..7, cols 0..7
 
