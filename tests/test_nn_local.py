@@ -434,3 +434,45 @@ def test_custom_rule_whose_masks_exceed_its_declared_support_is_caught() -> None
     assert D.conditioner_radius == 1 + 3
     with pytest.raises(LocalScoreError, match="declared support"):
         D(torch.randn(1, 3, 10, 10), 1.0, Conditions.from_lists([[(5.0, 5.0)]], attrs=[[[1.0, 0, 0]]]))
+
+
+# ---------------------------------------------------------------- fuzzed bad input: always a LocalScoreError
+
+_bad_x = st.sampled_from([
+    "list", "int_dtype", "3d", "nan", "empty_batch", "wrong_channels",
+])
+_bad_sigma = st.sampled_from([-1.0, 0.0, float("nan"), float("inf"), "text", None])
+
+
+@given(kind=_bad_x)
+def test_fuzzed_bad_images_raise_localscore_error(kind: str) -> None:
+    D = net()
+    x = {
+        "list": [[1.0]],
+        "int_dtype": torch.zeros(1, 3, 8, 8, dtype=torch.long),
+        "3d": torch.zeros(3, 8, 8, dtype=torch.float64),
+        "nan": torch.full((1, 3, 8, 8), float("nan"), dtype=torch.float64),
+        "empty_batch": torch.zeros(0, 3, 8, 8, dtype=torch.float64),
+        "wrong_channels": torch.zeros(1, 2, 8, 8, dtype=torch.float64),
+    }[kind]
+    with pytest.raises(LocalScoreError):
+        D(x, 1.0)
+
+
+@given(sigma=_bad_sigma)
+def test_fuzzed_bad_sigmas_raise_localscore_error(sigma: object) -> None:
+    with pytest.raises(LocalScoreError):
+        net()(torch.zeros(1, 3, 8, 8, dtype=torch.float64), sigma)
+
+
+@given(what=st.sampled_from(["tuple", "batch", "attr_len", "no_attr"]))
+def test_fuzzed_bad_conditions_raise_localscore_error(what: str) -> None:
+    x = torch.zeros(1, 3, 8, 8, dtype=torch.float64)
+    cond = {
+        "tuple": ((1.0, 2.0),),
+        "batch": Conditions(torch.zeros(2, 1, 2), torch.zeros(2, 1, 3)),
+        "attr_len": Conditions(torch.zeros(1, 1, 2), torch.zeros(1, 1, 5)),
+        "no_attr": Conditions(torch.zeros(1, 1, 2)),
+    }[what]
+    with pytest.raises(LocalScoreError):
+        net()(x, 1.0, cond)  # type: ignore[arg-type]

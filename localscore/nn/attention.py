@@ -45,6 +45,13 @@ class CondContext:
         mask: ``[B, K, H, W]`` full-resolution pixel-to-conditioner mask (bool or in ``[0, 1]``), or
             ``None`` for "every pixel may see every conditioner".
         sigma: ``[B]`` noise levels (for sigma-dependent rules), or ``None``.
+
+    Example:
+        >>> import torch
+        >>> from localscore import Conditions
+        >>> c = Conditions.from_lists([[(1.0, 2.0)]])
+        >>> CondContext(torch.zeros(1, 1, 8), c.pos, c.valid, (4, 4)).mask is None
+        True
     """
 
     tokens: Tensor

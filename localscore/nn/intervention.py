@@ -89,6 +89,15 @@ class LocalityReport:
         unpatched: ``(name, reason)`` for attention layers it found but could not mask.
         nonlocal_pathways: ``(name, reason)`` for modules that still carry information across the image.
         support: the rule's support radius (pixels, Chebyshev), or ``None`` if unbounded.
+
+    Example:
+        >>> from localscore.masks import DiscRule
+        >>> from localscore.nn import LocalConditionalDenoiser
+        >>> report = enforce_locality(LocalConditionalDenoiser(width=8, heads=2), DiscRule(2.0)).report
+        >>> report.patched
+        ['inner.blocks.0.cond (MaskedCrossAttention)', 'inner.blocks.1.cond (MaskedCrossAttention)']
+        >>> report.exact
+        True
     """
 
     patched: list[str] = field(default_factory=list)
@@ -171,6 +180,14 @@ class LocalityEnforced(nn.Module):
     Attributes:
         inner: the patched model (a weight-sharing copy unless ``copy=False``).
         report: a :class:`LocalityReport`.
+
+    Example:
+        >>> from localscore.masks import DiscRule
+        >>> from localscore.nn import LocalConditionalDenoiser
+        >>> D = LocalConditionalDenoiser(width=8, heads=2)           # disc radius 3.5: conditioner radius 9
+        >>> with enforce_locality(D, DiscRule(1.0)) as local:
+        ...     local.conditioner_radius                             # ceil(1.0) + 5
+        6
     """
 
     def __init__(self, inner: nn.Module, report: LocalityReport, undo: list[Callable[[], None]]) -> None:
@@ -308,6 +325,19 @@ class LocalizedDenoiser(nn.Module):
       conditioners whose mask covers ``p``; the unconditional ``D_0`` keeps ``D``'s own pixel dependence.
 
     Cost: ``K + 1`` passes of ``D`` (batched into one call).
+
+    Example:
+        >>> import torch
+        >>> from localscore import Conditions
+        >>> from localscore.masks import DiscRule
+        >>> from localscore.nn import GlobalConditionalDenoiser
+        >>> unet = GlobalConditionalDenoiser(base_width=8, channel_mult=(1, 2), heads=2, groups=4, token_dim=8,
+        ...                                  attr_dim=0, attention_levels=(1,))
+        >>> L = LocalizedDenoiser(unet, DiscRule(2.0), crop=8)
+        >>> L(torch.randn(1, 3, 16, 16), 1.0, Conditions.from_lists([[(3.0, 3.0), (12.0, 12.0)]])).shape
+        torch.Size([1, 3, 16, 16])
+        >>> L.conditioner_radius
+        2
     """
 
     def __init__(self, denoiser: Any, rule: MaskRule, *, crop: int | None = None) -> None:

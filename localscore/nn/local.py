@@ -87,6 +87,14 @@ class LocalScoreNet(nn.Module):
         rule: a custom :class:`~localscore.masks.MaskRule` instead of the config's; it must declare a
             finite ``support_radius(None)`` (an upper bound over every sigma), and every call checks that
             its masks respect it.
+
+    Example:
+        >>> import torch
+        >>> net = LocalScoreNet(LocalNetConfig(width=8, heads=2, attr_dim=0))
+        >>> net(torch.randn(2, 3, 7, 9), torch.zeros(2), None).shape      # any image size
+        torch.Size([2, 3, 7, 9])
+        >>> net.receptive_radius, net.conditioner_radius, net.conditioner_reach
+        (6, 9, 8.5)
     """
 
     def __init__(self, config: LocalNetConfig | None = None, *, rule: MaskRule | None = None) -> None:

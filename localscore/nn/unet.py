@@ -89,6 +89,12 @@ class TokenEncoder(nn.Module):
     A learned *global* token is prepended so the sequence is never empty (``K = 0`` or all padding), then
     ``layers`` pre-norm ``nn.TransformerEncoderLayer`` run with padding masked; the global token is
     dropped from the output: ``[B, K, D] -> [B, K, D]``.
+
+    Example:
+        >>> import torch
+        >>> enc = TokenEncoder(8, layers=1, heads=2)
+        >>> enc(torch.randn(2, 3, 8), torch.tensor([[True, True, False], [False, False, False]])).shape
+        torch.Size([2, 3, 8])
     """
 
     nonlocal_reason = ("token encoder: every token sees every other token, so each conditioner's token "
@@ -114,6 +120,13 @@ class PooledSetEmbedding(nn.Module):
 
     ``p = W (sum_k valid_k t_k / max(1, sum_k valid_k)) + [no valid token] e_empty`` with a learned
     ``e_empty`` for the empty set.
+
+    Example:
+        >>> import torch
+        >>> pool = PooledSetEmbedding(4, 6)
+        >>> torch.equal(pool(torch.randn(1, 2, 4), torch.zeros(1, 2, dtype=torch.bool))[0],
+        ...             pool.proj.bias + pool.empty)
+        True
     """
 
     nonlocal_reason = ("pooled set embedding: the mean of all tokens is added to the noise embedding, which "
@@ -146,6 +159,13 @@ class UNet(nn.Module):
         F    = conv_out(silu(norm(h)))
 
     ``H`` and ``W`` must be multiples of ``config.downsampling``.
+
+    Example:
+        >>> import torch
+        >>> net = UNet(UNetConfig(base_width=8, channel_mult=(1, 2), attention_levels=(1,), heads=2, groups=4,
+        ...                       token_dim=8, attr_dim=0))
+        >>> net(torch.randn(1, 3, 8, 12), torch.zeros(1)).shape
+        torch.Size([1, 3, 8, 12])
     """
 
     def __init__(self, config: UNetConfig | None = None) -> None:
