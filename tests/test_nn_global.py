@@ -245,3 +245,18 @@ def test_localize_bad_input() -> None:
     # no conditioners: exactly the unconditional model
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
     assert torch.equal(localize(D, DiscRule(1.0))(x, 1.0, None), D(x, 1.0, None))
+
+
+def test_masked_unet_sampled_on_windows_changes_only_inside_the_objects_mask() -> None:
+    D = unet()
+    rule = DiscRule(2.0)
+    L = localize(enforce_locality(D, rule), rule, crop=8)
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    pos = torch.tensor([[[4.0, 4.0], [11.0, 10.0]]], dtype=torch.float64)
+    attr = torch.randn(1, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    attr2 = attr.clone()
+    attr2[0, 1] += 1.0  # edit object 1 only
+    with torch.no_grad():
+        diff = (L(x, 0.5, Conditions(pos, attr)) - L(x, 0.5, Conditions(pos, attr2))).abs().amax(1)[0]
+    inside = rule(Conditions(pos[:, 1:]), (16, 16))[0, 0]
+    assert float(diff[~inside].max()) == 0.0 and float(diff[inside].max()) > 0
