@@ -237,6 +237,8 @@ def enforce_locality(model: nn.Module, rule: MaskRule, *, copy: bool = True) -> 
 
     The result shares the original weights: fine-tuning it afterwards (the usual next step, since the
     model was trained without the mask) also changes the original. Deep-copy the model first to keep both.
+    A layer that already had a rule gets ``rule`` instead (restored on :meth:`LocalityEnforced.restore`); the
+    layer's own mask (e.g. the local network's) always stays, so the result is never less local.
 
     Args:
         model: any ``nn.Module`` (e.g. :class:`~localscore.nn.GlobalConditionalDenoiser`).
