@@ -127,7 +127,12 @@ class LocalityReport:
         lines = [f"enforce_locality: {len(self.patched)} layer(s) patched, support radius {self.support}"]
         lines += [f"  patched    {n}" for n in self.patched]
         lines += [f"  UNPATCHED  {n}: {r}" for n, r in self.unpatched]
-        lines += [f"  non-local  {n}: {r}" for n, r in self.nonlocal_pathways]
+        by_reason: dict[str, list[str]] = {}
+        for n, r in self.nonlocal_pathways:
+            by_reason.setdefault(r, []).append(n)
+        for r, names in by_reason.items():
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            lines.append(f"  non-local  {shown}: {r}")
         lines.append(f"  guarantee: {self.guarantee}")
         return "\n".join(lines)
 
