@@ -103,6 +103,7 @@ class LocalScoreNet(nn.Module):
         if not isinstance(cfg, LocalNetConfig):
             raise fail("LocalScoreNet", f"`config` is {describe(cfg)}, expected a LocalNetConfig.")
         self.config = cfg
+        self._check_support = rule is not None  # the config's rules honour their support by construction
         rule = rule if rule is not None else cfg.rule()
         support = rule.support_radius(None) if hasattr(rule, "support_radius") else None
         if support is None or not math.isfinite(support) or support < 0:
@@ -179,14 +180,14 @@ class LocalScoreNet(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def masks(self, cond: Conditions, size: tuple[int, int], sigma: Tensor | None = None) -> Tensor:
-        """The rule's ``[B, K, H, W]`` masks, checked against the declared support radius."""
+        """The rule's ``[B, K, H, W]`` masks; a custom rule's are checked against its declared support radius."""
         m = self.rule(cond, size, sigma=sigma)
         B, K = cond.batch_size, cond.num_slots
         if not isinstance(m, Tensor) or tuple(m.shape) != (B, K, *size):
             got = tuple(m.shape) if isinstance(m, Tensor) else describe(m)
             raise fail("LocalScoreNet", f"the rule returned masks of shape {got}, expected [B, K, H, W] = "
                        f"{[B, K, *size]}.", "a MaskRule returns one [H, W] mask per conditioner slot.")
-        if K > 0:
+        if K > 0 and self._check_support:
             d = distances(cond, size, "chebyshev")
             if bool(((m > 0) & (d > self.support + 1e-6)).any()):
                 raise fail("LocalScoreNet", f"the rule's masks reach beyond its declared support radius "
