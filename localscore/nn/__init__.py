@@ -1,4 +1,19 @@
-"""Local conditional score networks, the global U-Net baseline, and the locality intervention."""
+"""Local conditional score networks, the global U-Net baseline, and the locality intervention.
+
+* :class:`LocalConditionalDenoiser`: local in pixels and in conditioners by construction; declares integer
+  ``receptive_radius`` and ``conditioner_radius`` (Chebyshev pixels) computed from the architecture.
+* :class:`GlobalConditionalDenoiser`: the U-Net baseline (downsampling, full cross-attention, pooled token
+  embedding, optional token encoder); declares no radii.
+* :func:`enforce_locality`: masks a model's cross-attention by a :class:`MaskRule` (reversible, weight
+  sharing, with a report); :func:`localize`: the sampling-time form, exactly conditionally local for any
+  denoiser.
+* Building blocks: :class:`MaskedCrossAttention` (with a null token), :class:`RenderedConditioning`,
+  :class:`LocalResBlock`, :class:`ChannelNorm`, :class:`NeighborhoodSelfAttention`, encoders.
+* Configs: :class:`LocalNetConfig`, :class:`UNetConfig`, :func:`config_to_dict`, :func:`build_denoiser`.
+
+The mask helpers of :mod:`localscore.masks` are re-exported for convenience. See the "Networks" docs page
+for the maths and the guarantees.
+"""
 
 from __future__ import annotations
 
