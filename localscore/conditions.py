@@ -96,6 +96,11 @@ class Conditions:
                 raise fail(where, f"argument `attr` has dtype {attr.dtype}, expected a floating dtype.",
                            "convert it (e.g. one-hot class ids) with `attr.float()`.")
         check_same_device(where, pos=pos, valid=valid, attr=attr)
+        if pos.device.type == "meta":  # no values to check (shape-only tensors, e.g. to emulate a device)
+            object.__setattr__(self, "pos", pos)
+            object.__setattr__(self, "attr", attr)
+            object.__setattr__(self, "valid", valid)
+            return
         # Valid slots must be finite; padding slots are sanitised so they never poison arithmetic.
         finite_pos = torch.isfinite(pos).all(-1)
         bad = valid & ~finite_pos
@@ -119,6 +124,9 @@ class Conditions:
         object.__setattr__(self, "valid", valid)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Conditions is immutable; build a new one instead.")
+
+    def __delattr__(self, name: str) -> None:
         raise AttributeError("Conditions is immutable; build a new one instead.")
 
     # ----------------------------------------------------------------- construction
@@ -151,6 +159,9 @@ class Conditions:
         """
         where = "Conditions.from_lists"
         dtype = dtype or torch.get_default_dtype()
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise fail(where, f"argument `dtype` is {dtype!r}, expected a floating torch.dtype.",
+                       "positions are floats in pixel units; use torch.float32 or torch.float64.")
         if isinstance(positions, torch.Tensor) or not isinstance(positions, Sequence) or isinstance(positions, str):
             raise fail(where, f"argument `positions` is {describe(positions)}, expected a list with one "
                        "entry per image.",
@@ -164,15 +175,26 @@ class Conditions:
                        "expected one per image.")
         pos_list: list[Tensor] = []
         attr_list: list[Tensor] = []
+        def as_rows(value: Any, b: int, what: str) -> Tensor | None:
+            # one image's entry -> a tensor (None when it has no objects); anything else is a clear error
+            try:
+                if len(value) == 0:
+                    return None
+                return torch.as_tensor(value, dtype=dtype)
+            except (TypeError, ValueError, RuntimeError):
+                raise fail(where, f"image {b}: {what} entry is {describe(value)}, expected a list of "
+                           f"{'(row, col) pairs' if what == 'positions' else 'attribute vectors'} or a tensor.",
+                           "give one list per image, e.g. positions=[[(r0, c0), (r1, c1)], [(r2, c2)]].") from None
+
         for b, p in enumerate(positions):
-            pt = torch.as_tensor(p, dtype=dtype) if len(p) > 0 else torch.zeros(0, 2, dtype=dtype)
+            maybe = as_rows(p, b, "positions")
+            pt = maybe if maybe is not None else torch.zeros(0, 2, dtype=dtype)
             if pt.dim() != 2 or pt.shape[-1] != 2:
                 raise fail(where, f"image {b}: positions have shape {tuple(pt.shape)}, expected [k, 2] "
                            "((row, col) pairs).")
             pos_list.append(pt)
             if attrs is not None:
-                a = attrs[b]
-                at = torch.as_tensor(a, dtype=dtype) if len(a) > 0 else None
+                at = as_rows(attrs[b], b, "attrs")
                 if at is not None and (at.dim() != 2 or at.shape[0] != pt.shape[0]):
                     raise fail(where, f"image {b}: attrs have shape {tuple(at.shape)}, expected "
                                f"[k, A] with k = {pt.shape[0]} objects.")
@@ -217,8 +239,10 @@ class Conditions:
             >>> Conditions.empty(3).pos.shape
             torch.Size([3, 0, 2])
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise fail("Conditions.empty", f"`batch_size` is {batch_size!r}, expected an int >= 1.")
+        if attr_dim is not None and (isinstance(attr_dim, bool) or not isinstance(attr_dim, int) or attr_dim < 1):
+            raise fail("Conditions.empty", f"`attr_dim` is {attr_dim!r}, expected None or an int >= 1.")
         dtype = dtype or torch.get_default_dtype()
         pos = torch.zeros(batch_size, 0, 2, dtype=dtype, device=device)
         attr = None if attr_dim is None else torch.zeros(batch_size, 0, attr_dim, dtype=dtype, device=device)
@@ -263,8 +287,9 @@ class Conditions:
         return self.batch_size
 
     def __repr__(self) -> str:
+        counts = "?" if self.device.type == "meta" else self.counts().tolist()
         return (f"Conditions(B={self.batch_size}, K={self.num_slots}, A={self.attr_dim}, "
-                f"counts={self.counts().tolist()}, device={self.device})")
+                f"counts={counts}, device={self.device})")
 
     # ----------------------------------------------------------------- slot operations
     def _check_slot(self, j: int, where: str) -> int:
@@ -335,6 +360,8 @@ class Conditions:
     def pad_to(self, num_slots: int) -> Conditions:
         """Pad with invalid slots up to ``num_slots`` (which must be ``>= K``)."""
         K = self.num_slots
+        if isinstance(num_slots, bool) or not isinstance(num_slots, int):
+            raise fail("Conditions.pad_to", f"`num_slots` is {describe(num_slots)}, expected an int.")
         if num_slots < K:
             raise fail("Conditions.pad_to", f"num_slots = {num_slots} is below the current K = {K}.",
                        "use `compact()` to remove padding first.")
@@ -351,7 +378,17 @@ class Conditions:
 
     # ----------------------------------------------------------------- batch operations
     def __getitem__(self, index: _Index) -> Conditions:
-        """Batch indexing: an int keeps a batch of one; slices, lists and tensors select images."""
+        """Batch indexing: an int keeps a batch of one; slices, lists and tensors select images.
+
+        Raises:
+            LocalScoreError: for a tuple (slot indexing: use :meth:`select` / :meth:`drop`), a float or bool,
+                an out-of-range index, or a selection of no image.
+
+        Example:
+            >>> c = Conditions.from_lists([[(0, 0)], [(1, 1), (2, 2)], []])
+            >>> c[1].counts().tolist(), c[[2, 0]].counts().tolist(), c[torch.tensor([True, False, True])].batch_size
+            ([2], [0, 1], 2)
+        """
         if isinstance(index, int) and not isinstance(index, bool):
             if not -self.batch_size <= index < self.batch_size:
                 raise fail("Conditions[...]", f"image index {index} is out of range for B = {self.batch_size}.")
@@ -359,8 +396,20 @@ class Conditions:
         elif isinstance(index, tuple):
             raise fail("Conditions[...]", "only batch indexing is supported (one index).",
                        "select slots with `select(j)` or `drop(j)`.")
+        elif isinstance(index, bool) or not isinstance(index, (slice, Sequence, torch.Tensor)) or isinstance(
+                index, str):
+            raise fail("Conditions[...]", f"index is {describe(index)}, expected an int, a slice, a list of "
+                       "ints, or a long/bool tensor over the batch.")
+        try:
+            pos = self.pos[index]
+        except (IndexError, TypeError, RuntimeError) as e:
+            raise fail("Conditions[...]", f"cannot index a batch of B = {self.batch_size} images with "
+                       f"{describe(index)}: {e}") from None
+        if pos.dim() != 3 or pos.shape[0] == 0:
+            raise fail("Conditions[...]", f"index {describe(index)} selects no image from B = {self.batch_size} "
+                       "(or is not a batch index).", "a Conditions holds at least one image.")
         attr = None if self.attr is None else self.attr[index]
-        return Conditions(self.pos[index], attr, self.valid[index])
+        return Conditions(pos, attr, self.valid[index])
 
     def __iter__(self) -> Iterator[Conditions]:
         """Iterate over images, each as a batch of one."""
@@ -369,7 +418,7 @@ class Conditions:
 
     def repeat_interleave(self, repeats: int) -> Conditions:
         """Repeat every image ``repeats`` times along the batch (as ``torch.repeat_interleave``)."""
-        if not isinstance(repeats, int) or repeats < 1:
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise fail("Conditions.repeat_interleave", f"`repeats` is {repeats!r}, expected an int >= 1.")
         attr = None if self.attr is None else self.attr.repeat_interleave(repeats, 0)
         return Conditions(self.pos.repeat_interleave(repeats, 0), attr, self.valid.repeat_interleave(repeats, 0))
@@ -412,8 +461,14 @@ class Conditions:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Conditions:
         """Move to ``device`` and/or cast positions and attributes to ``dtype`` (``valid`` stays bool)."""
-        if dtype is not None and not dtype.is_floating_point:
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
             raise fail("Conditions.to", f"`dtype` is {dtype}, expected a floating dtype.")
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError):
+                raise fail("Conditions.to", f"`device` is {describe(device)}, not a torch device.",
+                           "pass e.g. 'cpu', 'cuda', 'cuda:1' or x.device.") from None
         pos = self.pos.to(device=device, dtype=dtype)
         attr = None if self.attr is None else self.attr.to(device=device, dtype=dtype)
         return Conditions(pos, attr, self.valid.to(device=device))

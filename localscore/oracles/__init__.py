@@ -7,5 +7,7 @@ Every oracle is an :class:`AnalyticDistribution`: it is a denoiser (``oracle(x, 
 from __future__ import annotations
 
 from ._base import AnalyticDistribution
+from .gaussian import Gaussian, GaussianMixture
+from .objects import FactorizedObjects, OverlappingObjects
 
-__all__ = ["AnalyticDistribution"]
+__all__ = ["AnalyticDistribution", "FactorizedObjects", "Gaussian", "GaussianMixture", "OverlappingObjects"]
