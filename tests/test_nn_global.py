@@ -260,3 +260,14 @@ def test_masked_unet_sampled_on_windows_changes_only_inside_the_objects_mask() -
         diff = (L(x, 0.5, Conditions(pos, attr)) - L(x, 0.5, Conditions(pos, attr2))).abs().amax(1)[0]
     inside = rule(Conditions(pos[:, 1:]), (16, 16))[0, 0]
     assert float(diff[~inside].max()) == 0.0 and float(diff[inside].max()) > 0
+
+
+def test_translation_equivariance_declarations() -> None:
+    from localscore.compose import _crop_blocker
+
+    assert GlobalConditionalDenoiser(**TINY).translation_equivariant is False
+    assert _crop_blocker(GlobalConditionalDenoiser(**TINY)) is not None
+    assert _crop_blocker(localize(GlobalConditionalDenoiser(**TINY), DiscRule(1.0))) is not None
+    local = LocalConditionalDenoiser(width=8, heads=2)
+    assert local.translation_equivariant is True and _crop_blocker(local) is None
+    assert LocalConditionalDenoiser(width=8, heads=2, absolute_positions=True).translation_equivariant is False

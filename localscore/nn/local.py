@@ -140,6 +140,11 @@ class LocalScoreNet(nn.Module):
 
     # ------------------------------------------------------------------ declared locality
     @property
+    def translation_equivariant(self) -> bool:
+        """True unless tokens carry absolute positions or GroupNorm mixes the image (then never cropped)."""
+        return not self.config.absolute_positions and self.config.norm != "group"
+
+    @property
     def receptive_radius(self) -> int | None:
         """Chebyshev radius of the input pixels an output pixel depends on; ``None`` with GroupNorm."""
         if self.config.norm == "group":
@@ -278,3 +283,8 @@ class LocalConditionalDenoiser(EDMPreconditioner):
     def conditioner_reach(self) -> float | None:
         """See :attr:`LocalScoreNet.conditioner_reach`."""
         return self.inner.conditioner_reach
+
+    @property
+    def translation_equivariant(self) -> bool:
+        """See :attr:`LocalScoreNet.translation_equivariant`."""
+        return self.inner.translation_equivariant

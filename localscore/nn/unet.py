@@ -158,7 +158,8 @@ class UNet(nn.Module):
         up:   per level l: blocks on [h, skip] (+ cross-attention), nearest 2x upsampling + conv
         F    = conv_out(silu(norm(h)))
 
-    ``H`` and ``W`` must be multiples of ``config.downsampling``.
+    ``H`` and ``W`` must be multiples of ``config.downsampling``. Not translation equivariant (tokens carry
+    absolute positions; downsampling aligns to a grid): ``translation_equivariant = False``.
 
     Example:
         >>> import torch
@@ -167,6 +168,8 @@ class UNet(nn.Module):
         >>> net(torch.randn(1, 3, 8, 12), torch.zeros(1)).shape
         torch.Size([1, 3, 8, 12])
     """
+
+    translation_equivariant = False
 
     def __init__(self, config: UNetConfig | None = None) -> None:
         super().__init__()
@@ -297,6 +300,7 @@ class GlobalConditionalDenoiser(EDMPreconditioner):
 
     _where = "GlobalConditionalDenoiser"
     inner: UNet
+    translation_equivariant = False
 
     def __init__(self, config: UNetConfig | None = None, **fields: Any) -> None:
         if config is not None and fields:
