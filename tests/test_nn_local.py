@@ -476,3 +476,28 @@ def test_fuzzed_bad_conditions_raise_localscore_error(what: str) -> None:
     }[what]
     with pytest.raises(LocalScoreError):
         net()(x, 1.0, cond)  # type: ignore[arg-type]
+
+
+_FAR: dict[str, LocalConditionalDenoiser] = {}
+
+
+@given(cells=st.lists(st.sampled_from([(0, 0), (0, 1), (1, 0), (1, 1)]), min_size=1, max_size=4, unique=True),
+       offsets=st.lists(st.tuples(st.floats(0.0, 2.0), st.floats(0.0, 2.0)), min_size=4, max_size=4),
+       seed=st.integers(0, 50), sigma=st.floats(0.05, 20.0))
+def test_one_pass_identity_for_any_well_separated_objects(cells: list, offsets: list, seed: int,
+                                                          sigma: float) -> None:
+    if "D" not in _FAR:
+        torch.manual_seed(14)
+        _FAR["D"] = small(depth=1, cond_radius=1.5).eval()
+    D = _FAR["D"]
+    r = D.conditioner_radius
+    assert r == 5
+    # one object per chosen 13 px cell, anywhere in its first 2 px: pairwise Chebyshev distance >= 11 > 2 r
+    pts = [(13.0 * i + 3 + du, 13.0 * j + 3 + dv) for (i, j), (du, dv) in zip(cells, offsets)]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 3, 26, 26, generator=g, dtype=torch.float64)
+    cond = Conditions(torch.tensor([pts], dtype=torch.float64),
+                      torch.randn(1, len(pts), 3, generator=g, dtype=torch.float64))
+    with torch.no_grad():
+        gap = float((D(x, sigma, cond) - _composition(D, x, sigma, cond)).abs().max())  # type: ignore[arg-type]
+    assert gap < 1e-12
