@@ -501,3 +501,26 @@ def test_one_pass_identity_for_any_well_separated_objects(cells: list, offsets: 
     with torch.no_grad():
         gap = float((D(x, sigma, cond) - _composition(D, x, sigma, cond)).abs().max())  # type: ignore[arg-type]
     assert gap < 1e-12
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_metrics_colored_jacobian_agrees_with_the_declared_radius() -> None:
+    """Dogfood localscore.metrics: the compressed Jacobian at the declared radius equals the dense one, and a
+    radius one smaller is detected as wrong (DESIGN invariant 5)."""
+    from localscore.metrics import jacobian
+
+    torch.manual_seed(15)
+    D = small(depth=1)
+    R = D.receptive_radius
+    assert R == 4
+    x = torch.randn(1, 3, 11, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    cond = rand_cond([(5.0, 5.0), (2.0, 8.0)])
+
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        return D(z, 0.6, cond)
+
+    dense = jacobian(fn, x)
+    banded = jacobian(fn, x, method="colored", radius=R)
+    torch.testing.assert_close(banded.to_dense(), dense, rtol=0, atol=1e-12)  # type: ignore[union-attr]
+    with pytest.raises(LocalScoreError, match="less local than the declared radius"):
+        jacobian(fn, x, method="colored", radius=R - 1)
