@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _nn_helpers import cheb_grid, cheb_to_points, dilate, jacobian_cond, jacobian_x
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,8 +24,6 @@ from localscore.nn import (
     rotate_features,
 )
 
-from _nn_helpers import cheb_grid, cheb_to_points, dilate, jacobian_cond, jacobian_x
-
 SMALL = {"width": 8, "heads": 2, "token_dim": 8, "sigma_embed_dim": 16, "relative_freqs": 3, "attr_dim": 3}
 
 
@@ -41,15 +40,17 @@ def rand_cond(pos: list[tuple[float, float]], A: int = 3, seed: int = 0) -> Cond
 
 CONFIGS = [
     {"depth": 1},
-    {"depth": 2, "conditioning": "render"},
-    {"depth": 1, "kernel_size": 5, "cond_blocks": "first"},
-    {"depth": 1, "self_attention_radius": 1},
+    {"depth": 2, "conditioning": "render", "width": 12},
+    {"depth": 1, "kernel_size": 5, "cond_blocks": "first", "width": 4, "heads": 1},
+    {"depth": 1, "self_attention_radius": 1, "width": 6, "heads": 3},
     {"depth": 2, "cond_blocks": "first", "norm": "none", "relative_freqs": 0},
+    {"depth": 1, "head_kernel_size": 5, "width": 10},
 ]
+SIGMAS = [0.8, 0.02, 30.0, 1.3, 5.0, 0.3]
 
 
-@pytest.mark.parametrize("kw", CONFIGS)
-def test_pixel_dependence_is_exactly_local_and_tight(kw: dict) -> None:
+@pytest.mark.parametrize(("kw", "sigma"), list(zip(CONFIGS, SIGMAS)))
+def test_pixel_dependence_is_exactly_local_and_tight(kw: dict, sigma: float) -> None:
     torch.manual_seed(1)
     D = small(**kw)
     R = D.receptive_radius
@@ -57,7 +58,7 @@ def test_pixel_dependence_is_exactly_local_and_tight(kw: dict) -> None:
     H = W = min(2 * R + 3, 15)
     x = torch.randn(1, 3, H, W, dtype=torch.float64)
     cond = rand_cond([(H / 2, W / 2 - 1.3), (1.0, 2.0)])
-    J = jacobian_x(D, x, 0.8, cond)
+    J = jacobian_x(D, x, sigma, cond)
     d = cheb_grid(H, W)
     assert torch.all(J[d > R] == 0), "dependence outside the receptive radius"
     assert d[J > 0].max().item() == R, "declared receptive radius has slack (radius - 1 is not violated)"
@@ -68,6 +69,7 @@ def test_pixel_dependence_is_exactly_local_and_tight(kw: dict) -> None:
                                 {"depth": 1, "cond_rule": "box", "cond_radius": 1.0}])
 def test_conditioner_dependence_is_exactly_local_and_tight(kw: dict) -> None:
     kw = {"cond_radius": 2.0, **kw}
+    sigma = float(torch.empty(()).uniform_(0.05, 10.0, generator=torch.Generator().manual_seed(len(str(kw)))))
     torch.manual_seed(2)
     D = small(**kw)
     r = D.conditioner_radius
@@ -76,11 +78,32 @@ def test_conditioner_dependence_is_exactly_local_and_tight(kw: dict) -> None:
     x = torch.randn(1, 3, H, W, dtype=torch.float64)
     c = H // 2
     cond = rand_cond([(float(c), float(c)), (1.0, float(W - 2))])  # on pixel centres
-    Jc = jacobian_cond(D, x, 1.3, cond)
+    Jc = jacobian_cond(D, x, sigma, cond)
     dist = cheb_to_points(H, W, cond.pos[0])
     assert torch.all(Jc[dist > r] == 0), "dependence on a conditioner outside the conditioner radius"
     assert dist[..., 0][Jc[..., 0] > 0].max().item() == r, "conditioner radius has slack"
     assert D.conditioner_reach == pytest.approx(D.inner.support + (r - math.ceil(D.inner.support)))
+
+
+def test_sigma_dependent_rule_with_a_bound() -> None:
+    torch.manual_seed(13)
+    rule = DiscRule(lambda s: 1.0 + s, bound=2.0)  # grows with the noise level, capped at 2 px
+    D = LocalConditionalDenoiser(LocalNetConfig(**{**SMALL, "depth": 1}), rule=rule).double()  # type: ignore[arg-type]
+    assert D.conditioner_radius == 2 + 3
+    H = 13
+    x = torch.randn(1, 3, H, H, dtype=torch.float64)
+    cond = rand_cond([(6.0, 6.0)])
+    dist = cheb_to_points(H, H, cond.pos[0])[..., 0]
+    for sigma, reach in ((0.3, 1 + 3), (5.0, 2 + 3)):  # radius 1.3 -> floor 1 on the pixel grid; capped 2
+        Jc = jacobian_cond(D, x, sigma, cond)[..., 0]
+        assert float(dist[Jc > 0].max()) == reach
+
+
+@pytest.mark.parametrize("R", [3, 4, 5, 6, 7, 10, 11])
+def test_config_for_a_requested_receptive_radius(R: int) -> None:
+    cfg = LocalNetConfig.for_receptive_radius(R, width=8, heads=2)
+    assert cfg.receptive_radius == R
+    assert LocalConditionalDenoiser(cfg).receptive_radius == R
 
 
 def test_radii_formula_and_group_norm_declares_none() -> None:
@@ -279,15 +302,15 @@ def test_relative_features_match_explicit_offsets_in_cross_attention() -> None:
     q = attn.to_q(hq).view(-1, nh, d)
     k = attn.to_k(tokens[0]).view(K, nh, d)
     v = attn.to_v(tokens[0]).view(K, nh, d)
-    g = attn.to_g(hq).view(-1, nh, ff.dim)  # type: ignore[misc]
-    logits = (torch.einsum("nhd,khd->nhk", q, k) + torch.einsum("nhf,nkf->nhk", g, rel)) / math.sqrt(d)
+    g = attn.to_g(hq)  # type: ignore[misc]
+    logits = (torch.einsum("nhd,khd->nhk", q, k) + torch.einsum("nf,nkf->nk", g, rel)[:, None]) / math.sqrt(d)
     m = mask[0].flatten(1).T[:, None, :]  # [N, 1, K]
     logits = torch.where(m > 0, logits + torch.log(m.clamp_min(1e-300)), torch.tensor(float("-inf")).double())
     null = torch.einsum("nhd,hd->nh", q, attn.null_k)[..., None] / math.sqrt(d)
     a = torch.softmax(torch.cat([null, logits], -1), -1)
     o = a[..., :1] * attn.null_v + torch.einsum("nhk,khd->nhd", a[..., 1:], v)
-    u = torch.einsum("nhk,nkf->nhf", a[..., 1:], rel)
-    expected = attn.to_out(torch.cat([o, u], -1).reshape(h * w, -1)).T.reshape(1, 6, h, w)
+    u = torch.einsum("nk,nkf->nf", a[..., 1:].mean(1), rel)
+    expected = attn.to_out(torch.cat([o.reshape(h * w, -1), u], -1)).T.reshape(1, 6, h, w)
     assert torch.allclose(out, expected, atol=1e-12)
 
 
@@ -332,6 +355,19 @@ def test_state_dict_round_trip_through_config_dict() -> None:
         assert torch.equal(D(x, 0.5, cond), E(x, 0.5, cond))
 
 
+def test_tagged_config_dicts_build_the_right_denoiser() -> None:
+    from localscore.nn import GlobalConditionalDenoiser, UNetConfig, build_denoiser, config_from_dict, config_to_dict
+
+    for cfg in (LocalNetConfig(width=8, heads=2), UNetConfig(base_width=8, heads=2, groups=4, token_dim=8)):
+        data = config_to_dict(cfg)
+        assert config_from_dict(data) == cfg
+        D = build_denoiser(data)
+        assert isinstance(D, LocalConditionalDenoiser if isinstance(cfg, LocalNetConfig) else GlobalConditionalDenoiser)
+        assert D.config == cfg
+    with pytest.raises(LocalScoreError, match="kind"):
+        config_from_dict({"width": 3})
+
+
 def test_defaults_for_clevr_like_scenes() -> None:
     c16, c32 = LocalNetConfig.for_image_size(16), LocalNetConfig.for_image_size(32)
     assert c16.attr_dim == 13 and c16.receptive_radius == 6  # 13x13 field (REFERENCES.md)
@@ -360,6 +396,8 @@ def test_bad_input_raises_clear_errors() -> None:
         LocalScoreNet(LocalNetConfig(**SMALL), rule=GaussianRule(1.0, truncate=None))  # type: ignore[arg-type]
     with pytest.raises(LocalScoreError, match="kernel_size"):
         LocalNetConfig(kernel_size=4)
+    with pytest.raises(LocalScoreError, match="smallest"):
+        LocalNetConfig.for_receptive_radius(2)
     with pytest.raises(LocalScoreError, match="sigma"):
         D(x, -1.0)
     with pytest.raises(LocalScoreError, match="unknown keys"):
@@ -396,3 +434,93 @@ def test_custom_rule_whose_masks_exceed_its_declared_support_is_caught() -> None
     assert D.conditioner_radius == 1 + 3
     with pytest.raises(LocalScoreError, match="declared support"):
         D(torch.randn(1, 3, 10, 10), 1.0, Conditions.from_lists([[(5.0, 5.0)]], attrs=[[[1.0, 0, 0]]]))
+
+
+# ---------------------------------------------------------------- fuzzed bad input: always a LocalScoreError
+
+_bad_x = st.sampled_from([
+    "list", "int_dtype", "3d", "nan", "empty_batch", "wrong_channels",
+])
+_bad_sigma = st.sampled_from([-1.0, 0.0, float("nan"), float("inf"), "text", None])
+
+
+@given(kind=_bad_x)
+def test_fuzzed_bad_images_raise_localscore_error(kind: str) -> None:
+    D = net()
+    x = {
+        "list": [[1.0]],
+        "int_dtype": torch.zeros(1, 3, 8, 8, dtype=torch.long),
+        "3d": torch.zeros(3, 8, 8, dtype=torch.float64),
+        "nan": torch.full((1, 3, 8, 8), float("nan"), dtype=torch.float64),
+        "empty_batch": torch.zeros(0, 3, 8, 8, dtype=torch.float64),
+        "wrong_channels": torch.zeros(1, 2, 8, 8, dtype=torch.float64),
+    }[kind]
+    with pytest.raises(LocalScoreError):
+        D(x, 1.0)
+
+
+@given(sigma=_bad_sigma)
+def test_fuzzed_bad_sigmas_raise_localscore_error(sigma: object) -> None:
+    with pytest.raises(LocalScoreError):
+        net()(torch.zeros(1, 3, 8, 8, dtype=torch.float64), sigma)
+
+
+@given(what=st.sampled_from(["tuple", "batch", "attr_len", "no_attr"]))
+def test_fuzzed_bad_conditions_raise_localscore_error(what: str) -> None:
+    x = torch.zeros(1, 3, 8, 8, dtype=torch.float64)
+    cond = {
+        "tuple": ((1.0, 2.0),),
+        "batch": Conditions(torch.zeros(2, 1, 2), torch.zeros(2, 1, 3)),
+        "attr_len": Conditions(torch.zeros(1, 1, 2), torch.zeros(1, 1, 5)),
+        "no_attr": Conditions(torch.zeros(1, 1, 2)),
+    }[what]
+    with pytest.raises(LocalScoreError):
+        net()(x, 1.0, cond)  # type: ignore[arg-type]
+
+
+_FAR: dict[str, LocalConditionalDenoiser] = {}
+
+
+@given(cells=st.lists(st.sampled_from([(0, 0), (0, 1), (1, 0), (1, 1)]), min_size=1, max_size=4, unique=True),
+       offsets=st.lists(st.tuples(st.floats(0.0, 2.0), st.floats(0.0, 2.0)), min_size=4, max_size=4),
+       seed=st.integers(0, 50), sigma=st.floats(0.05, 20.0))
+def test_one_pass_identity_for_any_well_separated_objects(cells: list, offsets: list, seed: int,
+                                                          sigma: float) -> None:
+    if "D" not in _FAR:
+        torch.manual_seed(14)
+        _FAR["D"] = small(depth=1, cond_radius=1.5).eval()
+    D = _FAR["D"]
+    r = D.conditioner_radius
+    assert r == 5
+    # one object per chosen 13 px cell, anywhere in its first 2 px: pairwise Chebyshev distance >= 11 > 2 r
+    pts = [(13.0 * i + 3 + du, 13.0 * j + 3 + dv) for (i, j), (du, dv) in zip(cells, offsets)]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 3, 26, 26, generator=g, dtype=torch.float64)
+    cond = Conditions(torch.tensor([pts], dtype=torch.float64),
+                      torch.randn(1, len(pts), 3, generator=g, dtype=torch.float64))
+    with torch.no_grad():
+        gap = float((D(x, sigma, cond) - _composition(D, x, sigma, cond)).abs().max())  # type: ignore[arg-type]
+    assert gap < 1e-12
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_metrics_colored_jacobian_agrees_with_the_declared_radius() -> None:
+    """Dogfood localscore.metrics: the compressed Jacobian at the declared radius equals the dense one, and a
+    radius one smaller is detected as wrong (DESIGN invariant 5)."""
+    from localscore.metrics import jacobian
+
+    torch.manual_seed(15)
+    D = small(depth=1)
+    R = D.receptive_radius
+    assert R == 4
+    x = torch.randn(1, 3, 11, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    cond = rand_cond([(5.0, 5.0), (2.0, 8.0)])
+
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        return D(z, 0.6, cond)
+
+    dense = jacobian(fn, x)
+    banded = jacobian(fn, x, method="colored", radius=R)
+    torch.testing.assert_close(banded.to_dense(), dense, rtol=0, atol=1e-12)  # type: ignore[union-attr]
+    with pytest.raises(LocalScoreError, match="less local than the declared radius"):
+        jacobian(fn, x, method="colored", radius=R - 1)

@@ -1,8 +1,34 @@
-"""Local conditional score networks, the global U-Net baseline, and the locality intervention."""
+"""Local conditional score networks, the global U-Net baseline, and the locality intervention.
+
+* :class:`LocalConditionalDenoiser`: local in pixels and in conditioners by construction; declares integer
+  ``receptive_radius`` and ``conditioner_radius`` (Chebyshev pixels) computed from the architecture.
+* :class:`GlobalConditionalDenoiser`: the U-Net baseline (downsampling, full cross-attention, pooled token
+  embedding, optional token encoder); declares no radii.
+* :func:`enforce_locality`: masks a model's cross-attention by a :class:`MaskRule` (reversible, weight
+  sharing, with a report); :func:`localize`: the sampling-time form, exactly conditionally local for any
+  denoiser.
+* Building blocks: :class:`MaskedCrossAttention` (with a null token), :class:`RenderedConditioning`,
+  :class:`LocalResBlock`, :class:`ChannelNorm`, :class:`NeighborhoodSelfAttention`, encoders.
+* Configs: :class:`LocalNetConfig`, :class:`UNetConfig`, :func:`config_to_dict`, :func:`build_denoiser`.
+
+The mask helpers of :mod:`localscore.masks` are re-exported for convenience. See the "Networks" docs page
+for the maths and the guarantees.
+"""
 
 from __future__ import annotations
 
-from ..masks import BoxRule, DiscRule, GaussianRule, MaskRule, box_masks, disc_masks, gaussian_masks, union
+from ..masks import (
+    BoxRule,
+    DiscRule,
+    GaussianRule,
+    MaskRule,
+    box_masks,
+    disc_masks,
+    gaussian_masks,
+    nearest_conditioner,
+    union,
+    voronoi_masks,
+)
 from .attention import (
     CondContext,
     ConditioningLayer,
@@ -13,10 +39,26 @@ from .attention import (
     pool_mask,
 )
 from .blocks import ChannelNorm, LocalResBlock, make_norm
-from .config import LocalNetConfig, UNetConfig
+from .config import LocalNetConfig, UNetConfig, config_from_dict, config_to_dict
 from .encoders import ConditionerEncoder, FourierFeatures, SigmaEmbedding, rotate_features
+from .intervention import (
+    LocalityEnforced,
+    LocalityReport,
+    LocalizedDenoiser,
+    enforce_locality,
+    localize,
+    register_locality_patch,
+    share_weights_copy,
+)
 from .local import LocalConditionalDenoiser, LocalScoreNet
-from .unet import GlobalConditionalDenoiser, PooledSetEmbedding, TokenEncoder, UNet, UNetResBlock
+from .unet import (
+    GlobalConditionalDenoiser,
+    PooledSetEmbedding,
+    TokenEncoder,
+    UNet,
+    UNetResBlock,
+    build_denoiser,
+)
 
 __all__ = [
     "BoxRule",
@@ -33,6 +75,9 @@ __all__ = [
     "LocalNetConfig",
     "LocalResBlock",
     "LocalScoreNet",
+    "LocalityEnforced",
+    "LocalityReport",
+    "LocalizedDenoiser",
     "MaskRule",
     "MaskedCrossAttention",
     "NeighborhoodSelfAttention",
@@ -44,10 +89,19 @@ __all__ = [
     "UNetConfig",
     "UNetResBlock",
     "box_masks",
+    "build_denoiser",
+    "config_from_dict",
+    "config_to_dict",
     "disc_masks",
+    "enforce_locality",
     "gaussian_masks",
+    "localize",
     "make_norm",
+    "nearest_conditioner",
     "pool_mask",
+    "register_locality_patch",
     "rotate_features",
+    "share_weights_copy",
     "union",
+    "voronoi_masks",
 ]

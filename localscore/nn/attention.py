@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -44,6 +45,13 @@ class CondContext:
         mask: ``[B, K, H, W]`` full-resolution pixel-to-conditioner mask (bool or in ``[0, 1]``), or
             ``None`` for "every pixel may see every conditioner".
         sigma: ``[B]`` noise levels (for sigma-dependent rules), or ``None``.
+
+    Example:
+        >>> import torch
+        >>> from localscore import Conditions
+        >>> c = Conditions.from_lists([[(1.0, 2.0)]])
+        >>> CondContext(torch.zeros(1, 1, 8), c.pos, c.valid, (4, 4)).mask is None
+        True
     """
 
     tokens: Tensor
@@ -134,15 +142,16 @@ class MaskedCrossAttention(ConditioningLayer):
     r"""Cross-attention from image tokens to the conditioners each pixel's mask allows, plus a null token.
 
     For image features ``h [B, C, h, w]`` (pixel ``q`` at full-resolution centre ``x_q``, see ``stride``),
-    conditioner tokens ``t [B, K, Dt]`` at positions ``p_k``, and a mask ``m [B, K, h, w]``, per head::
+    conditioner tokens ``t [B, K, Dt]`` at positions ``p_k``, and a mask ``m [B, K, h, w]``, per head ``h``
+    (the relative terms ``g`` and ``u`` are shared by the heads)::
 
-        logit_qk = (W_q h_q . W_k t_k + Rot(x_q)^T W_g h_q . phi(p_k)) / sqrt(d)     # = ... + W_g h_q . phi(p_k - x_q)
+        logit_qk = (W_q^h h_q . W_k^h t_k + Rot(x_q)^T W_g h_q . phi(p_k)) / sqrt(d)  # = ... + W_g h_q . phi(p_k - x_q)
         logit_qk = logit_qk + log m_qk   if m_qk > 0 and valid_k,   else -inf
-        logit_q0 = W_q h_q . k_null / sqrt(d)                                         # the null token, always allowed
+        logit_q0 = W_q^h h_q . k_null^h / sqrt(d)                                     # the null token, always allowed
         a_q      = softmax([logit_q0, logit_q1, ..., logit_qK])
-        o_q      = a_q0 v_null + sum_k a_qk W_v t_k
-        u_q      = Rot(x_q) sum_k a_qk phi(p_k)                                       # = sum_k a_qk phi(p_k - x_q)
-        out_q    = W_o [o_q, u_q]
+        o_q      = a_q0 v_null^h + sum_k a_qk W_v^h t_k
+        u_q      = Rot(x_q) sum_k abar_qk phi(p_k)       # = sum_k abar_qk phi(p_k - x_q), abar = mean over heads
+        out_q    = W_o [o_q (all heads), u_q]
 
     ``phi`` are the *relative* Fourier features (``relative``; omit for none): through them a pixel knows the
     offset ``p_k - x_q`` to the conditioners it attends to, so the layer is translation equivariant.
@@ -193,8 +202,8 @@ class MaskedCrossAttention(ConditioningLayer):
         self.null_v = nn.Parameter(torch.randn(heads, d) / math.sqrt(d))
         self.relative = relative
         n_rel = relative.dim if relative is not None else 0
-        self.to_g = nn.Linear(dim, heads * n_rel, bias=False) if relative is not None else None
-        self.to_out = nn.Linear(inner + heads * n_rel, dim)
+        self.to_g = nn.Linear(dim, n_rel, bias=False) if relative is not None else None
+        self.to_out = nn.Linear(inner + n_rel, dim)
 
     def forward(self, h: Tensor, ctx: CondContext, *, stride: int = 1, mask: Tensor | None = None) -> Tensor:
         """``h [B, C, h, w]`` attends to ``ctx``'s conditioners; returns ``[B, C, h, w]``.
@@ -214,10 +223,10 @@ class MaskedCrossAttention(ConditioningLayer):
         logits = q @ k.transpose(-1, -2) * scale  # [B, nh, N, K]
         phi = ang = None
         if self.relative is not None and self.to_g is not None:
-            phi = self.relative(ctx.pos.to(h.dtype))[:, None]  # [B, 1, K, 4F]
+            phi = self.relative(ctx.pos.to(h.dtype))  # [B, K, 4F]
             ang = self.relative.angles(_pixel_positions(hh, ww, stride, h.device, h.dtype))  # [N, 2, F]
-            g = self.to_g(hq).view(B, N, nh, -1).transpose(1, 2)  # [B, nh, N, 4F]
-            logits = logits + rotate_features(g, ang, inverse=True) @ phi.transpose(-1, -2) * scale
+            g = rotate_features(self.to_g(hq), ang, inverse=True)  # [B, N, 4F]
+            logits = logits + (g @ phi.transpose(-1, -2) * scale)[:, None]
         allowed = ctx.valid[:, None, None, :]
         if m is not None:
             mk = m.flatten(2).transpose(1, 2)[:, None]  # [B, 1, N, K]
@@ -232,9 +241,10 @@ class MaskedCrossAttention(ConditioningLayer):
         a = torch.softmax(torch.cat([null_logit, logits], dim=-1), dim=-1)
         a0, ak = a[..., :1], a[..., 1:]
         out = a0 * self.null_v[None, :, None, :] + ak @ v  # [B, nh, N, d]
+        out = out.transpose(1, 2).reshape(B, N, nh * d)
         if phi is not None and ang is not None:
-            out = torch.cat([out, rotate_features(ak @ phi, ang)], dim=-1)
-        out = self.to_out(out.transpose(1, 2).reshape(B, N, -1))
+            out = torch.cat([out, rotate_features(ak.mean(1) @ phi, ang)], dim=-1)
+        out = self.to_out(out)
         return out.transpose(1, 2).reshape(B, C, hh, ww)
 
 
@@ -367,6 +377,7 @@ class GlobalSelfAttention(nn.Module):
         B, C, H, W = h.shape
         nh = self.heads
         q, k, v = (t.reshape(B, nh, C // nh, H * W).transpose(-1, -2) for t in self.qkv(h).chunk(3, dim=1))
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, nh, N, d]
+        a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(C // nh), dim=-1)  # [B, nh, N, N]
+        out = a @ v  # [B, nh, N, d]
         return self.proj(out.transpose(-1, -2).reshape(B, C, H, W))
 

@@ -104,23 +104,20 @@ def rotate_features(feat: Tensor, angles: Tensor, *, inverse: bool = False) -> T
         >>> torch.allclose(rotate_features(ff(p), ff.angles(x)), ff(p - x), atol=1e-6)
         True
     """
-    shape = feat.shape
-    pairs = feat.unflatten(-1, (2, -1, 2))  # [..., 2, F, 2]
-    c, s = pairs[..., 0], pairs[..., 1]
-    cos, sin = angles.cos(), angles.sin()
-    if inverse:
-        out = torch.stack([c * cos - s * sin, s * cos + c * sin], dim=-1)
-    else:
-        out = torch.stack([c * cos + s * sin, s * cos - c * sin], dim=-1)
-    return out.reshape(*out.shape[:-3], shape[-1])
+    cos = angles.cos().repeat_interleave(2, dim=-1).flatten(-2)  # [..., 4F]: (cos, cos) per pair
+    sin = angles.sin().repeat_interleave(2, dim=-1).flatten(-2)
+    sign = torch.tensor([-1.0, 1.0] if inverse else [1.0, -1.0], dtype=sin.dtype, device=sin.device)
+    sin = (sin.unflatten(-1, (-1, 2)) * sign).flatten(-2)  # (sin, -sin), or (-sin, sin) for Rot^T
+    swapped = feat.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (s, c) per pair
+    return feat * cos + swapped * sin
 
 
 class SigmaEmbedding(nn.Module):
     r"""Embedding of the network's noise input ``c_noise [B]`` (EDM: ``log(sigma) / 4``): ``[B] -> [B, E]``.
 
     ``e = W2 silu(W1 [cos(c_noise * w_i), sin(c_noise * w_i)]_i)`` with ``num_freqs`` fixed frequencies
-    ``w_i`` geometric from ``pi / 8`` to ``min(1000, pi * 2**(num_freqs / 4))``. One vector per image: conditioning on the noise level
-    is global but carries no pixel information, so it never breaks locality.
+    ``w_i`` geometric from ``pi / 8`` to ``min(1000, pi * 2**(num_freqs / 4))``. One vector per image:
+    conditioning on the noise level is global but carries no pixel information, so it never breaks locality.
 
     Example:
         >>> import torch

@@ -87,6 +87,14 @@ class LocalScoreNet(nn.Module):
         rule: a custom :class:`~localscore.masks.MaskRule` instead of the config's; it must declare a
             finite ``support_radius(None)`` (an upper bound over every sigma), and every call checks that
             its masks respect it.
+
+    Example:
+        >>> import torch
+        >>> net = LocalScoreNet(LocalNetConfig(width=8, heads=2, attr_dim=0))
+        >>> net(torch.randn(2, 3, 7, 9), torch.zeros(2), None).shape      # any image size
+        torch.Size([2, 3, 7, 9])
+        >>> net.receptive_radius, net.conditioner_radius, net.conditioner_reach
+        (6, 9, 8.5)
     """
 
     def __init__(self, config: LocalNetConfig | None = None, *, rule: MaskRule | None = None) -> None:
@@ -95,6 +103,7 @@ class LocalScoreNet(nn.Module):
         if not isinstance(cfg, LocalNetConfig):
             raise fail("LocalScoreNet", f"`config` is {describe(cfg)}, expected a LocalNetConfig.")
         self.config = cfg
+        self._check_support = rule is not None  # the config's rules honour their support by construction
         rule = rule if rule is not None else cfg.rule()
         support = rule.support_radius(None) if hasattr(rule, "support_radius") else None
         if support is None or not math.isfinite(support) or support < 0:
@@ -126,23 +135,31 @@ class LocalScoreNet(nn.Module):
                                         groups=cfg.groups))
         self.blocks = nn.ModuleList(blocks)
         self.norm_out = make_norm(cfg.norm, w, groups=cfg.groups)
-        self.head = nn.Conv2d(w, cfg.channels, k, padding=k // 2)
+        kh = cfg.head_kernel_size or k
+        self.head = nn.Conv2d(w, cfg.channels, kh, padding=kh // 2)
 
     # ------------------------------------------------------------------ declared locality
+    @property
+    def translation_equivariant(self) -> bool:
+        """True unless tokens carry absolute positions or GroupNorm mixes the image (then never cropped)."""
+        return not self.config.absolute_positions and self.config.norm != "group"
+
     @property
     def receptive_radius(self) -> int | None:
         """Chebyshev radius of the input pixels an output pixel depends on; ``None`` with GroupNorm."""
         if self.config.norm == "group":
             return None
-        k = self.config.kernel_size // 2
-        return k + sum(int(b.receptive_radius) for b in self.blocks) + k
+        return self.config.kernel_size // 2 + sum(b.receptive_radius for b in self._blocks()) + self.config.head_radius
+
+    def _blocks(self) -> list[LocalResBlock]:
+        return [b for b in self.blocks if isinstance(b, LocalResBlock)]
 
     def _reaches(self) -> list[tuple[float, int]]:
         """``(support, R_after)`` for every conditioned block: its mask support and the radius after it."""
         out: list[tuple[float, int]] = []
-        after = self.config.kernel_size // 2
-        for b in reversed(self.blocks):
-            after += int(b.receptive_radius)
+        after = self.config.head_radius
+        for b in reversed(self._blocks()):
+            after += b.receptive_radius
             if b.cond is not None:
                 support = self.support
                 extra = b.cond.locality_rule
@@ -168,14 +185,14 @@ class LocalScoreNet(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def masks(self, cond: Conditions, size: tuple[int, int], sigma: Tensor | None = None) -> Tensor:
-        """The rule's ``[B, K, H, W]`` masks, checked against the declared support radius."""
+        """The rule's ``[B, K, H, W]`` masks; a custom rule's are checked against its declared support radius."""
         m = self.rule(cond, size, sigma=sigma)
         B, K = cond.batch_size, cond.num_slots
         if not isinstance(m, Tensor) or tuple(m.shape) != (B, K, *size):
             got = tuple(m.shape) if isinstance(m, Tensor) else describe(m)
             raise fail("LocalScoreNet", f"the rule returned masks of shape {got}, expected [B, K, H, W] = "
                        f"{[B, K, *size]}.", "a MaskRule returns one [H, W] mask per conditioner slot.")
-        if K > 0:
+        if K > 0 and self._check_support:
             d = distances(cond, size, "chebyshev")
             if bool(((m > 0) & (d > self.support + 1e-6)).any()):
                 raise fail("LocalScoreNet", f"the rule's masks reach beyond its declared support radius "
@@ -253,12 +270,12 @@ class LocalConditionalDenoiser(EDMPreconditioner):
         return self.inner.config
 
     @property
-    def receptive_radius(self) -> int | None:  # type: ignore[override]
+    def receptive_radius(self) -> int | None:
         """See :attr:`LocalScoreNet.receptive_radius`."""
         return self.inner.receptive_radius
 
     @property
-    def conditioner_radius(self) -> int | None:  # type: ignore[override]
+    def conditioner_radius(self) -> int | None:
         """See :attr:`LocalScoreNet.conditioner_radius`."""
         return self.inner.conditioner_radius
 
@@ -266,3 +283,8 @@ class LocalConditionalDenoiser(EDMPreconditioner):
     def conditioner_reach(self) -> float | None:
         """See :attr:`LocalScoreNet.conditioner_reach`."""
         return self.inner.conditioner_reach
+
+    @property
+    def translation_equivariant(self) -> bool:
+        """See :attr:`LocalScoreNet.translation_equivariant`."""
+        return self.inner.translation_equivariant

@@ -28,11 +28,18 @@ from ..conditions import Conditions
 from ..denoisers import EDMPreconditioner
 from .attention import CondContext, GlobalSelfAttention, MaskedCrossAttention
 from .blocks import make_norm
-from .config import UNetConfig
+from .config import LocalNetConfig, UNetConfig, config_from_dict
 from .encoders import ConditionerEncoder, FourierFeatures, SigmaEmbedding
-from .local import prepare_conditions
+from .local import LocalConditionalDenoiser, prepare_conditions
 
-__all__ = ["GlobalConditionalDenoiser", "PooledSetEmbedding", "TokenEncoder", "UNet", "UNetResBlock"]
+__all__ = [
+    "GlobalConditionalDenoiser",
+    "PooledSetEmbedding",
+    "TokenEncoder",
+    "UNet",
+    "UNetResBlock",
+    "build_denoiser",
+]
 
 
 class UNetResBlock(nn.Module):
@@ -82,6 +89,12 @@ class TokenEncoder(nn.Module):
     A learned *global* token is prepended so the sequence is never empty (``K = 0`` or all padding), then
     ``layers`` pre-norm ``nn.TransformerEncoderLayer`` run with padding masked; the global token is
     dropped from the output: ``[B, K, D] -> [B, K, D]``.
+
+    Example:
+        >>> import torch
+        >>> enc = TokenEncoder(8, layers=1, heads=2)
+        >>> enc(torch.randn(2, 3, 8), torch.tensor([[True, True, False], [False, False, False]])).shape
+        torch.Size([2, 3, 8])
     """
 
     nonlocal_reason = ("token encoder: every token sees every other token, so each conditioner's token "
@@ -107,6 +120,13 @@ class PooledSetEmbedding(nn.Module):
 
     ``p = W (sum_k valid_k t_k / max(1, sum_k valid_k)) + [no valid token] e_empty`` with a learned
     ``e_empty`` for the empty set.
+
+    Example:
+        >>> import torch
+        >>> pool = PooledSetEmbedding(4, 6)
+        >>> torch.equal(pool(torch.randn(1, 2, 4), torch.zeros(1, 2, dtype=torch.bool))[0],
+        ...             pool.proj.bias + pool.empty)
+        True
     """
 
     nonlocal_reason = ("pooled set embedding: the mean of all tokens is added to the noise embedding, which "
@@ -138,8 +158,18 @@ class UNet(nn.Module):
         up:   per level l: blocks on [h, skip] (+ cross-attention), nearest 2x upsampling + conv
         F    = conv_out(silu(norm(h)))
 
-    ``H`` and ``W`` must be multiples of ``config.downsampling``.
+    ``H`` and ``W`` must be multiples of ``config.downsampling``. Not translation equivariant (tokens carry
+    absolute positions; downsampling aligns to a grid): ``translation_equivariant = False``.
+
+    Example:
+        >>> import torch
+        >>> net = UNet(UNetConfig(base_width=8, channel_mult=(1, 2), attention_levels=(1,), heads=2, groups=4,
+        ...                       token_dim=8, attr_dim=0))
+        >>> net(torch.randn(1, 3, 8, 12), torch.zeros(1)).shape
+        torch.Size([1, 3, 8, 12])
     """
+
+    translation_equivariant = False
 
     def __init__(self, config: UNetConfig | None = None) -> None:
         super().__init__()
@@ -270,6 +300,7 @@ class GlobalConditionalDenoiser(EDMPreconditioner):
 
     _where = "GlobalConditionalDenoiser"
     inner: UNet
+    translation_equivariant = False
 
     def __init__(self, config: UNetConfig | None = None, **fields: Any) -> None:
         if config is not None and fields:
@@ -292,3 +323,22 @@ class GlobalConditionalDenoiser(EDMPreconditioner):
     def conditioner_radius(self) -> int | None:
         """``None``: the U-Net is global in conditioners."""
         return None
+
+
+def build_denoiser(
+    config: LocalNetConfig | UNetConfig | dict[str, Any],
+) -> LocalConditionalDenoiser | GlobalConditionalDenoiser:
+    """The denoiser a config describes: a config object, or a dict from :func:`~localscore.nn.config_to_dict`.
+
+    Example:
+        >>> from localscore.nn import LocalNetConfig, config_to_dict
+        >>> type(build_denoiser(config_to_dict(LocalNetConfig(width=8, heads=2)))).__name__
+        'LocalConditionalDenoiser'
+    """
+    cfg = config_from_dict(config) if isinstance(config, dict) else config
+    if isinstance(cfg, LocalNetConfig):
+        return LocalConditionalDenoiser(cfg)
+    if isinstance(cfg, UNetConfig):
+        return GlobalConditionalDenoiser(cfg)
+    raise fail("build_denoiser", f"`config` is {describe(config)}, expected a LocalNetConfig, UNetConfig or "
+               "the dict of config_to_dict.")
