@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from .._errors import describe, fail
@@ -211,14 +212,13 @@ class MaskedCrossAttention(ConditioningLayer):
         ``stride``: how many full-resolution pixels one feature pixel spans per axis. ``mask`` (optional)
         overrides ``ctx.mask`` at this resolution: ``[B, K, h, w]``.
         """
-        B, C, hh, ww = h.shape
-        N, nh, d = hh * ww, self.heads, self.head_dim
-        K = ctx.tokens.shape[1]
+        hh, ww = h.shape[-2:]
+        nh, d = self.heads, self.head_dim
         m = self._mask(ctx, hh, ww, stride, mask)
-        hq = h.flatten(2).transpose(1, 2)  # [B, N, C]
-        q = self.to_q(hq).view(B, N, nh, d).transpose(1, 2)  # [B, nh, N, d]
-        k = self.to_k(ctx.tokens).view(B, K, nh, d).transpose(1, 2)  # [B, nh, K, d]
-        v = self.to_v(ctx.tokens).view(B, K, nh, d).transpose(1, 2)
+        hq = rearrange(h, "b c y x -> b (y x) c")  # [B, N, C]
+        q = rearrange(self.to_q(hq), "b n (nh d) -> b nh n d", nh=nh)  # [B, nh, N, d]
+        k = rearrange(self.to_k(ctx.tokens), "b k (nh d) -> b nh k d", nh=nh)  # [B, nh, K, d]
+        v = rearrange(self.to_v(ctx.tokens), "b k (nh d) -> b nh k d", nh=nh)
         scale = 1.0 / math.sqrt(d)
         logits = q @ k.transpose(-1, -2) * scale  # [B, nh, N, K]
         phi = ang = None
@@ -229,7 +229,7 @@ class MaskedCrossAttention(ConditioningLayer):
             logits = logits + (g @ phi.transpose(-1, -2) * scale)[:, None]
         allowed = ctx.valid[:, None, None, :]
         if m is not None:
-            mk = m.flatten(2).transpose(1, 2)[:, None]  # [B, 1, N, K]
+            mk = rearrange(m, "b k y x -> b 1 (y x) k")  # [B, 1, N, K]
             if mk.dtype != torch.bool:
                 mk = mk.to(h.dtype)
                 one = torch.ones((), dtype=h.dtype, device=h.device)
@@ -241,11 +241,11 @@ class MaskedCrossAttention(ConditioningLayer):
         a = torch.softmax(torch.cat([null_logit, logits], dim=-1), dim=-1)
         a0, ak = a[..., :1], a[..., 1:]
         out = a0 * self.null_v[None, :, None, :] + ak @ v  # [B, nh, N, d]
-        out = out.transpose(1, 2).reshape(B, N, nh * d)
+        out = rearrange(out, "b nh n d -> b n (nh d)")
         if phi is not None and ang is not None:
             out = torch.cat([out, rotate_features(ak.mean(1) @ phi, ang)], dim=-1)
         out = self.to_out(out)
-        return out.transpose(1, 2).reshape(B, C, hh, ww)
+        return rearrange(out, "b (y x) c -> b c y x", y=hh, x=ww)
 
 
 class RenderedConditioning(ConditioningLayer):
@@ -288,11 +288,11 @@ class RenderedConditioning(ConditioningLayer):
 
     def forward(self, h: Tensor, ctx: CondContext, *, stride: int = 1, mask: Tensor | None = None) -> Tensor:
         """The rendered map at ``h``'s resolution ``[B, C, h, w]`` (``h`` gives the size only)."""
-        B, C, hh, ww = h.shape
+        B, _, hh, ww = h.shape
         N = hh * ww
         m = self._mask(ctx, hh, ww, stride, mask)
         valid = ctx.valid.to(h.dtype)[:, None, :]  # [B, 1, K]
-        mk = valid.expand(B, N, -1) if m is None else m.to(h.dtype).flatten(2).transpose(1, 2) * valid  # [B, N, K]
+        mk = valid.expand(B, N, -1) if m is None else rearrange(m.to(h.dtype), "b k y x -> b (y x) k") * valid
         parts = [mk @ self.to_t(ctx.tokens)]
         if self.relative is not None:
             phi = self.relative(ctx.pos.to(h.dtype))  # [B, K, 4F]
@@ -300,7 +300,7 @@ class RenderedConditioning(ConditioningLayer):
             parts.append(rotate_features(mk @ phi, ang))
         parts.append(mk.sum(-1, keepdim=True))
         out = self.to_out(torch.cat(parts, dim=-1))  # [B, N, C]
-        return out.transpose(1, 2).reshape(B, C, hh, ww)
+        return rearrange(out, "b (y x) c -> b c y x", y=hh, x=ww)
 
 
 class NeighborhoodSelfAttention(nn.Module):
@@ -374,10 +374,10 @@ class GlobalSelfAttention(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         """``[B, C, H, W] -> [B, C, H, W]``."""
-        B, C, H, W = h.shape
+        C, H, W = h.shape[1:]
         nh = self.heads
-        q, k, v = (t.reshape(B, nh, C // nh, H * W).transpose(-1, -2) for t in self.qkv(h).chunk(3, dim=1))
+        q, k, v = (rearrange(t, "b (nh d) y x -> b nh (y x) d", nh=nh) for t in self.qkv(h).chunk(3, dim=1))
         a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(C // nh), dim=-1)  # [B, nh, N, N]
         out = a @ v  # [B, nh, N, d]
-        return self.proj(out.transpose(-1, -2).reshape(B, C, H, W))
+        return self.proj(rearrange(out, "b nh (y x) d -> b (nh d) y x", y=H, x=W))
 
