@@ -26,7 +26,9 @@ def test_readme_tour_runs(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     # the printed claims in the README's comments hold
     assert "[[True, True], [True, False]]" in out
-    assert out.strip().endswith("True")
+    lines = out.splitlines()
+    assert "True" in lines  # the composition is exact under CPC
+    assert "6 9" in lines  # the declared radii of the small local network
 
 
 def test_quick_start_is_two_commands_and_ci_runs_the_test_command() -> None:
