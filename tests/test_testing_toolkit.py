@@ -75,14 +75,15 @@ def test_assert_conditionally_local_moving_check() -> None:
         for b in range(x.shape[0]):
             for k in range(c.num_slots):
                 if c.valid[b, k]:
-                    r, q = (int(round(float(v))) for v in c.pos[b, k])
+                    r, q = (round(float(v)) for v in c.pos[b, k])
                     out[b, :, r, q] += 1.0
                     out[b] += 1e-3 * (c.pos[b, k, 0] - 3.2)  # zero at the test position: ablation sees nothing
         return out
 
     cond = Conditions.from_lists([[(3.2, 3.0)]])
     with pytest.raises(AssertionError, match="moving it"):
-        assert_conditionally_local(D, torch.zeros(1, 1, 8, 8), 1.0, cond, 1.0, generator=torch.Generator().manual_seed(0))
+        assert_conditionally_local(D, torch.zeros(1, 1, 8, 8), 1.0, cond, 1.0,
+                                   generator=torch.Generator().manual_seed(0))
 
 
 def test_assert_projective_far_and_near() -> None:
@@ -218,7 +219,8 @@ def test_plugin_marker_and_fixtures(pytester: pytest.Pytester) -> None:
         def test_strategies(localscore_strategies):
             assert hasattr(localscore_strategies, "conditions")
     """))
-    result = pytester.runpytest_inprocess("-p", "localscore.testing.plugin", "-p", "no:cacheprovider", "--strict-markers")
+    result = pytester.runpytest_inprocess("-p", "localscore.testing.plugin", "-p", "no:cacheprovider",
+                                          "--strict-markers")
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["*not pixel-local at sigma = 1*", "*no radius given*"])
 

@@ -93,7 +93,7 @@ def jvp_batch(fn: ImageMap, x: Tensor, tangents: Tensor, *, chunk_size: int | No
 
     try:
         return torch.func.vmap(one, chunk_size=chunk_size)(tangents)
-    except Exception as exc:  # noqa: BLE001 - fall back to a loop on any vmap limitation
+    except Exception as exc:
         if not _fallback_error(exc):
             raise
         return torch.stack([one(t) for t in tangents])
@@ -120,10 +120,10 @@ def vjp_batch(fn: ImageMap, x: Tensor, cotangents: Tensor, *, chunk_size: int | 
         >>> vjp_batch(lambda z: z ** 2, x, torch.ones(1, 1, 1, 1, 2)).flatten().tolist()   # 2 x
         [2.0, 4.0]
     """
-    _, pullback = torch.func.vjp(fn, x)
+    pullback = torch.func.vjp(fn, x)[1]
     try:
         return torch.func.vmap(lambda u: pullback(u)[0], chunk_size=chunk_size)(cotangents)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if not _fallback_error(exc):
             raise
         return torch.stack([pullback(u)[0] for u in cotangents])
@@ -208,7 +208,7 @@ class BandedJacobian:
             >>> torch.equal(Jb.to_dense().reshape(25, 25), 2 * torch.eye(25))
             True
         """
-        B, Co, H, W, C, P, _ = self.values.shape
+        B, Co, H, W, C = self.values.shape[:5]
         R = self.radius
         I, J, RI, CJ = _window_index(H, W, R, self.values.device)
         dense = self.values.new_zeros(H, W, H + 2 * R, W + 2 * R, B, Co, C)
@@ -366,8 +366,8 @@ def _verify_banded(fn: ImageMap, x: Tensor, banded: BandedJacobian, *, n_probes:
     bad = _describe_row(fn, x, b, c, i, j, banded.radius, e, t)
     # Confirm with the exact row: a probe error without any entry outside the window is round-off
     # (aliasing in row i comes only from row i's own entries outside its window).
-    scale = float(absvals.max()) if absvals.numel() else 0.0
-    if bad.value <= rtol * scale:
+    top = float(absvals.max()) if absvals.numel() else 0.0
+    if bad.value <= rtol * top:
         return None
     return bad
 
@@ -390,7 +390,10 @@ def _describe_row(fn: ImageMap, x: Tensor, b: int, c: int, i: int, j: int, R: in
         # farthest input with a non-negligible entry
         thresh = 1e-6 * row_max if row_max > 0 else 0.0
         cand = (outside > thresh)
-        dmax = int((dist.expand(C, H, W) * cand).max()) if bool(cand.any()) else int((dist * (outside.amax(0) > 0)).max())
+        if bool(cand.any()):
+            dmax = int((dist.expand(C, H, W) * cand).max())
+        else:
+            dmax = int((dist * (outside.amax(0) > 0)).max())
         sel = outside * (dist == dmax)
         flat = int(sel.argmax())
         k, p, q = (int(t) for t in torch.unravel_index(torch.tensor(flat), sel.shape))

@@ -40,7 +40,7 @@ def _check_metric(metric: Any, where: str) -> Metric:
     if metric not in ("chebyshev", "euclidean"):
         raise fail(where, f"`metric` is {metric!r}, expected 'chebyshev' or 'euclidean'.",
                    "declared receptive radii are Chebyshev distances; use metric='chebyshev' to compare with them.")
-    return metric  # type: ignore[no-any-return]
+    return metric
 
 
 def _sigma_list(sigma: Any, batch: int, where: str, like: Tensor) -> list[Tensor]:
@@ -83,7 +83,7 @@ def _profile(heat: Tensor, metric: Metric) -> tuple[Tensor, Tensor]:
 
 def _heat_dense(M: Tensor) -> Tensor:
     """``M [B, H, W, H, W]`` squared masses -> heat-map ``[2Dm + 1, 2Dm + 1]``, ``Dm = max(H, W) - 1``."""
-    B, H, W = M.shape[:3]
+    H, W = M.shape[1:3]
     Dm = max(H, W) - 1
     side = 2 * Dm + 1
     tot = M.sum(dim=(3, 4))
@@ -428,10 +428,10 @@ def _gradient(denoiser: Any, x: Tensor, s: Tensor, cond: Conditions, where: str)
                 assert ta is not None
                 ta[:, k, j - 2] = 1
             if attr is None:
-                _, t = torch.func.jvp(lambda p: f(p, None), (pos,), (tp,))
+                t = torch.func.jvp(lambda p: f(p, None), (pos,), (tp,))[1]
             else:
                 assert ta is not None
-                _, t = torch.func.jvp(f, (pos, attr), (tp, ta))
+                t = torch.func.jvp(f, (pos, attr), (tp, ta))[1]
             out[:, k] += t.detach().pow(2).sum(1)
     return out * cond.valid[:, :, None, None].to(out.dtype)
 
@@ -492,7 +492,7 @@ def conditional_locality(
     if not callable(denoiser):
         raise fail(where, f"`denoiser` is {describe(denoiser)}, expected a callable D(x, sigma, cond).")
     x = check_image(x, where).detach()
-    B, C, H, W = x.shape
+    B, _, H, W = x.shape
     c = _check_cond(cond, B, x.device, where, required=True)
     assert c is not None
     metric = _check_metric(metric, where)

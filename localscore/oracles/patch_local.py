@@ -19,9 +19,11 @@ machines of Kamb and Ganguli (2025), re-derived here from the constrained-optimu
 **Conditional variant.** With training conditions ``c^n`` and a conditioner radius ``r``, pixel ``l``
 also sees the conditioners within Chebyshev distance ``r`` of it, summarised by the descriptor
 
-    phi_l(c) = sum_{k valid, max(|row_k - i|, |col_k - j|) <= r} (1, (row_k - i) / (r + 1), (col_k - j) / (r + 1), attr_k)
+    phi_l(c) = sum_{k valid, max(|row_k - i|, |col_k - j|) <= r}
+               (1, (row_k - i) / (r + 1), (col_k - j) / (r + 1), attr_k)
 
-and the weights become ``softmax_n( -||x_{N_l} - x^n_{N_l}||^2 / (2 sigma^2) - ||phi_l(c) - phi_l(c^n)||^2 / (2 tau^2) )``:
+and the weights become
+``w_{n,l} = softmax_n( -||x_{N_l} - x^n_{N_l}||^2 / (2 sigma^2) - ||phi_l(c) - phi_l(c^n)||^2 / (2 tau^2) )``:
 the posterior mean when the conditioning is observed through ``phi`` with Gaussian noise of scale ``tau``
 (``tau -> 0``: exact matching of the local conditioner set).
 

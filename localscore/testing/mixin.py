@@ -160,7 +160,8 @@ class LocalScoreTesterMixin:
         part = D(x2, s, cond).detach()
         diff = float((full[0] - part[0]).abs().max())
         tol = self.atol if self.atol is not None else 1e-5 * (1 + float(full.abs().max()))
-        assert diff <= tol, f"image 0's output changed by {diff:.3g} when only the other images changed (batch coupling)"
+        assert diff <= tol, (f"image 0's output changed by {diff:.3g} when only the other images changed "
+                             "(batch coupling)")
 
     def test_pixel_locality(self) -> None:
         """The Jacobian vanishes outside the receptive radius at every sigma (with and without conditions)."""

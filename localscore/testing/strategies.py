@@ -175,7 +175,8 @@ def conditions(
             pos[b, k] = torch.tensor(p, dtype=torch.float64)
             valid[b, k] = True
             if attr is not None:
-                vals = draw(st.lists(st.floats(-1, 1, allow_nan=False), min_size=attr_dim, max_size=attr_dim))
+                A = attr.shape[-1]
+                vals = draw(st.lists(st.floats(-1, 1, allow_nan=False), min_size=A, max_size=A))
                 attr[b, k] = torch.tensor(vals, dtype=torch.float64)
     if not padding:
         c = Conditions(pos, attr, valid).compact()
