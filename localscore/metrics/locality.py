@@ -155,8 +155,8 @@ def pixel_locality(
     Jacobian ``method``: ``"dense"`` (exact, ``C H W`` VJPs), ``"colored"`` (exact for a map of
     receptive radius ``radius``, verified; see :func:`~localscore.metrics.jacobian`), ``"probes"``
     (exact rows at ``n_rows`` random output pixels: an unbiased estimate of the average), or ``"auto"``:
-    colored when a radius is given or declared by the model (``receptive_radius``), else dense when it
-    fits ``max_memory``, else probes.
+    colored when a radius is given or declared by the model (``receptive_radius``) and its
+    ``(2R + 1)^2`` window is smaller than the image, else dense when it fits ``max_memory``, else probes.
 
     Args:
         denoiser: ``D(x, sigma, cond) -> [B, C, H, W]``.
@@ -202,10 +202,12 @@ def pixel_locality(
     sig = _sigma_list(sigma, B, where, x)
     R = radius if radius is not None else receptive_radius(denoiser)
     chosen: str = method
+    fits = B * (C * H * W) ** 2 * x.element_size() <= max_memory
     if method == "auto":
-        if R is not None:
-            chosen = "colored"
-        elif B * (C * H * W) ** 2 * x.element_size() <= max_memory:
+        P = None if R is None else 2 * R + 1
+        if P is not None and (min(P, H) * min(P, W) < H * W or not fits):
+            chosen = "colored"  # fewer products than dense
+        elif fits:
             chosen = "dense"
         else:
             chosen = "probes"
