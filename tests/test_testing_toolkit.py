@@ -3,6 +3,7 @@ strategies respect their contracts; the mixin and the pytest plugin work (dogfoo
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -200,6 +201,15 @@ def test_mixin_fails_on_a_global_model() -> None:
 
 
 # ----------------------------------------------------------------------------- the plugin
+def _plugin_args() -> list[str]:
+    """``-p localscore.testing.plugin`` unless the installed entry point already loads it (then pytest
+    would refuse to register the same module twice)."""
+    from importlib.metadata import entry_points
+
+    installed = any(ep.name == "localscore" for ep in entry_points(group="pytest11"))
+    return [] if installed else ["-p", "localscore.testing.plugin"]
+
+
 def test_plugin_marker_and_fixtures(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(textwrap.dedent("""
         import pytest, torch
@@ -219,8 +229,7 @@ def test_plugin_marker_and_fixtures(pytester: pytest.Pytester) -> None:
         def test_strategies(localscore_strategies):
             assert hasattr(localscore_strategies, "conditions")
     """))
-    result = pytester.runpytest_inprocess("-p", "localscore.testing.plugin", "-p", "no:cacheprovider",
-                                          "--strict-markers")
+    result = pytester.runpytest_inprocess(*_plugin_args(), "-p", "no:cacheprovider", "--strict-markers")
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["*not pixel-local at sigma = 1*", "*no radius given*"])
 
@@ -240,11 +249,12 @@ def test_plugin_without_hypothesis(tmp_path: Path) -> None:
 
         sys.meta_path.insert(0, Block())
         import pytest
-        sys.exit(pytest.main(["-p", "no:hypothesispytest", "-p", "localscore.testing.plugin", "-p",
-                              "no:cacheprovider", "-q", {str(test)!r}]))
+        sys.exit(pytest.main(["-p", "no:hypothesispytest", *{_plugin_args()!r}, "-p", "no:cacheprovider",
+                              "-q", {str(test)!r}]))
     """)
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+                          env={"PYTHONPATH": os.pathsep.join([str(root), *sys.path]), "PATH": "/usr/bin:/bin",
+                               "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 passed, 1 skipped" in proc.stdout

@@ -1,6 +1,9 @@
 """pytest plugin of localscore (entry point ``pytest11: localscore``).
 
-Registered automatically when localscore is installed. It adds:
+Registered automatically when localscore is installed (with ``-p no:localscore`` to turn it off, or
+``-p localscore`` to load it when plugin autoloading is disabled). Without an installation, load it with
+``-p localscore.testing.plugin`` (or ``pytest_plugins = ["localscore.testing.plugin"]`` in a root
+``conftest.py``); do not do both, pytest refuses to register one module under two names. It adds:
 
 * the marker ``@pytest.mark.locality(radius=R, conditioner_radius=r)``, which documents a test's radii
   and feeds them to the ``locality`` fixture;
