@@ -142,7 +142,7 @@ def _activation_bytes(fn: ImageMap, x: Tensor) -> int:
     try:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             fn(xr)
-    except Exception:  # noqa: BLE001 - an estimate only; fall back to the input size
+    except Exception:  # an estimate only: fall back to the input size
         return 0
     return total
 

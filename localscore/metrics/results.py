@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -222,7 +222,6 @@ class ConditionalLocality(_Result):
     quantile: float
     regions: str
     metric: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def plot(self, path: Any = None, *, image: int = 0) -> Any:
         """Influence maps (summed over conditioners, one row per method, one column per sigma) of one image,
