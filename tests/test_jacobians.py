@@ -116,3 +116,16 @@ def test_bad_inputs() -> None:
         jacobian(lambda z: 3, x)
     with pytest.raises(LocalScoreError, match="`x`"):
         jacobian(lambda z: z, torch.zeros(4, 4))
+
+
+def test_colored_with_different_output_channels_and_nonsquare_images() -> None:
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(),
+                               torch.nn.Conv2d(4, 2, (3, 5), padding=(1, 2))).double()  # radius 2 (columns)
+    x = torch.randn(2, 3, 7, 11, dtype=torch.float64)
+    dense = jacobian(conv, x)
+    assert dense.shape == (2, 2, 7, 11, 3, 7, 11)
+    banded = jacobian(conv, x, method="colored", radius=3)
+    assert banded.values.shape == (2, 2, 7, 11, 3, 7, 7)
+    torch.testing.assert_close(banded.to_dense(), dense, atol=1e-12, rtol=0)
+    with pytest.raises(LocalScoreError, match="distance 3 > 2"):
+        jacobian(conv, x, method="colored", radius=2)
