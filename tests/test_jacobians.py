@@ -129,3 +129,16 @@ def test_colored_with_different_output_channels_and_nonsquare_images() -> None:
     torch.testing.assert_close(banded.to_dense(), dense, atol=1e-12, rtol=0)
     with pytest.raises(LocalScoreError, match="distance 3 > 2"):
         jacobian(conv, x, method="colored", radius=2)
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+@pytest.mark.parametrize(("R", "C"), [(1, 1), (3, 3)])
+def test_colored_modes_agree_and_both_detect(mode: str, R: int, C: int) -> None:
+    D = _local(C, R, seed=10 + R)
+    x = torch.randn(1, C, 14, 13, dtype=torch.float64)
+    fn = lambda z: D(z, 0.3)  # noqa: E731
+    dense = jacobian(fn, x)
+    torch.testing.assert_close(jacobian(fn, x, method="colored", radius=R, mode=mode).to_dense(), dense,  # type: ignore[arg-type]
+                               atol=1e-12, rtol=0)
+    with pytest.raises(LocalScoreError, match=f"at Chebyshev distance {R} > {R - 1}"):
+        jacobian(fn, x, method="colored", radius=R - 1, mode=mode)  # type: ignore[arg-type]

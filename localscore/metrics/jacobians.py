@@ -351,6 +351,85 @@ def _colored(fn: ImageMap, x: Tensor, y: Tensor, R: int, chunk: int) -> BandedJa
     return BandedJacobian(V * mask, R)
 
 
+def _colored_reverse(fn: ImageMap, x: Tensor, y: Tensor, R: int, chunk: int) -> BandedJacobian:
+    """Colour the *outputs*: the VJP with the indicator of output colour ``(c', a, b)`` gives, at every input
+    pixel, the single output of that colour whose window contains it (the same band, transposed)."""
+    B, C, H, W = x.shape
+    Co = y.shape[1]
+    P = 2 * R + 1
+    Ph, Pw = min(P, H), min(P, W)
+    n = Co * Ph * Pw
+    cot = y.new_zeros(Co, Ph, Pw, B, Co, H, W)
+    for c in range(Co):
+        for a in range(Ph):
+            for b in range(Pw):
+                cot[c, a, b, :, c, a::P, b::P] = 1
+    G = vjp_batch(fn, x, cot.reshape(n, B, Co, H, W), chunk_size=chunk).reshape(Co, Ph, Pw, B, C, H, W)
+    values = x.new_zeros(B, Co, H, W, C, P, P)
+    for c in range(Co):
+        for a in range(Ph):
+            for b in range(Pw):
+                win = _windows(G[c, a, b], R)  # [B, C, H, W, P, P], a view of the padded gradient
+                values[:, c, a::P, b::P] = win[:, :, a::P, b::P].permute(0, 2, 3, 1, 4, 5)
+    return BandedJacobian(values, R)
+
+
+def _rmatvec(banded: BandedJacobian, u: Tensor) -> Tensor:
+    """``(J^T u)[b, c, p, q]`` from the windows: the adjoint of :meth:`BandedJacobian.matvec` (``fold``)."""
+    B, _, H, W, C, P, _ = banded.values.shape
+    t = torch.einsum("bkijcuv,bkij->bcuvij", banded.values, u)  # [B, C, P, P, H, W]
+    return F.fold(t.reshape(B, C * P * P, H * W), (H, W), P, padding=banded.radius)
+
+
+def _verify_reverse(fn: ImageMap, x: Tensor, y: Tensor, banded: BandedJacobian, *, n_probes: int, rtol: float,
+                    generator: torch.Generator | None) -> LocalityViolation | None:
+    """Reverse-mode verification: ``J^T u`` (true, by VJP) against the windows, for random Gaussian ``u``;
+    a mismatch at input ``(k, p, q)`` is traced to a far output by bisection (2 VJPs per halving)."""
+    if n_probes < 1:
+        return None
+    u = torch.randn((n_probes, *y.shape), generator=generator, dtype=y.dtype, device="cpu").to(y.device)
+    pullback = torch.func.vjp(fn, x)[1]
+    JTu = torch.stack([pullback(uk)[0].detach() for uk in u])  # [n, B, C, H, W]
+    vals = BandedJacobian(banded.values.detach(), banded.radius)
+    absv = BandedJacobian(vals.values.abs(), banded.radius)
+    worst: tuple[float, int, int, int, int, float, float] | None = None
+    for k in range(n_probes):
+        err = (JTu[k] - _rmatvec(vals, u[k])).abs()
+        scale = _rmatvec(absv, u[k].abs())
+        tol = rtol * (scale + scale.mean() + torch.finfo(scale.dtype).tiny)
+        ratio = err / tol
+        flat = int(ratio.argmax())
+        if float(ratio.flatten()[flat]) > 1.0:
+            b, c, p, q = (int(t) for t in torch.unravel_index(torch.tensor(flat), ratio.shape))
+            e, t = float(err[b, c, p, q]), float(tol[b, c, p, q])
+            if worst is None or e / t > worst[5] / worst[6]:
+                worst = (e / t, b, c, p, q, e, t)
+    if worst is None:
+        return None
+    _, b, k_in, p, q, e, t = worst
+    # bisection over the outputs farther than R from (p, q): follow the half whose random pullback at
+    # (b, k_in, p, q) is larger (round-off elsewhere is negligible next to a real dependence)
+    _, Co, H, W = y.shape
+    rr = torch.arange(H, device=x.device).view(H, 1)
+    cc = torch.arange(W, device=x.device).view(1, W)
+    far = (torch.maximum((rr - p).abs(), (cc - q).abs()) > banded.radius).expand(Co, H, W).flatten()
+    cand = far.nonzero().flatten()
+    while cand.numel() > 1:
+        halves = (cand[: cand.numel() // 2], cand[cand.numel() // 2 :])
+        gs = []
+        for h in halves:
+            w = y.new_zeros(y.shape)
+            w[b].view(-1)[h] = torch.randn(h.numel(), generator=generator, dtype=y.dtype).to(y.device)
+            gs.append(abs(float(pullback(w)[0][b, k_in, p, q])))
+        cand = halves[0] if gs[0] >= gs[1] else halves[1]
+    if cand.numel() == 0:
+        return None
+    c, i, j = (int(v) for v in torch.unravel_index(cand[0], (Co, H, W)))
+    bad = _describe_row(fn, x, b, c, i, j, banded.radius, e, t)
+    top = float(absv.values.max()) if absv.values.numel() else 0.0
+    return None if bad.value <= rtol * top else bad
+
+
 def _verify_banded(fn: ImageMap, x: Tensor, banded: BandedJacobian, *, n_probes: int, rtol: float,
                    generator: torch.Generator | None) -> LocalityViolation | None:
     """Compare ``J v`` (true, by JVP) with the banded reconstruction for random Gaussian ``v``.
@@ -429,6 +508,7 @@ def jacobian(
     *,
     method: Method = "dense",
     radius: int | None = None,
+    mode: Literal["forward", "reverse"] = "forward",
     chunk_size: int | None = None,
     max_memory: int = _DEFAULT_MEMORY,
     verify: int = 2,
@@ -448,11 +528,15 @@ def jacobian(
       :class:`BandedJacobian`: with ``P = 2R + 1``, the JVP with tangent
       ``t_{c,a,b} = 1[channel = c, p mod P = a, q mod P = b]`` gives at output ``(i, j)`` the single entry
       ``J[c', i, j, c, p, q]`` whose input ``(p, q)`` lies in ``i``'s window and has colour ``(a, b)``;
-      ``C min(P, H) min(P, W)`` JVPs in all. Then ``verify`` random Gaussian probes check
-      ``|J v - J_banded v| <= rtol * (|J_banded| |v| + mean(|J_banded| |v|))`` entrywise. A probe failure
-      is confirmed on the exact row of the worst output (one VJP): if that row has an entry outside the
-      window larger than ``rtol * max|J_banded|``, :class:`~localscore.LocalScoreError` is raised naming
-      the output pixel and its farthest dependency; otherwise the difference was round-off.
+      ``C min(P, H) min(P, W)`` JVPs in all (``mode="forward"``, default). ``mode="reverse"`` colours the
+      outputs instead: the VJP with cotangent ``u_{c',a,b} = 1[channel = c', i mod P = a, j mod P = b]``
+      gives at input ``(p, q)`` the entry of the single output of that colour within ``R``;
+      ``C' min(P, H) min(P, W)`` VJPs. Then ``verify`` random Gaussian probes check
+      ``|J v - J_banded v| <= rtol * (|J_banded| |v| + mean(|J_banded| |v|))`` entrywise (``J^T u`` in
+      reverse mode). A probe failure is confirmed on the exact row of an offending output (found by
+      bisection in reverse mode): if that row has an entry outside the window larger than
+      ``rtol * max|J_banded|``, :class:`~localscore.LocalScoreError` is raised naming the output pixel and its
+      farthest dependency; otherwise the difference was round-off.
     * ``method="probes"`` returns :class:`JacobianProbes`: exact rows (all ``C'`` channels) at
       ``n_rows`` random output pixels, and Hutchinson estimates ``mean_v (J v)^2`` of every squared row norm
       from ``n_probes`` Rademacher vectors.
@@ -462,6 +546,9 @@ def jacobian(
         x: ``[B, C, H, W]`` the point.
         method: ``"dense"``, ``"colored"`` or ``"probes"``.
         radius: the declared Chebyshev receptive radius ``R`` (``colored`` only).
+        mode: ``colored`` only: ``"forward"`` colours the inputs (``C P^2`` JVPs, then JVP probes) and
+            ``"reverse"`` the outputs (``C' P^2`` VJPs, then VJP probes); both give the same band. Use
+            reverse for models with operations that lack forward-mode AD, or when ``C' < C``.
         chunk_size: products per vmapped call (default: sized from ``max_memory`` and the bytes one
             forward pass saves for backward, measured once with saved-tensor hooks).
         max_memory: byte budget: the dense Jacobian itself plus the chunks of products (default 2 GiB).
@@ -539,9 +626,17 @@ def jacobian(
         P = 2 * R + 1
         n = x.shape[1] * min(P, x.shape[2]) * min(P, x.shape[3])
         chunk = _chunk_for(x, n, chunk_size, max_memory, per_item, where)
-        banded = _colored(fn, x, y, R, chunk)
+        if mode not in ("reverse", "forward"):
+            raise fail(where, f"`mode` is {mode!r}, expected 'reverse' or 'forward'.")
         tol = _default_rtol(y.dtype) if rtol is None else float(rtol)
-        bad = _verify_banded(fn, x, banded, n_probes=verify, rtol=tol, generator=generator)
+        if mode == "forward":
+            banded = _colored(fn, x, y, R, chunk)
+            bad = _verify_banded(fn, x, banded, n_probes=verify, rtol=tol, generator=generator)
+        else:
+            n = y.shape[1] * min(P, x.shape[2]) * min(P, x.shape[3])
+            chunk = _chunk_for(x, n, chunk_size, max_memory, per_item, where)
+            banded = _colored_reverse(fn, x, y, R, chunk)
+            bad = _verify_reverse(fn, x, y, banded, n_probes=verify, rtol=tol, generator=generator)
         if bad is not None:
             raise fail(where, f"the map is less local than the declared radius R = {R}: {bad.describe()}.",
                        f"declare a radius of at least {bad.distance}, fix the model's locality, or use "
