@@ -53,7 +53,8 @@ def worker(method: str, size: int, radius: int, hidden: int, threads: int, devic
     if method == "dense":
         jacobian(fn, small)
     else:
-        jacobian(fn, small, method="colored", radius=radius, mode="reverse" if method == "colored-reverse" else "forward")
+        mode = "reverse" if method == "colored-reverse" else "forward"
+        jacobian(fn, small, method="colored", radius=radius, mode=mode)
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
