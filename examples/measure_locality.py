@@ -34,42 +34,50 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small image and 3 noise levels (CI, < 1 min)")
     ap.add_argument("--out", default="out/measure_locality", help="output directory")
-    ap.add_argument("--size", type=int, default=None, help="image size (default 12 quick, 16 full)")
-    ap.add_argument("--region", type=float, default=4.0, help="radius of the objects' regions (Chebyshev px)")
+    ap.add_argument("--size", type=int, default=None, help="image size (default 16 quick, 32 full)")
+    ap.add_argument("--region", type=float, default=None,
+                    help="radius of the objects' regions (Chebyshev px; default: the local net's conditioner radius)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    size = args.size or (12 if args.quick else 16)
+    size = args.size or (16 if args.quick else 32)
     sigmas = [0.05, 0.5, 5.0] if args.quick else [0.02, 0.1, 0.5, 2.0, 10.0]
 
-    local = LocalConditionalDenoiser(width=16 if args.quick else 32, attr_dim=0).eval()
+    if args.quick:  # receptive radius 4, conditioner radius 5
+        local = LocalConditionalDenoiser(width=16, depth=1, cond_radius=1.5, attr_dim=0).eval()
+    else:  # the default 16x16 model of REFERENCES.md: receptive radius 6, conditioner radius 9
+        local = LocalConditionalDenoiser(width=32, attr_dim=0).eval()
     glob = GlobalConditionalDenoiser(base_width=8 if args.quick else 16, channel_mult=(1, 2),
                                      attention_levels=(1,), attr_dim=0, token_dim=16, heads=2, groups=4).eval()
     models = {"local": local, "global (U-Net)": glob}
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randn(1, 3, size, size, generator=g)
-    q = size - 3.0
-    cond = Conditions.from_lists([[(2.0, 2.0), (q, q), (2.0, q)]])
+    region = float(args.region if args.region is not None else local.conditioner_radius)
+    m = 2.0 if args.quick else 4.0  # objects near three corners, more than 2 x conditioner radius apart
+    q = size - 1 - m
+    cond = Conditions.from_lists([[(m, m), (q, q), (m, q)]])
+    print(f"local net: receptive radius {local.receptive_radius}, conditioner radius {local.conditioner_radius}; "
+          f"objects {q - m:g} px apart; regions: boxes of radius {region:g}")
     results = {}
     for name, D in models.items():
         t0 = time.perf_counter()
         pix = pixel_locality(D, x, sigmas, cond, max_memory=2**30)
-        con = conditional_locality(D, x, sigmas, cond, regions=args.region)
+        con = conditional_locality(D, x, sigmas, cond, regions=region)
         dt = time.perf_counter() - t0
         results[name] = (pix, con)
         print(f"{name:>15}: {pix.method:>7} Jacobian, {dt:5.1f} s")
         for s, r, idx, rad in zip(sigmas, pix.effective_radius.tolist(), con.index["ablation"].tolist(),
                                   con.influence_radius["ablation"].nanmean(dim=(1, 2)).tolist()):
             print(f"{'':>17}sigma {s:<5g} pixel radius 50/90/99% = {r},  conditional index "
-                  f"(inside {args.region:g} px) = {idx:.3f},  90% influence radius = {rad:.1f} px")
+                  f"(inside {region:g} px) = {idx:.3f},  90% influence radius = {rad:.1f} px")
     with open(out / "measure_locality.json", "w") as f:
         json.dump({name: {"pixel": p.to_dict(), "conditional": {k: v for k, v in c.to_dict().items()
                                                                   if k != "influence"}}
                    for name, (p, c) in results.items()}, f)
-    plot(results, sigmas, args.region, out / "measure_locality.png")
+    plot(results, sigmas, region, out / "measure_locality.png")
     print(f"wrote {out / 'measure_locality.png'} and {out / 'measure_locality.json'}")
 
 
@@ -92,9 +100,9 @@ def plot(results: dict, sigmas: list[float], region: float, path: Path) -> None:
         a.legend(fontsize=7)
         a = axes[row, 1]
         Hc = pix.heatmap.shape[1] // 2
-        m = min(Hc, 8)
-        crop = pix.heatmap[mid, Hc - m : Hc + m + 1, Hc - m : Hc + m + 1]
-        h = a.imshow(torch.log10(crop.clamp_min(1e-10)).numpy(), extent=(-m - 0.5, m + 0.5, m + 0.5, -m - 0.5),
+        k = min(Hc, 10)
+        crop = pix.heatmap[mid, Hc - k : Hc + k + 1, Hc - k : Hc + k + 1]
+        h = a.imshow(torch.log10(crop.clamp_min(1e-10)).numpy(), extent=(-k - 0.5, k + 0.5, k + 0.5, -k - 0.5),
                      cmap="magma", vmin=-6)
         a.set_title(f"log10 mean |J|² by offset (σ = {sigmas[mid]:g})", fontsize=10)
         fig.colorbar(h, ax=a, fraction=0.046)
