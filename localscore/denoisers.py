@@ -54,7 +54,9 @@ class Denoiser(Protocol):
     composition. Optionally it declares locality through integer attributes ``receptive_radius``
     (output pixel ``i`` depends only on input pixels within this Chebyshev distance) and
     ``conditioner_radius`` (and only on conditioners within this distance); see
-    :func:`receptive_radius`.
+    :func:`receptive_radius`. A model whose output is not translation equivariant (coordinate channels,
+    absolute position embeddings) sets ``translation_equivariant = False`` so that it is never evaluated
+    on crops (see :mod:`localscore.compose`).
     """
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Conditions | None = None) -> Tensor: ...
@@ -493,7 +495,8 @@ class BoundDenoiser(nn.Module):
             raise fail("BoundDenoiser", "this denoiser already has its conditions bound; got another `cond`.",
                        "call it with cond=None, or bind the conditions you want instead.")
         x = check_image(x, "BoundDenoiser")
-        return self.inner(x, sigma, self.conditions_for(x.shape[0], x.device))
+        s = as_sigma(sigma, x.shape[0], "BoundDenoiser", like=x)
+        return call_denoiser(self.inner, x, s, self.conditions_for(x.shape[0], x.device), "BoundDenoiser")
 
     def __repr__(self) -> str:
         return f"BoundDenoiser({self.inner!r}, {self.cond!r})"

@@ -138,6 +138,13 @@ def _steps(n: int, progress: bool, where: str) -> Iterable[int]:
     return trange(n, desc=where, leave=False)  # type: ignore[no-any-return,unused-ignore]
 
 
+def _values(sigmas: Tensor) -> list[float]:
+    """The grid as Python floats, for branching (the tensor keeps carrying gradients)."""
+    if sigmas.device.type == "meta":
+        return [1.0] * sigmas.shape[0]
+    return [float(v) for v in sigmas.detach().cpu().tolist()]
+
+
 def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
@@ -260,9 +267,10 @@ def sample_heun(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
         raise fail(where, f"s_tmin = {s_tmin!r} is above s_tmax = {s_tmax!r}; expected s_tmin <= s_tmax.",
                    "churn is applied where s_tmin <= sigma <= s_tmax.")
     n = len(sigmas) - 1
+    grid = _values(sigmas)
     for i in _steps(n, progress, where):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= float(sigma) <= s_tmax else 0.0
+        gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= grid[i] <= s_tmax else 0.0
         sigma_h = sigma * (1 + gamma)
         x_h = x
         if gamma > 0:
@@ -270,7 +278,7 @@ def sample_heun(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
         den = _denoise(denoiser, x_h, sigma_h, cond, where)
         d = (x_h - den) / sigma_h
         x = x_h + (sigma_next - sigma_h) * d
-        if float(sigma_next) > 0:
+        if grid[i + 1] > 0:
             d_next = (x - _denoise(denoiser, x, sigma_next, cond, where)) / sigma_next
             x = x_h + (sigma_next - sigma_h) * (d + d_next) / 2
         _report(callback, i, x, sigma, sigma_next, den, sigma_hat=sigma_h)
@@ -319,12 +327,13 @@ def sample_ddpm(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
     where = "sample_ddpm"
     x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
     sigmas = _check_sigmas(sigmas, x, where)
+    grid = _values(sigmas)
     for i in _steps(len(sigmas) - 1, progress, where):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         d = _denoise(denoiser, x, sigma, cond, where)
         r = (sigma_next / sigma) ** 2
         x = r * x + (1 - r) * d
-        if float(sigma_next) > 0:
+        if grid[i + 1] > 0:
             x = x + (sigma_next / sigma) * torch.sqrt(sigma**2 - sigma_next**2) * _noise(x, generator)
         _report(callback, i, x, sigma, sigma_next, d)
     return x
@@ -373,13 +382,14 @@ def sample_ddim(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
     x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
     sigmas = _check_sigmas(sigmas, x, where)
     eta = _check_float(eta, where, "eta", hi=1.0)
+    grid = _values(sigmas)
     for i in _steps(len(sigmas) - 1, progress, where):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         d = _denoise(denoiser, x, sigma, cond, where)
         eps = (x - d) / sigma
         c = eta * (sigma_next / sigma) * torch.sqrt(sigma**2 - sigma_next**2)
         x_new = d + torch.sqrt((sigma_next**2 - c**2).clamp_min(0)) * eps
-        if eta > 0 and float(sigma_next) > 0:
+        if eta > 0 and grid[i + 1] > 0:
             x_new = x_new + c * _noise(x, generator)
         x = x_new
         _report(callback, i, x, sigma, sigma_next, d)
@@ -427,12 +437,13 @@ def sample_euler_maruyama(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Condit
     where = "sample_euler_maruyama"
     x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
     sigmas = _check_sigmas(sigmas, x, where)
+    grid = _values(sigmas)
     for i in _steps(len(sigmas) - 1, progress, where):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         d = _denoise(denoiser, x, sigma, cond, where)
         du = sigma**2 - sigma_next**2
         x_new = x + du * (d - x) / sigma**2
-        if float(sigma_next) > 0:
+        if grid[i + 1] > 0:
             x_new = x_new + torch.sqrt(du) * _noise(x, generator)
         x = x_new
         _report(callback, i, x, sigma, sigma_next, d)

@@ -89,8 +89,10 @@ def test_mixture_denoiser_is_the_posterior_mean_by_quadrature(sigma: float) -> N
     for xv in [-2.0, 0.1, 0.9, 3.0]:
         def prior(x0: float) -> float:
             return sum(wi * stats.norm.pdf(x0, mi, si) for wi, mi, si in zip(w, m, s))
-        num = integrate.quad(lambda x0: x0 * prior(x0) * stats.norm.pdf(xv, x0, sigma), -12, 12, limit=200)[0]
-        den = integrate.quad(lambda x0: prior(x0) * stats.norm.pdf(xv, x0, sigma), -12, 12, limit=200)[0]
+        def post(x0: float, xv: float = xv) -> float:
+            return prior(x0) * stats.norm.pdf(xv, x0, sigma)
+        num = integrate.quad(lambda x0: x0 * post(x0), -12, 12, limit=200)[0]
+        den = integrate.quad(post, -12, 12, limit=200)[0]
         got = gm(torch.full((1, 1, 1, 1), xv, dtype=torch.float64), sigma).item()
         assert got == pytest.approx(num / den, rel=1e-7, abs=1e-9)
 

@@ -162,7 +162,8 @@ class _GaussianFamily(AnalyticDistribution):
                dtype: torch.dtype | None = None) -> Tensor:
         """Exact samples of ``x_sigma = x_0 + sigma * eps``: ``[n, C, H, W]``.
 
-        A component ``m ~ Categorical(w)`` per sample, then ``x = mu_m + U_m sqrt(lam_m + sigma**2) z``.
+        A component ``m ~ Categorical(w)`` per sample, then ``x = mu_m + U_m sqrt(lam_m + sigma**2) z``
+        (``z ~ N(0, I)``), drawn in the oracle's dtype from ``generator``.
 
         Args:
             n: the number of samples, or an (empty) Conditions whose batch size is used.
@@ -202,6 +203,13 @@ class _GaussianFamily(AnalyticDistribution):
         """The exact mean ``[C, H, W]`` and covariance ``[D, D]`` of ``x_sigma`` (in the oracle's dtype).
 
         ``mean = sum_m w_m mu_m``; ``cov = sum_m w_m (Sigma_m + mu_m mu_m^T) - mean mean^T + sigma**2 I``.
+
+        Example:
+            >>> import torch
+            >>> gm = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1), std=0.5)
+            >>> mean, cov = gm.moments(sigma=1.0)      # 0.25 + 1 (between modes) + 1 (noise)
+            >>> mean.item(), cov.item()
+            (0.0, 2.25)
         """
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):
             raise fail(f"{self._name}.moments", f"argument `sigma` is {describe(sigma)}, expected a float >= 0.")

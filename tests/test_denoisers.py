@@ -1,0 +1,294 @@
+"""Denoiser adapters against the Gaussian oracle's closed form, the score, binding, and bad input."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from localscore import Conditions, LocalScoreError, bind, score
+from localscore.denoisers import (
+    BoundDenoiser,
+    DiscreteDDPMDenoiser,
+    EDMPreconditioner,
+    EpsilonDenoiser,
+    ScoreDenoiser,
+    VDenoiser,
+    X0Denoiser,
+    call_denoiser,
+    conditioner_radius,
+    receptive_radius,
+)
+from localscore.oracles import Gaussian
+from localscore.schedules import ddpm_alphas_cumprod
+
+F64 = torch.float64
+MEAN = torch.tensor([0.5, -1.0, 0.2, 1.5], dtype=F64)
+COV = torch.tensor([[1.0, 0.3, 0.0, 0.1], [0.3, 0.5, 0.1, 0.0], [0.0, 0.1, 0.8, -0.2], [0.1, 0.0, -0.2, 0.3]],
+                   dtype=F64)
+ORACLE = Gaussian(MEAN.view(1, 2, 2), COV)
+
+
+def _col(s: torch.Tensor) -> torch.Tensor:
+    return s.view(-1, 1, 1, 1)
+
+
+def dense_score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """-(Sigma + sigma^2 I)^{-1} (x - mu), solved densely per image."""
+    out = []
+    for b in range(x.shape[0]):
+        a = COV + float(sigma[b]) ** 2 * torch.eye(4, dtype=F64)
+        out.append(-torch.linalg.solve(a, x[b].flatten() - MEAN))
+    return torch.stack(out).view(x.shape)
+
+
+def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sigma = torch.exp(torch.empty(5, dtype=F64).uniform_(-3, 3, generator=g))
+    x = MEAN.view(1, 1, 2, 2) + _col(1 + sigma) * torch.randn(5, 1, 2, 2, generator=g, dtype=F64)
+    return x, sigma
+
+
+# -------------------------------------------------------------------------------------- adapters = oracle
+@pytest.mark.parametrize("vp_input", [True, False])
+def test_epsilon_network_gives_the_oracle(vp_input: bool) -> None:
+    def eps_net(x_in: torch.Tensor, s: torch.Tensor, c: Any) -> torch.Tensor:
+        x = x_in * _col(torch.sqrt(s**2 + 1)) if vp_input else x_in
+        return (x - ORACLE(x, s)) / _col(s)       # E[eps | x] = (x - E[x0 | x]) / sigma
+
+    x, sigma = _inputs()
+    torch.testing.assert_close(EpsilonDenoiser(eps_net, vp_input=vp_input)(x, sigma), ORACLE(x, sigma))
+
+
+def test_noise_input_map() -> None:
+    def eps_net(x_in: torch.Tensor, c_noise: torch.Tensor, c: Any) -> torch.Tensor:
+        s = torch.exp(4 * c_noise)
+        x = x_in * _col(torch.sqrt(s**2 + 1))
+        return (x - ORACLE(x, s)) / _col(s)
+
+    x, sigma = _inputs(1)
+    d = EpsilonDenoiser(eps_net, noise_input=lambda s: torch.log(s) / 4)
+    torch.testing.assert_close(d(x, sigma), ORACLE(x, sigma))
+
+
+@pytest.mark.parametrize("sigma_data", [1.0, 0.5])
+def test_v_network_gives_the_oracle(sigma_data: float) -> None:
+    sd = sigma_data
+
+    def v_net(x_in: torch.Tensor, s: torch.Tensor, c: Any) -> torch.Tensor:
+        sv = _col(s)
+        x = x_in * torch.sqrt(sv**2 + sd**2)
+        x0 = ORACLE(x, s)
+        eps = (x - x0) / sv
+        return (sd * eps - sv * x0 / sd) / torch.sqrt(sv**2 + sd**2)   # v of Salimans & Ho, data scaled by sd
+
+    x, sigma = _inputs(2)
+    torch.testing.assert_close(VDenoiser(v_net, sigma_data=sd)(x, sigma), ORACLE(x, sigma))
+
+
+def test_x0_and_score_networks_give_the_oracle() -> None:
+    x, sigma = _inputs(3)
+    x0_net = X0Denoiser(lambda x_in, s, c: ORACLE(x_in * _col(torch.sqrt(s**2 + 1)), s))
+    torch.testing.assert_close(x0_net(x, sigma), ORACLE(x, sigma))
+    score_net = ScoreDenoiser(lambda y, s, c: dense_score(y, s))
+    torch.testing.assert_close(score_net(x, sigma), ORACLE(x, sigma))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_discrete_ddpm_network_gives_the_oracle(prediction: str) -> None:
+    ac = ddpm_alphas_cumprod(1000, dtype=F64)
+    seen_t: list[torch.Tensor] = []
+
+    def net(x_vp: torch.Tensor, t: torch.Tensor, c: Any) -> torch.Tensor:
+        seen_t.append(t)
+        a = ac[t.round().long()]                              # the table entry of timestep t
+        s = torch.sqrt((1 - a) / a)
+        x = x_vp / _col(torch.sqrt(a))                          # VE variable
+        x0 = ORACLE(x, s)
+        eps = (x - x0) / _col(s)
+        if prediction == "epsilon":
+            return eps
+        if prediction == "v_prediction":
+            return _col(torch.sqrt(a)) * eps - _col(torch.sqrt(1 - a)) * x0
+        return x0
+
+    d = DiscreteDDPMDenoiser(net, ac, prediction=prediction)  # type: ignore[arg-type]
+    t = torch.tensor([0, 10, 250, 600, 999])
+    sigma = torch.sqrt((1 - ac[t]) / ac[t])
+    x = MEAN.view(1, 1, 2, 2) + _col(1 + sigma) * torch.randn(5, 1, 2, 2, dtype=F64)
+    torch.testing.assert_close(d(x, sigma), ORACLE(x, sigma))
+    torch.testing.assert_close(seen_t[-1], t.to(F64), atol=1e-6, rtol=0)   # table sigmas map to their timesteps
+
+
+def test_discrete_ddpm_quantize_and_time_maps() -> None:
+    ac = ddpm_alphas_cumprod(100, dtype=F64)
+    seen: list[torch.Tensor] = []
+    d = DiscreteDDPMDenoiser(lambda x, t, c: (seen.append(t), torch.zeros_like(x))[1], ac, quantize=True)
+    sig = torch.sqrt((1 - ac) / ac)
+    mid = torch.sqrt(sig[40] * sig[41]).view(1) * 1.01     # between timesteps 40 and 41, nearer 41 in log sigma
+    d(torch.zeros(1, 1, 1, 1, dtype=F64), mid)
+    assert seen[-1].item() == 41.0
+    t = torch.tensor([0.0, 3.4, 42.25, 99.0])
+    torch.testing.assert_close(d.sigma_to_t(d.t_to_sigma(t)), t.round())
+    with pytest.raises(LocalScoreError, match="outside"):
+        d(torch.zeros(1, 1, 1, 1), float(sig[-1]) * 2)
+
+
+def test_edm_preconditioner_formula() -> None:
+    sd, s = 0.5, 2.0
+    c_skip, c_out, c_in, c_noise = sd**2 / (s**2 + sd**2), s * sd / math.sqrt(s**2 + sd**2), \
+        1 / math.sqrt(s**2 + sd**2), math.log(s) / 4
+    d = EDMPreconditioner(lambda x_in, cn, c: 3 * x_in + _col(cn), sigma_data=sd)
+    x = torch.tensor([1.0, -2.0], dtype=F64).view(2, 1, 1, 1)
+    want = c_skip * x + c_out * (3 * c_in * x + c_noise)
+    torch.testing.assert_close(d(x, s), want)
+    torch.testing.assert_close(d.loss_weight(torch.tensor([s], dtype=F64)), torch.tensor([1 / c_out**2], dtype=F64))
+
+
+def test_edm_preconditioner_with_the_optimal_network_gives_the_oracle() -> None:
+    sd = 0.7
+
+    def f_star(x_in: torch.Tensor, c_noise: torch.Tensor, c: Any) -> torch.Tensor:
+        s = _col(torch.exp(4 * c_noise))
+        x = x_in * torch.sqrt(s**2 + sd**2)
+        target_x0 = ORACLE(x, s.flatten())
+        # E[F_target | x] with F_target = (x0 - c_skip x) / c_out (Karras et al., eq. 8)
+        return (target_x0 - sd**2 / (s**2 + sd**2) * x) / (s * sd / torch.sqrt(s**2 + sd**2))
+
+    x, sigma = _inputs(4)
+    torch.testing.assert_close(EDMPreconditioner(f_star, sigma_data=sd)(x, sigma), ORACLE(x, sigma))
+
+
+def test_score_of_the_oracle_is_the_analytic_score() -> None:
+    x, sigma = _inputs(5)
+    torch.testing.assert_close(score(ORACLE)(x, sigma), dense_score(x, sigma))
+    torch.testing.assert_close(ORACLE.score(x, sigma), dense_score(x, sigma))
+    # round trip through the score-network adapter
+    torch.testing.assert_close(ScoreDenoiser(lambda y, s, c: score(ORACLE)(y, s))(x, sigma), ORACLE(x, sigma))
+
+
+def test_bind_and_radii() -> None:
+    cond = Conditions.from_lists([[(1.0, 1.0)], [(0.0, 0.0), (1.0, 0.0)]])
+    seen: list[Any] = []
+    d = bind(lambda x, s, c: (seen.append(c), x * _col(c.counts().to(x.dtype)))[1], cond)
+    out = d(torch.ones(4, 1, 1, 1), 1.0)      # batch 4 = 2 x the bound batch: tiled
+    assert out.flatten().tolist() == [1.0, 2.0, 1.0, 2.0]
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    net.receptive_radius = 1  # type: ignore[assignment]
+    net.conditioner_radius = 2  # type: ignore[assignment]
+    wrapped = bind(EDMPreconditioner(net), None)
+    assert receptive_radius(wrapped) == 1 and conditioner_radius(wrapped) == 2
+    assert receptive_radius(lambda x, s, c: x) is None
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _meta_conditions(batch: int) -> Conditions:
+    c = Conditions.from_lists([[(1.0, 1.0)]] * batch)
+    fake = object.__new__(Conditions)
+    for name in ("pos", "attr", "valid"):
+        v = getattr(c, name)
+        object.__setattr__(fake, name, None if v is None else v.to("meta"))
+    return fake
+
+
+def _zero_net(x: torch.Tensor, s: torch.Tensor, c: Any = None) -> torch.Tensor:
+    return torch.zeros_like(x)
+
+
+ADAPTERS = {
+    "eps": lambda net: EpsilonDenoiser(net),
+    "v": lambda net: VDenoiser(net),
+    "x0": lambda net: X0Denoiser(net),
+    "score_net": lambda net: ScoreDenoiser(net),
+    "edm": lambda net: EDMPreconditioner(net),
+    "ddpm": lambda net: DiscreteDDPMDenoiser(net, ddpm_alphas_cumprod(1000)),
+    "score": lambda net: score(net),
+    "bind": lambda net: bind(net, None),
+}
+CALL_CASES = ["x_rank", "x_int", "x_nan", "x_empty", "x_list", "sig_neg", "sig_nan", "sig_zero", "sig_len",
+              "sig_2d", "sig_meta", "sig_bool", "sig_str", "net_shape", "net_type"]
+
+
+@pytest.mark.parametrize("kind", list(ADAPTERS))
+@given(case=st.sampled_from(CALL_CASES))
+def test_bad_calls_raise(kind: str, case: str) -> None:
+    net: Any = _zero_net
+    x: Any = torch.zeros(2, 1, 2, 2)
+    sigma: Any = 0.5
+    if case == "x_rank":
+        x = torch.zeros(1, 2, 2)
+    elif case == "x_int":
+        x = torch.zeros(2, 1, 2, 2, dtype=torch.int32)
+    elif case == "x_nan":
+        x = torch.full((2, 1, 2, 2), math.nan)
+    elif case == "x_empty":
+        x = torch.zeros(0, 1, 2, 2)
+    elif case == "x_list":
+        x = [[[[0.0]]]]
+    elif case == "sig_neg":
+        sigma = -0.5
+    elif case == "sig_nan":
+        sigma = torch.tensor([0.5, math.nan])
+    elif case == "sig_zero":
+        sigma = 0.0
+    elif case == "sig_len":
+        sigma = torch.ones(3)
+    elif case == "sig_2d":
+        sigma = torch.ones(2, 1)
+    elif case == "sig_meta":
+        sigma = torch.ones(2, device="meta")
+    elif case == "sig_bool":
+        sigma = True
+    elif case == "sig_str":
+        sigma = "0.5"
+    elif case == "net_shape":
+        net = lambda x, s, c=None: x[:, :, :1]  # noqa: E731
+    elif case == "net_type":
+        net = lambda x, s, c=None: x.tolist()  # noqa: E731
+    d = ADAPTERS[kind](net)
+    with pytest.raises(LocalScoreError):
+        d(x, sigma)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: EpsilonDenoiser(3), lambda: VDenoiser(_zero_net, sigma_data=0.0),
+    lambda: VDenoiser(_zero_net, sigma_data=math.nan), lambda: EDMPreconditioner(_zero_net, sigma_data=-1.0),
+    lambda: EDMPreconditioner(_zero_net, sigma_data=math.nan), lambda: X0Denoiser("net"), lambda: ScoreDenoiser(None),
+    lambda: DiscreteDDPMDenoiser(_zero_net, torch.tensor([0.9])),
+    lambda: DiscreteDDPMDenoiser(_zero_net, torch.tensor([0.9, 0.95])),
+    lambda: DiscreteDDPMDenoiser(_zero_net, torch.tensor([0.9, 0.0])),
+    lambda: DiscreteDDPMDenoiser(_zero_net, torch.tensor([1.2, 0.5])),
+    lambda: DiscreteDDPMDenoiser(_zero_net, torch.tensor([0.9, math.nan])),
+    lambda: DiscreteDDPMDenoiser(_zero_net, torch.ones(2, 2) * 0.5),
+    lambda: DiscreteDDPMDenoiser(_zero_net, [0.9, 0.5]),
+    lambda: DiscreteDDPMDenoiser(_zero_net, torch.tensor([0.9, 0.5]), prediction="noise"),  # type: ignore[arg-type]
+    lambda: score(3.0), lambda: bind(None, None), lambda: bind(_zero_net, [(1.0, 1.0)]),
+])
+def test_bad_construction_raises(make: Any) -> None:
+    with pytest.raises(LocalScoreError):
+        make()
+
+
+@given(case=st.sampled_from(["cond_given", "batch", "meta"]))
+def test_bound_denoiser_bad_calls_raise(case: str) -> None:
+    cond = Conditions.from_lists([[(1.0, 1.0)], [(0.0, 0.0)]])
+    d: BoundDenoiser = bind(_zero_net, cond)
+    x = torch.zeros(3 if case == "batch" else 2, 1, 2, 2)
+    with pytest.raises(LocalScoreError):
+        if case == "cond_given":
+            d(x, 0.5, cond)
+        elif case == "batch":
+            d(x, 0.5)
+        else:
+            bind(_zero_net, _meta_conditions(2))(x, 0.5)
+
+
+@given(case=st.sampled_from(["shape", "type", "nan"]))
+def test_call_denoiser_checks_the_output(case: str) -> None:
+    out = {"shape": lambda x, s, c: x[:1], "type": lambda x, s, c: 1.0, "nan": lambda x, s, c: x / 0}[case]
+    with pytest.raises(LocalScoreError):
+        call_denoiser(out, torch.zeros(2, 1, 1, 1), torch.ones(2), None, "test")
