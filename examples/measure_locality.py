@@ -34,7 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small image and 3 noise levels (CI, < 1 min)")
     ap.add_argument("--out", default="out/measure_locality", help="output directory")
-    ap.add_argument("--size", type=int, default=None, help="image size (default 16 quick, 32 full)")
+    ap.add_argument("--size", type=int, default=None, help="image size (default 16 quick, 24 full)")
     ap.add_argument("--region", type=float, default=None,
                     help="radius of the objects' regions (Chebyshev px; default: the local net's conditioner radius)")
     ap.add_argument("--seed", type=int, default=0)
@@ -43,20 +43,20 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    size = args.size or (16 if args.quick else 32)
+    size = args.size or (16 if args.quick else 24)
     sigmas = [0.05, 0.5, 5.0] if args.quick else [0.02, 0.1, 0.5, 2.0, 10.0]
 
     if args.quick:  # receptive radius 4, conditioner radius 5
         local = LocalConditionalDenoiser(width=16, depth=1, cond_radius=1.5, attr_dim=0).eval()
-    else:  # the default 16x16 model of REFERENCES.md: receptive radius 6, conditioner radius 9
-        local = LocalConditionalDenoiser(width=32, attr_dim=0).eval()
-    glob = GlobalConditionalDenoiser(base_width=8 if args.quick else 16, channel_mult=(1, 2),
+    else:  # the depth and radii of the 16x16 model of REFERENCES.md: receptive radius 6, conditioner radius 9
+        local = LocalConditionalDenoiser(width=16, attr_dim=0).eval()
+    glob = GlobalConditionalDenoiser(base_width=8, channel_mult=(1, 2),
                                      attention_levels=(1,), attr_dim=0, token_dim=16, heads=2, groups=4).eval()
     models = {"local": local, "global (U-Net)": glob}
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randn(1, 3, size, size, generator=g)
     region = float(args.region if args.region is not None else local.conditioner_radius)
-    m = 2.0 if args.quick else 4.0  # objects near three corners, more than 2 x conditioner radius apart
+    m = 2.0  # objects near three corners, more than 2 x conditioner radius apart
     q = size - 1 - m
     cond = Conditions.from_lists([[(m, m), (q, q), (m, q)]])
     print(f"local net: receptive radius {local.receptive_radius}, conditioner radius {local.conditioner_radius}; "

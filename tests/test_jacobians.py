@@ -142,3 +142,13 @@ def test_colored_modes_agree_and_both_detect(mode: str, R: int, C: int) -> None:
                                atol=1e-12, rtol=0)
     with pytest.raises(LocalScoreError, match=f"at Chebyshev distance {R} > {R - 1}"):
         jacobian(fn, x, method="colored", radius=R - 1, mode=mode)  # type: ignore[arg-type]
+
+
+def test_create_graph_keeps_parameter_gradients_only_when_asked() -> None:
+    lin = torch.nn.Conv2d(1, 1, 3, padding=1).double()
+    x = torch.randn(1, 1, 5, 5, dtype=torch.float64)
+    assert not jacobian(lin, x).requires_grad
+    assert not jacobian(lin, x, method="colored", radius=1).values.requires_grad
+    J = jacobian(lin, x, create_graph=True)
+    J.pow(2).sum().backward()  # d/dw of sum J^2 = 2 w * (number of in-image placements)
+    assert lin.weight.grad is not None and float(lin.weight.grad.abs().sum()) > 0

@@ -154,8 +154,10 @@ def _chunk_for(x: Tensor, n: int, chunk_size: int | None, max_memory: int, per_i
             raise fail(where, f"`chunk_size` is {chunk_size!r}, expected a positive int or None.",
                        "pass e.g. chunk_size=64, or None to size chunks from `max_memory`.")
         return min(chunk_size, n)
-    per = max(1, 2 * per_item, 8 * x.numel() * x.element_size())
-    return int(max(1, min(n, max_memory // per)))
+    # A vmapped product keeps its own copy of the intermediate activations and gradients, and some batching
+    # rules materialise more: budget 8x the saved bytes per product, and at most 256 products per call.
+    per = max(1, 8 * per_item, 16 * x.numel() * x.element_size())
+    return int(max(1, min(n, 256, max_memory // per)))
 
 
 # ----------------------------------------------------------------------------- results
@@ -516,6 +518,7 @@ def jacobian(
     n_rows: int = 32,
     n_probes: int = 16,
     generator: torch.Generator | None = None,
+    create_graph: bool = False,
 ) -> Any:
     r"""The Jacobian of an image map ``y = fn(x)`` at ``x``, per image of the batch.
 
@@ -549,14 +552,18 @@ def jacobian(
         mode: ``colored`` only: ``"forward"`` colours the inputs (``C P^2`` JVPs, then JVP probes) and
             ``"reverse"`` the outputs (``C' P^2`` VJPs, then VJP probes); both give the same band. Use
             reverse for models with operations that lack forward-mode AD, or when ``C' < C``.
-        chunk_size: products per vmapped call (default: sized from ``max_memory`` and the bytes one
-            forward pass saves for backward, measured once with saved-tensor hooks).
+        chunk_size: products per vmapped call (default: ``max_memory`` over 8x the bytes one forward pass
+            saves for backward, measured once with saved-tensor hooks; at most 256). A heuristic: pass a
+            small ``chunk_size`` for models whose batched backward is unusually memory hungry.
         max_memory: byte budget: the dense Jacobian itself plus the chunks of products (default 2 GiB).
         verify: random probes that verify the declared radius (``colored``); 0 skips the check.
         rtol: tolerance of the verification (default 1e-4 for float32, 1e-9 for float64).
         n_rows: output pixels sampled by ``probes``.
         n_probes: sign vectors of the Hutchinson estimate (``probes``).
         generator: random source for verification and probes.
+        create_graph: keep the graph from the result to the parameters of ``fn`` (to differentiate a
+            Jacobian penalty, say); by default the result is a measurement without graph, which also
+            keeps the memory of chunked products bounded.
 
     Returns:
         ``Tensor`` (dense), :class:`BandedJacobian` (colored) or :class:`JacobianProbes` (probes).
@@ -588,76 +595,79 @@ def jacobian(
         raise fail(where, f"`method` is {method!r}, expected 'dense', 'colored' or 'probes'.")
     if isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory < 1:
         raise fail(where, f"`max_memory` is {max_memory!r}, expected a positive int (bytes).")
-    x = x.detach()
-    y = _checked_call(fn, x, where).detach()
-    B = x.shape[0]
-    per_item = _activation_bytes(fn, x) if chunk_size is None else 0
-    if method == "dense":
-        n_out = y[0].numel()
-        n_in = x[0].numel()
-        need = B * n_out * n_in * y.element_size()
-        if need > max_memory:
-            raise fail(where, f"the dense Jacobian would take {need / 2**20:.1f} MiB ({B} x {n_out} x {n_in} "
-                       f"entries), over `max_memory` = {max_memory / 2**20:.1f} MiB.",
-                       "use method='colored' with the map's receptive radius, or method='probes', or raise "
-                       "`max_memory`.")
-        chunk = _chunk_for(x, n_out, chunk_size, max_memory - need, per_item, where)
-        J = y.new_zeros(B, n_out, n_in)
-        eye_idx = torch.arange(n_out, device=x.device)
-        for start in range(0, n_out, chunk):
-            idx = eye_idx[start : start + chunk]
-            u = y.new_zeros(idx.numel(), B, n_out)
-            u[torch.arange(idx.numel(), device=x.device), :, idx] = 1
-            g = vjp_batch(fn, x, u.reshape(idx.numel(), *y.shape), chunk_size=chunk)
-            J[:, start : start + idx.numel()] = g.reshape(idx.numel(), B, n_in).transpose(0, 1)
-        return J.reshape(*y.shape, *x.shape[1:])
-    if y.dim() != 4 or tuple(y.shape[2:]) != tuple(x.shape[2:]):
-        raise fail(where, f"`fn` returned shape {tuple(y.shape)} for input {tuple(x.shape)}; method={method!r} "
-                   "needs an image of the same height and width [B, C', H, W].",
-                   "use method='dense' for maps that change the spatial size.")
-    if method == "colored":
-        if radius is None:
-            raise fail(where, "method='colored' needs the declared receptive `radius`.",
-                       "pass radius=R (e.g. `localscore.denoisers.receptive_radius(model)`), or use "
-                       "method='dense'.")
-        R = _check_radius(radius, where)
-        if isinstance(verify, bool) or not isinstance(verify, int) or verify < 0:
-            raise fail(where, f"`verify` is {verify!r}, expected an int >= 0 (number of random probes).")
-        P = 2 * R + 1
-        n = x.shape[1] * min(P, x.shape[2]) * min(P, x.shape[3])
-        chunk = _chunk_for(x, n, chunk_size, max_memory, per_item, where)
-        if mode not in ("reverse", "forward"):
-            raise fail(where, f"`mode` is {mode!r}, expected 'reverse' or 'forward'.")
-        tol = _default_rtol(y.dtype) if rtol is None else float(rtol)
-        if mode == "forward":
-            banded = _colored(fn, x, y, R, chunk)
-            bad = _verify_banded(fn, x, banded, n_probes=verify, rtol=tol, generator=generator)
-        else:
-            n = y.shape[1] * min(P, x.shape[2]) * min(P, x.shape[3])
+    # create_graph=False: the products run without recording a graph to the parameters (a measurement;
+    # torch.func transforms work under no_grad), so chunks free their memory as they go.
+    with torch.enable_grad() if create_graph else torch.no_grad():
+        x = x.detach()
+        y = _checked_call(fn, x, where).detach()
+        B = x.shape[0]
+        per_item = _activation_bytes(fn, x) if chunk_size is None else 0
+        if method == "dense":
+            n_out = y[0].numel()
+            n_in = x[0].numel()
+            need = B * n_out * n_in * y.element_size()
+            if need > max_memory:
+                raise fail(where, f"the dense Jacobian would take {need / 2**20:.1f} MiB ({B} x {n_out} x {n_in} "
+                           f"entries), over `max_memory` = {max_memory / 2**20:.1f} MiB.",
+                           "use method='colored' with the map's receptive radius, or method='probes', or raise "
+                           "`max_memory`.")
+            chunk = _chunk_for(x, n_out, chunk_size, max_memory - need, per_item, where)
+            J = y.new_zeros(B, n_out, n_in)
+            eye_idx = torch.arange(n_out, device=x.device)
+            for start in range(0, n_out, chunk):
+                idx = eye_idx[start : start + chunk]
+                u = y.new_zeros(idx.numel(), B, n_out)
+                u[torch.arange(idx.numel(), device=x.device), :, idx] = 1
+                g = vjp_batch(fn, x, u.reshape(idx.numel(), *y.shape), chunk_size=chunk)
+                J[:, start : start + idx.numel()] = g.reshape(idx.numel(), B, n_in).transpose(0, 1)
+            return J.reshape(*y.shape, *x.shape[1:])
+        if y.dim() != 4 or tuple(y.shape[2:]) != tuple(x.shape[2:]):
+            raise fail(where, f"`fn` returned shape {tuple(y.shape)} for input {tuple(x.shape)}; method={method!r} "
+                       "needs an image of the same height and width [B, C', H, W].",
+                       "use method='dense' for maps that change the spatial size.")
+        if method == "colored":
+            if radius is None:
+                raise fail(where, "method='colored' needs the declared receptive `radius`.",
+                           "pass radius=R (e.g. `localscore.denoisers.receptive_radius(model)`), or use "
+                           "method='dense'.")
+            R = _check_radius(radius, where)
+            if isinstance(verify, bool) or not isinstance(verify, int) or verify < 0:
+                raise fail(where, f"`verify` is {verify!r}, expected an int >= 0 (number of random probes).")
+            P = 2 * R + 1
+            n = x.shape[1] * min(P, x.shape[2]) * min(P, x.shape[3])
             chunk = _chunk_for(x, n, chunk_size, max_memory, per_item, where)
-            banded = _colored_reverse(fn, x, y, R, chunk)
-            bad = _verify_reverse(fn, x, y, banded, n_probes=verify, rtol=tol, generator=generator)
-        if bad is not None:
-            raise fail(where, f"the map is less local than the declared radius R = {R}: {bad.describe()}.",
-                       f"declare a radius of at least {bad.distance}, fix the model's locality, or use "
-                       "method='dense' / 'probes'.")
-        return banded
-    # probes
-    for name, val in (("n_rows", n_rows), ("n_probes", n_probes)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise fail(where, f"`{name}` is {val!r}, expected a positive int.")
-    _, Co, H, W = y.shape
-    n_rows = min(n_rows, H * W)
-    perm = torch.randperm(H * W, generator=generator)[:n_rows].to(x.device)
-    pixels = torch.stack([perm // W, perm % W], dim=1)
-    u = y.new_zeros(n_rows, Co, B, Co, H * W)
-    for c in range(Co):
-        u[torch.arange(n_rows, device=x.device), c, :, c, perm] = 1
-    chunk = _chunk_for(x, n_rows * Co, chunk_size, max_memory, per_item, where)
-    rows = vjp_batch(fn, x, u.reshape(n_rows * Co, B, Co, H, W), chunk_size=chunk)  # [N*Co, B, C, H, W]
-    mass = rows.reshape(n_rows, Co, B, *x.shape[1:]).pow(2).sum(dim=(1, 3)).transpose(0, 1)  # [B, N, H, W]
-    signs = torch.randint(0, 2, (n_probes, *x.shape), generator=generator).to(device=x.device, dtype=x.dtype)
-    signs = 2 * signs - 1
-    chunk = _chunk_for(x, n_probes, chunk_size, max_memory, per_item, where)
-    Jv = jvp_batch(fn, x, signs, chunk_size=chunk)
-    return JacobianProbes(pixels, mass, Jv.pow(2).mean(0), n_probes)
+            if mode not in ("reverse", "forward"):
+                raise fail(where, f"`mode` is {mode!r}, expected 'reverse' or 'forward'.")
+            tol = _default_rtol(y.dtype) if rtol is None else float(rtol)
+            if mode == "forward":
+                banded = _colored(fn, x, y, R, chunk)
+                bad = _verify_banded(fn, x, banded, n_probes=verify, rtol=tol, generator=generator)
+            else:
+                n = y.shape[1] * min(P, x.shape[2]) * min(P, x.shape[3])
+                chunk = _chunk_for(x, n, chunk_size, max_memory, per_item, where)
+                banded = _colored_reverse(fn, x, y, R, chunk)
+                bad = _verify_reverse(fn, x, y, banded, n_probes=verify, rtol=tol, generator=generator)
+            if bad is not None:
+                raise fail(where, f"the map is less local than the declared radius R = {R}: {bad.describe()}.",
+                           f"declare a radius of at least {bad.distance}, fix the model's locality, or use "
+                           "method='dense' / 'probes'.")
+            return banded
+        # probes
+        for name, val in (("n_rows", n_rows), ("n_probes", n_probes)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise fail(where, f"`{name}` is {val!r}, expected a positive int.")
+        _, Co, H, W = y.shape
+        n_rows = min(n_rows, H * W)
+        perm = torch.randperm(H * W, generator=generator)[:n_rows].to(x.device)
+        pixels = torch.stack([perm // W, perm % W], dim=1)
+        u = y.new_zeros(n_rows, Co, B, Co, H * W)
+        for c in range(Co):
+            u[torch.arange(n_rows, device=x.device), c, :, c, perm] = 1
+        chunk = _chunk_for(x, n_rows * Co, chunk_size, max_memory, per_item, where)
+        rows = vjp_batch(fn, x, u.reshape(n_rows * Co, B, Co, H, W), chunk_size=chunk)  # [N*Co, B, C, H, W]
+        mass = rows.reshape(n_rows, Co, B, *x.shape[1:]).pow(2).sum(dim=(1, 3)).transpose(0, 1)  # [B, N, H, W]
+        signs = torch.randint(0, 2, (n_probes, *x.shape), generator=generator).to(device=x.device, dtype=x.dtype)
+        signs = 2 * signs - 1
+        chunk = _chunk_for(x, n_probes, chunk_size, max_memory, per_item, where)
+        Jv = jvp_batch(fn, x, signs, chunk_size=chunk)
+        return JacobianProbes(pixels, mass, Jv.pow(2).mean(0), n_probes)
