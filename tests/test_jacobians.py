@@ -70,7 +70,7 @@ def test_colored_on_one_far_dependency() -> None:
         return z + 1e-3 * torch.roll(z, shifts=5, dims=3)
 
     x = torch.randn(1, 1, 9, 9, dtype=torch.float64)
-    with pytest.raises(LocalScoreError, match="Chebyshev distance [45]"):
+    with pytest.raises(LocalScoreError, match=r"Chebyshev distance [45]"):
         jacobian(fn, x, method="colored", radius=1)
 
 
@@ -116,3 +116,39 @@ def test_bad_inputs() -> None:
         jacobian(lambda z: 3, x)
     with pytest.raises(LocalScoreError, match="`x`"):
         jacobian(lambda z: z, torch.zeros(4, 4))
+
+
+def test_colored_with_different_output_channels_and_nonsquare_images() -> None:
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(),
+                               torch.nn.Conv2d(4, 2, (3, 5), padding=(1, 2))).double()  # radius 2 (columns)
+    x = torch.randn(2, 3, 7, 11, dtype=torch.float64)
+    dense = jacobian(conv, x)
+    assert dense.shape == (2, 2, 7, 11, 3, 7, 11)
+    banded = jacobian(conv, x, method="colored", radius=3)
+    assert banded.values.shape == (2, 2, 7, 11, 3, 7, 7)
+    torch.testing.assert_close(banded.to_dense(), dense, atol=1e-12, rtol=0)
+    with pytest.raises(LocalScoreError, match="distance 3 > 2"):
+        jacobian(conv, x, method="colored", radius=2)
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+@pytest.mark.parametrize(("R", "C"), [(1, 1), (3, 3)])
+def test_colored_modes_agree_and_both_detect(mode: str, R: int, C: int) -> None:
+    D = _local(C, R, seed=10 + R)
+    x = torch.randn(1, C, 14, 13, dtype=torch.float64)
+    fn = lambda z: D(z, 0.3)  # noqa: E731
+    dense = jacobian(fn, x)
+    torch.testing.assert_close(jacobian(fn, x, method="colored", radius=R, mode=mode).to_dense(), dense,  # type: ignore[arg-type]
+                               atol=1e-12, rtol=0)
+    with pytest.raises(LocalScoreError, match=f"at Chebyshev distance {R} > {R - 1}"):
+        jacobian(fn, x, method="colored", radius=R - 1, mode=mode)  # type: ignore[arg-type]
+
+
+def test_create_graph_keeps_parameter_gradients_only_when_asked() -> None:
+    lin = torch.nn.Conv2d(1, 1, 3, padding=1).double()
+    x = torch.randn(1, 1, 5, 5, dtype=torch.float64)
+    assert not jacobian(lin, x).requires_grad
+    assert not jacobian(lin, x, method="colored", radius=1).values.requires_grad
+    J = jacobian(lin, x, create_graph=True)
+    J.pow(2).sum().backward()  # d/dw of sum J^2 = 2 w * (number of in-image placements)
+    assert lin.weight.grad is not None and float(lin.weight.grad.abs().sum()) > 0

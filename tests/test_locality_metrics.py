@@ -344,3 +344,21 @@ def test_plots_render(tmp_path: object) -> None:
     for f in figs:
         assert len(f.axes) >= 1
         plt.close(f)
+
+
+def test_pixel_locality_on_the_gaussian_oracle() -> None:
+    """localscore.oracles.Gaussian: Jacobian cov (cov + s^2 I)^-1, profile computed here with numpy."""
+    from localscore.oracles import Gaussian
+
+    C, H, W = 1, 5, 6
+    n = C * H * W
+    grid = np.stack(np.meshgrid(np.arange(H), np.arange(W), indexing="ij"), -1).reshape(n, 2)
+    cov = np.exp(-((grid[:, None] - grid[None]) ** 2).sum(-1) / (2 * 1.5**2)) + 0.05 * np.eye(n)
+    oracle = Gaussian(torch.zeros(C, H, W, dtype=torch.float64), torch.from_numpy(cov))
+    x = torch.randn(1, C, H, W, dtype=torch.float64)
+    res = pixel_locality(oracle, x, [0.1, 1.0], metric="euclidean")
+    for k, s in enumerate([0.1, 1.0]):
+        A = cov @ np.linalg.inv(cov + s**2 * np.eye(n))
+        _, prof = _expected_from_matrix(A, C, H, W, "euclidean")
+        np.testing.assert_allclose(res.profile[k].numpy(), prof, atol=1e-9)
+    assert res.effective_radius[1, 1] > res.effective_radius[0, 1]  # smoother at higher noise

@@ -93,7 +93,7 @@ def jvp_batch(fn: ImageMap, x: Tensor, tangents: Tensor, *, chunk_size: int | No
 
     try:
         return torch.func.vmap(one, chunk_size=chunk_size)(tangents)
-    except Exception as exc:  # noqa: BLE001 - fall back to a loop on any vmap limitation
+    except Exception as exc:
         if not _fallback_error(exc):
             raise
         return torch.stack([one(t) for t in tangents])
@@ -120,23 +120,44 @@ def vjp_batch(fn: ImageMap, x: Tensor, cotangents: Tensor, *, chunk_size: int | 
         >>> vjp_batch(lambda z: z ** 2, x, torch.ones(1, 1, 1, 1, 2)).flatten().tolist()   # 2 x
         [2.0, 4.0]
     """
-    _, pullback = torch.func.vjp(fn, x)
+    pullback = torch.func.vjp(fn, x)[1]
     try:
         return torch.func.vmap(lambda u: pullback(u)[0], chunk_size=chunk_size)(cotangents)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if not _fallback_error(exc):
             raise
         return torch.stack([pullback(u)[0] for u in cotangents])
 
 
-def _chunk_for(x: Tensor, n: int, chunk_size: int | None, max_memory: int, factor: int, where: str) -> int:
+def _activation_bytes(fn: ImageMap, x: Tensor) -> int:
+    """Bytes of the tensors one forward pass saves for backward (the per-product memory of a VJP/JVP)."""
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    xr = x.detach().requires_grad_(True)
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(xr)
+    except Exception:  # an estimate only: fall back to the input size
+        return 0
+    return total
+
+
+def _chunk_for(x: Tensor, n: int, chunk_size: int | None, max_memory: int, per_item: int, where: str) -> int:
+    """Products per vmapped call: ``chunk_size``, or what fits ``max_memory`` at ``per_item`` bytes each."""
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise fail(where, f"`chunk_size` is {chunk_size!r}, expected a positive int or None.",
                        "pass e.g. chunk_size=64, or None to size chunks from `max_memory`.")
         return min(chunk_size, n)
-    per_item = max(1, x.numel() * x.element_size() * factor)
-    return int(max(1, min(n, max_memory // per_item)))
+    # A vmapped product keeps its own copy of the intermediate activations and gradients, and some batching
+    # rules materialise more: budget 8x the saved bytes per product, and at most 256 products per call.
+    per = max(1, 8 * per_item, 16 * x.numel() * x.element_size())
+    return int(max(1, min(n, 256, max_memory // per)))
 
 
 # ----------------------------------------------------------------------------- results
@@ -208,7 +229,7 @@ class BandedJacobian:
             >>> torch.equal(Jb.to_dense().reshape(25, 25), 2 * torch.eye(25))
             True
         """
-        B, Co, H, W, C, P, _ = self.values.shape
+        B, Co, H, W, C = self.values.shape[:5]
         R = self.radius
         I, J, RI, CJ = _window_index(H, W, R, self.values.device)
         dense = self.values.new_zeros(H, W, H + 2 * R, W + 2 * R, B, Co, C)
@@ -332,6 +353,85 @@ def _colored(fn: ImageMap, x: Tensor, y: Tensor, R: int, chunk: int) -> BandedJa
     return BandedJacobian(V * mask, R)
 
 
+def _colored_reverse(fn: ImageMap, x: Tensor, y: Tensor, R: int, chunk: int) -> BandedJacobian:
+    """Colour the *outputs*: the VJP with the indicator of output colour ``(c', a, b)`` gives, at every input
+    pixel, the single output of that colour whose window contains it (the same band, transposed)."""
+    B, C, H, W = x.shape
+    Co = y.shape[1]
+    P = 2 * R + 1
+    Ph, Pw = min(P, H), min(P, W)
+    n = Co * Ph * Pw
+    cot = y.new_zeros(Co, Ph, Pw, B, Co, H, W)
+    for c in range(Co):
+        for a in range(Ph):
+            for b in range(Pw):
+                cot[c, a, b, :, c, a::P, b::P] = 1
+    G = vjp_batch(fn, x, cot.reshape(n, B, Co, H, W), chunk_size=chunk).reshape(Co, Ph, Pw, B, C, H, W)
+    values = x.new_zeros(B, Co, H, W, C, P, P)
+    for c in range(Co):
+        for a in range(Ph):
+            for b in range(Pw):
+                win = _windows(G[c, a, b], R)  # [B, C, H, W, P, P], a view of the padded gradient
+                values[:, c, a::P, b::P] = win[:, :, a::P, b::P].permute(0, 2, 3, 1, 4, 5)
+    return BandedJacobian(values, R)
+
+
+def _rmatvec(banded: BandedJacobian, u: Tensor) -> Tensor:
+    """``(J^T u)[b, c, p, q]`` from the windows: the adjoint of :meth:`BandedJacobian.matvec` (``fold``)."""
+    B, _, H, W, C, P, _ = banded.values.shape
+    t = torch.einsum("bkijcuv,bkij->bcuvij", banded.values, u)  # [B, C, P, P, H, W]
+    return F.fold(t.reshape(B, C * P * P, H * W), (H, W), P, padding=banded.radius)
+
+
+def _verify_reverse(fn: ImageMap, x: Tensor, y: Tensor, banded: BandedJacobian, *, n_probes: int, rtol: float,
+                    generator: torch.Generator | None) -> LocalityViolation | None:
+    """Reverse-mode verification: ``J^T u`` (true, by VJP) against the windows, for random Gaussian ``u``;
+    a mismatch at input ``(k, p, q)`` is traced to a far output by bisection (2 VJPs per halving)."""
+    if n_probes < 1:
+        return None
+    u = torch.randn((n_probes, *y.shape), generator=generator, dtype=y.dtype, device="cpu").to(y.device)
+    pullback = torch.func.vjp(fn, x)[1]
+    JTu = torch.stack([pullback(uk)[0].detach() for uk in u])  # [n, B, C, H, W]
+    vals = BandedJacobian(banded.values.detach(), banded.radius)
+    absv = BandedJacobian(vals.values.abs(), banded.radius)
+    worst: tuple[float, int, int, int, int, float, float] | None = None
+    for k in range(n_probes):
+        err = (JTu[k] - _rmatvec(vals, u[k])).abs()
+        scale = _rmatvec(absv, u[k].abs())
+        tol = rtol * (scale + scale.mean() + torch.finfo(scale.dtype).tiny)
+        ratio = err / tol
+        flat = int(ratio.argmax())
+        if float(ratio.flatten()[flat]) > 1.0:
+            b, c, p, q = (int(t) for t in torch.unravel_index(torch.tensor(flat), ratio.shape))
+            e, t = float(err[b, c, p, q]), float(tol[b, c, p, q])
+            if worst is None or e / t > worst[5] / worst[6]:
+                worst = (e / t, b, c, p, q, e, t)
+    if worst is None:
+        return None
+    _, b, k_in, p, q, e, t = worst
+    # bisection over the outputs farther than R from (p, q): follow the half whose random pullback at
+    # (b, k_in, p, q) is larger (round-off elsewhere is negligible next to a real dependence)
+    _, Co, H, W = y.shape
+    rr = torch.arange(H, device=x.device).view(H, 1)
+    cc = torch.arange(W, device=x.device).view(1, W)
+    far = (torch.maximum((rr - p).abs(), (cc - q).abs()) > banded.radius).expand(Co, H, W).flatten()
+    cand = far.nonzero().flatten()
+    while cand.numel() > 1:
+        halves = (cand[: cand.numel() // 2], cand[cand.numel() // 2 :])
+        gs = []
+        for h in halves:
+            w = y.new_zeros(y.shape)
+            w[b].view(-1)[h] = torch.randn(h.numel(), generator=generator, dtype=y.dtype).to(y.device)
+            gs.append(abs(float(pullback(w)[0][b, k_in, p, q])))
+        cand = halves[0] if gs[0] >= gs[1] else halves[1]
+    if cand.numel() == 0:
+        return None
+    c, i, j = (int(v) for v in torch.unravel_index(cand[0], (Co, H, W)))
+    bad = _describe_row(fn, x, b, c, i, j, banded.radius, e, t)
+    top = float(absv.values.max()) if absv.values.numel() else 0.0
+    return None if bad.value <= rtol * top else bad
+
+
 def _verify_banded(fn: ImageMap, x: Tensor, banded: BandedJacobian, *, n_probes: int, rtol: float,
                    generator: torch.Generator | None) -> LocalityViolation | None:
     """Compare ``J v`` (true, by JVP) with the banded reconstruction for random Gaussian ``v``.
@@ -363,7 +463,13 @@ def _verify_banded(fn: ImageMap, x: Tensor, banded: BandedJacobian, *, n_probes:
     if worst is None:
         return None
     _, b, c, i, j, e, t = worst
-    return _describe_row(fn, x, b, c, i, j, banded.radius, e, t)
+    bad = _describe_row(fn, x, b, c, i, j, banded.radius, e, t)
+    # Confirm with the exact row: a probe error without any entry outside the window is round-off
+    # (aliasing in row i comes only from row i's own entries outside its window).
+    top = float(absvals.max()) if absvals.numel() else 0.0
+    if bad.value <= rtol * top:
+        return None
+    return bad
 
 
 def _describe_row(fn: ImageMap, x: Tensor, b: int, c: int, i: int, j: int, R: int, err: float,
@@ -384,7 +490,10 @@ def _describe_row(fn: ImageMap, x: Tensor, b: int, c: int, i: int, j: int, R: in
         # farthest input with a non-negligible entry
         thresh = 1e-6 * row_max if row_max > 0 else 0.0
         cand = (outside > thresh)
-        dmax = int((dist.expand(C, H, W) * cand).max()) if bool(cand.any()) else int((dist * (outside.amax(0) > 0)).max())
+        if bool(cand.any()):
+            dmax = int((dist.expand(C, H, W) * cand).max())
+        else:
+            dmax = int((dist * (outside.amax(0) > 0)).max())
         sel = outside * (dist == dmax)
         flat = int(sel.argmax())
         k, p, q = (int(t) for t in torch.unravel_index(torch.tensor(flat), sel.shape))
@@ -401,6 +510,7 @@ def jacobian(
     *,
     method: Method = "dense",
     radius: int | None = None,
+    mode: Literal["forward", "reverse"] = "forward",
     chunk_size: int | None = None,
     max_memory: int = _DEFAULT_MEMORY,
     verify: int = 2,
@@ -408,6 +518,7 @@ def jacobian(
     n_rows: int = 32,
     n_probes: int = 16,
     generator: torch.Generator | None = None,
+    create_graph: bool = False,
 ) -> Any:
     r"""The Jacobian of an image map ``y = fn(x)`` at ``x``, per image of the batch.
 
@@ -420,9 +531,15 @@ def jacobian(
       :class:`BandedJacobian`: with ``P = 2R + 1``, the JVP with tangent
       ``t_{c,a,b} = 1[channel = c, p mod P = a, q mod P = b]`` gives at output ``(i, j)`` the single entry
       ``J[c', i, j, c, p, q]`` whose input ``(p, q)`` lies in ``i``'s window and has colour ``(a, b)``;
-      ``C min(P, H) min(P, W)`` JVPs in all. Then ``verify`` random Gaussian probes check
-      ``|J v - J_banded v| <= rtol * (|J_banded| |v| + mean)`` entrywise; a failure raises
-      :class:`~localscore.LocalScoreError` naming the output pixel and its farthest dependency.
+      ``C min(P, H) min(P, W)`` JVPs in all (``mode="forward"``, default). ``mode="reverse"`` colours the
+      outputs instead: the VJP with cotangent ``u_{c',a,b} = 1[channel = c', i mod P = a, j mod P = b]``
+      gives at input ``(p, q)`` the entry of the single output of that colour within ``R``;
+      ``C' min(P, H) min(P, W)`` VJPs. Then ``verify`` random Gaussian probes check
+      ``|J v - J_banded v| <= rtol * (|J_banded| |v| + mean(|J_banded| |v|))`` entrywise (``J^T u`` in
+      reverse mode). A probe failure is confirmed on the exact row of an offending output (found by
+      bisection in reverse mode): if that row has an entry outside the window larger than
+      ``rtol * max|J_banded|``, :class:`~localscore.LocalScoreError` is raised naming the output pixel and its
+      farthest dependency; otherwise the difference was round-off.
     * ``method="probes"`` returns :class:`JacobianProbes`: exact rows (all ``C'`` channels) at
       ``n_rows`` random output pixels, and Hutchinson estimates ``mean_v (J v)^2`` of every squared row norm
       from ``n_probes`` Rademacher vectors.
@@ -432,13 +549,21 @@ def jacobian(
         x: ``[B, C, H, W]`` the point.
         method: ``"dense"``, ``"colored"`` or ``"probes"``.
         radius: the declared Chebyshev receptive radius ``R`` (``colored`` only).
-        chunk_size: products per vmapped call (default: sized from ``max_memory``).
-        max_memory: byte budget for chunks, and the largest dense Jacobian built (default 2 GiB).
+        mode: ``colored`` only: ``"forward"`` colours the inputs (``C P^2`` JVPs, then JVP probes) and
+            ``"reverse"`` the outputs (``C' P^2`` VJPs, then VJP probes); both give the same band. Use
+            reverse for models with operations that lack forward-mode AD, or when ``C' < C``.
+        chunk_size: products per vmapped call (default: ``max_memory`` over 8x the bytes one forward pass
+            saves for backward, measured once with saved-tensor hooks; at most 256). A heuristic: pass a
+            small ``chunk_size`` for models whose batched backward is unusually memory hungry.
+        max_memory: byte budget: the dense Jacobian itself plus the chunks of products (default 2 GiB).
         verify: random probes that verify the declared radius (``colored``); 0 skips the check.
         rtol: tolerance of the verification (default 1e-4 for float32, 1e-9 for float64).
         n_rows: output pixels sampled by ``probes``.
         n_probes: sign vectors of the Hutchinson estimate (``probes``).
         generator: random source for verification and probes.
+        create_graph: keep the graph from the result to the parameters of ``fn`` (to differentiate a
+            Jacobian penalty, say); by default the result is a measurement without graph, which also
+            keeps the memory of chunked products bounded.
 
     Returns:
         ``Tensor`` (dense), :class:`BandedJacobian` (colored) or :class:`JacobianProbes` (probes).
@@ -470,67 +595,79 @@ def jacobian(
         raise fail(where, f"`method` is {method!r}, expected 'dense', 'colored' or 'probes'.")
     if isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory < 1:
         raise fail(where, f"`max_memory` is {max_memory!r}, expected a positive int (bytes).")
-    x = x.detach()
-    y = _checked_call(fn, x, where).detach()
-    B = x.shape[0]
-    if method == "dense":
-        n_out = y[0].numel()
-        n_in = x[0].numel()
-        need = B * n_out * n_in * y.element_size()
-        if need > max_memory:
-            raise fail(where, f"the dense Jacobian would take {need / 2**20:.1f} MiB ({B} x {n_out} x {n_in} "
-                       f"entries), over `max_memory` = {max_memory / 2**20:.1f} MiB.",
-                       "use method='colored' with the map's receptive radius, or method='probes', or raise "
-                       "`max_memory`.")
-        chunk = _chunk_for(x, n_out, chunk_size, max_memory, 8, where)
-        J = y.new_zeros(B, n_out, n_in)
-        eye_idx = torch.arange(n_out, device=x.device)
-        for start in range(0, n_out, chunk):
-            idx = eye_idx[start : start + chunk]
-            u = y.new_zeros(idx.numel(), B, n_out)
-            u[torch.arange(idx.numel(), device=x.device), :, idx] = 1
-            g = vjp_batch(fn, x, u.reshape(idx.numel(), *y.shape), chunk_size=chunk)
-            J[:, start : start + idx.numel()] = g.reshape(idx.numel(), B, n_in).transpose(0, 1)
-        return J.reshape(*y.shape, *x.shape[1:])
-    if y.dim() != 4 or tuple(y.shape[2:]) != tuple(x.shape[2:]):
-        raise fail(where, f"`fn` returned shape {tuple(y.shape)} for input {tuple(x.shape)}; method={method!r} "
-                   "needs an image of the same height and width [B, C', H, W].",
-                   "use method='dense' for maps that change the spatial size.")
-    if method == "colored":
-        if radius is None:
-            raise fail(where, "method='colored' needs the declared receptive `radius`.",
-                       "pass radius=R (e.g. `localscore.denoisers.receptive_radius(model)`), or use "
-                       "method='dense'.")
-        R = _check_radius(radius, where)
-        if isinstance(verify, bool) or not isinstance(verify, int) or verify < 0:
-            raise fail(where, f"`verify` is {verify!r}, expected an int >= 0 (number of random probes).")
-        P = 2 * R + 1
-        n = x.shape[1] * min(P, x.shape[2]) * min(P, x.shape[3])
-        chunk = _chunk_for(x, n, chunk_size, max_memory, 8, where)
-        banded = _colored(fn, x, y, R, chunk)
-        tol = _default_rtol(y.dtype) if rtol is None else float(rtol)
-        bad = _verify_banded(fn, x, banded, n_probes=verify, rtol=tol, generator=generator)
-        if bad is not None:
-            at_least = f" at least {bad.distance}" if bad.distance > R else " larger"
-            raise fail(where, f"the map is less local than the declared radius R = {R}: {bad.describe()}.",
-                       f"declare a{at_least} radius, fix the model's locality, or use method='dense' / 'probes'.")
-        return banded
-    # probes
-    for name, val in (("n_rows", n_rows), ("n_probes", n_probes)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise fail(where, f"`{name}` is {val!r}, expected a positive int.")
-    _, Co, H, W = y.shape
-    n_rows = min(n_rows, H * W)
-    perm = torch.randperm(H * W, generator=generator)[:n_rows].to(x.device)
-    pixels = torch.stack([perm // W, perm % W], dim=1)
-    u = y.new_zeros(n_rows, Co, B, Co, H * W)
-    for c in range(Co):
-        u[torch.arange(n_rows, device=x.device), c, :, c, perm] = 1
-    chunk = _chunk_for(x, n_rows * Co, chunk_size, max_memory, 8, where)
-    rows = vjp_batch(fn, x, u.reshape(n_rows * Co, B, Co, H, W), chunk_size=chunk)  # [N*Co, B, C, H, W]
-    mass = rows.reshape(n_rows, Co, B, *x.shape[1:]).pow(2).sum(dim=(1, 3)).transpose(0, 1)  # [B, N, H, W]
-    signs = torch.randint(0, 2, (n_probes, *x.shape), generator=generator).to(device=x.device, dtype=x.dtype)
-    signs = 2 * signs - 1
-    chunk = _chunk_for(x, n_probes, chunk_size, max_memory, 8, where)
-    Jv = jvp_batch(fn, x, signs, chunk_size=chunk)
-    return JacobianProbes(pixels, mass, Jv.pow(2).mean(0), n_probes)
+    # create_graph=False: the products run without recording a graph to the parameters (a measurement;
+    # torch.func transforms work under no_grad), so chunks free their memory as they go.
+    with torch.enable_grad() if create_graph else torch.no_grad():
+        x = x.detach()
+        y = _checked_call(fn, x, where).detach()
+        B = x.shape[0]
+        per_item = _activation_bytes(fn, x) if chunk_size is None else 0
+        if method == "dense":
+            n_out = y[0].numel()
+            n_in = x[0].numel()
+            need = B * n_out * n_in * y.element_size()
+            if need > max_memory:
+                raise fail(where, f"the dense Jacobian would take {need / 2**20:.1f} MiB ({B} x {n_out} x {n_in} "
+                           f"entries), over `max_memory` = {max_memory / 2**20:.1f} MiB.",
+                           "use method='colored' with the map's receptive radius, or method='probes', or raise "
+                           "`max_memory`.")
+            chunk = _chunk_for(x, n_out, chunk_size, max_memory - need, per_item, where)
+            J = y.new_zeros(B, n_out, n_in)
+            eye_idx = torch.arange(n_out, device=x.device)
+            for start in range(0, n_out, chunk):
+                idx = eye_idx[start : start + chunk]
+                u = y.new_zeros(idx.numel(), B, n_out)
+                u[torch.arange(idx.numel(), device=x.device), :, idx] = 1
+                g = vjp_batch(fn, x, u.reshape(idx.numel(), *y.shape), chunk_size=chunk)
+                J[:, start : start + idx.numel()] = g.reshape(idx.numel(), B, n_in).transpose(0, 1)
+            return J.reshape(*y.shape, *x.shape[1:])
+        if y.dim() != 4 or tuple(y.shape[2:]) != tuple(x.shape[2:]):
+            raise fail(where, f"`fn` returned shape {tuple(y.shape)} for input {tuple(x.shape)}; method={method!r} "
+                       "needs an image of the same height and width [B, C', H, W].",
+                       "use method='dense' for maps that change the spatial size.")
+        if method == "colored":
+            if radius is None:
+                raise fail(where, "method='colored' needs the declared receptive `radius`.",
+                           "pass radius=R (e.g. `localscore.denoisers.receptive_radius(model)`), or use "
+                           "method='dense'.")
+            R = _check_radius(radius, where)
+            if isinstance(verify, bool) or not isinstance(verify, int) or verify < 0:
+                raise fail(where, f"`verify` is {verify!r}, expected an int >= 0 (number of random probes).")
+            P = 2 * R + 1
+            n = x.shape[1] * min(P, x.shape[2]) * min(P, x.shape[3])
+            chunk = _chunk_for(x, n, chunk_size, max_memory, per_item, where)
+            if mode not in ("reverse", "forward"):
+                raise fail(where, f"`mode` is {mode!r}, expected 'reverse' or 'forward'.")
+            tol = _default_rtol(y.dtype) if rtol is None else float(rtol)
+            if mode == "forward":
+                banded = _colored(fn, x, y, R, chunk)
+                bad = _verify_banded(fn, x, banded, n_probes=verify, rtol=tol, generator=generator)
+            else:
+                n = y.shape[1] * min(P, x.shape[2]) * min(P, x.shape[3])
+                chunk = _chunk_for(x, n, chunk_size, max_memory, per_item, where)
+                banded = _colored_reverse(fn, x, y, R, chunk)
+                bad = _verify_reverse(fn, x, y, banded, n_probes=verify, rtol=tol, generator=generator)
+            if bad is not None:
+                raise fail(where, f"the map is less local than the declared radius R = {R}: {bad.describe()}.",
+                           f"declare a radius of at least {bad.distance}, fix the model's locality, or use "
+                           "method='dense' / 'probes'.")
+            return banded
+        # probes
+        for name, val in (("n_rows", n_rows), ("n_probes", n_probes)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise fail(where, f"`{name}` is {val!r}, expected a positive int.")
+        _, Co, H, W = y.shape
+        n_rows = min(n_rows, H * W)
+        perm = torch.randperm(H * W, generator=generator)[:n_rows].to(x.device)
+        pixels = torch.stack([perm // W, perm % W], dim=1)
+        u = y.new_zeros(n_rows, Co, B, Co, H * W)
+        for c in range(Co):
+            u[torch.arange(n_rows, device=x.device), c, :, c, perm] = 1
+        chunk = _chunk_for(x, n_rows * Co, chunk_size, max_memory, per_item, where)
+        rows = vjp_batch(fn, x, u.reshape(n_rows * Co, B, Co, H, W), chunk_size=chunk)  # [N*Co, B, C, H, W]
+        mass = rows.reshape(n_rows, Co, B, *x.shape[1:]).pow(2).sum(dim=(1, 3)).transpose(0, 1)  # [B, N, H, W]
+        signs = torch.randint(0, 2, (n_probes, *x.shape), generator=generator).to(device=x.device, dtype=x.dtype)
+        signs = 2 * signs - 1
+        chunk = _chunk_for(x, n_probes, chunk_size, max_memory, per_item, where)
+        Jv = jvp_batch(fn, x, signs, chunk_size=chunk)
+        return JacobianProbes(pixels, mass, Jv.pow(2).mean(0), n_probes)
