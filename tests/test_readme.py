@@ -29,6 +29,7 @@ def test_readme_tour_runs(capsys: pytest.CaptureFixture[str]) -> None:
     lines = out.splitlines()
     assert "True" in lines  # the composition is exact under CPC
     assert "6 9" in lines  # the declared radii of the small local network
+    assert "[1.0, 1.0]" in lines  # its conditional locality index
 
 
 def test_quick_start_is_two_commands_and_ci_runs_the_test_command() -> None:

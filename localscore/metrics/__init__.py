@@ -2,10 +2,15 @@
 
 Distances are Chebyshev (square neighbourhoods, the metric of declared receptive radii) unless a
 function takes ``metric="euclidean"``; every result records the metric it used.
+
+``composition_residual`` is :func:`localscore.compose.residual` (the same function under the name the
+metrics use): ``||D(x|c_J) - proj|| / ||D(x|c_J) - D(x|none)||`` per image and per pixel.
 """
 
 from __future__ import annotations
 
+from ..compose import CompositionResidual
+from ..compose import residual as composition_residual
 from .features import feature_orthogonality
 from .jacobians import BandedJacobian, JacobianProbes, LocalityViolation, jacobian, jvp_batch, vjp_batch
 from .locality import conditional_locality, influence_radius, locality_index, pixel_locality
@@ -13,12 +18,14 @@ from .results import ConditionalLocality, FeatureOrthogonality, LocalityIndex, P
 
 __all__ = [
     "BandedJacobian",
+    "CompositionResidual",
     "ConditionalLocality",
     "FeatureOrthogonality",
     "JacobianProbes",
     "LocalityIndex",
     "LocalityViolation",
     "PixelLocality",
+    "composition_residual",
     "conditional_locality",
     "feature_orthogonality",
     "influence_radius",
