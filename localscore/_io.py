@@ -1,0 +1,137 @@
+"""Atomic file writes and safe ``torch.load`` (private; shared by data, train and evaluate).
+
+A file is written to a temporary file in the destination's directory, flushed and fsynced, moved
+over the destination with ``os.replace`` (atomic on POSIX and Windows) and the directory is
+fsynced, so a crash leaves either the old file or the new one, never a mix. Payloads saved with
+:func:`save_payload` carry a format tag, a version and a SHA-256 digest of their tensors, which
+:func:`load_payload` checks, so truncated, corrupt and foreign files raise a clear error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from ._errors import fail
+
+__all__ = ["atomic_write", "load_payload", "payload_digest", "save_payload"]
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
+    """Write a file atomically: ``write(f)`` fills a temporary file that then replaces ``path``.
+
+    The temporary file lives in ``path``'s directory (so ``os.replace`` is a rename on one file
+    system); it is flushed and fsynced before the rename and the directory is fsynced after. If
+    ``write`` raises, the temporary file is removed and ``path`` is untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            yield from _tensors(obj[k], f"{prefix}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}/{i}")
+
+
+def payload_digest(obj: Any) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) and the repr of the other leaves."""
+    h = hashlib.sha256()
+    for name, t in _tensors(obj):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+    def skeleton(o: Any) -> Any:
+        if isinstance(o, torch.Tensor):
+            return "<t>"
+        if isinstance(o, dict):
+            return {str(k): skeleton(v) for k, v in sorted(o.items(), key=lambda kv: str(kv[0]))}
+        if isinstance(o, (list, tuple)):
+            return [skeleton(v) for v in o]
+        return o
+
+    h.update(repr(skeleton(obj)).encode())
+    return h.hexdigest()
+
+
+def save_payload(path: str | os.PathLike[str], payload: dict[str, Any], *, kind: str, version: int) -> Path:
+    """Save ``payload`` atomically with ``torch.save``, tagged ``kind``/``version`` and digested."""
+    record = {"format": kind, "version": version, "digest": payload_digest(payload), "payload": payload}
+    buf = io.BytesIO()
+    torch.save(record, buf)
+    data = buf.getvalue()
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def load_payload(path: str | os.PathLike[str], *, kind: str, version: int, where: str,
+                 map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a file written by :func:`save_payload` with ``weights_only=True`` and check it.
+
+    Raises:
+        LocalScoreError: if the file is missing, unreadable, truncated or corrupt, of another
+            format, or of a newer version.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise fail(where, f"no file at {str(p)!r}.", "check the path (and the run's output directory).")
+    try:
+        record = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, pickle errors, ...
+        raise fail(where, f"{str(p)!r} is not a readable {kind} file: it is truncated, corrupt, or not a "
+                   f"torch file ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}).",
+                   "use another checkpoint (the previous one is never overwritten by a failed write), "
+                   "or recreate the file.") from e
+    if not isinstance(record, dict) or record.get("format") != kind or "payload" not in record:
+        got = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise fail(where, f"{str(p)!r} is not a {kind} file (its format tag is {got!r}).",
+                   f"pass a file written by localscore as a {kind}.")
+    ver = record.get("version")
+    if not isinstance(ver, int) or ver > version:
+        raise fail(where, f"{str(p)!r} has {kind} version {ver!r}; this localscore reads up to {version}.",
+                   "upgrade localscore, or recreate the file with this version.")
+    payload: dict[str, Any] = record["payload"]
+    if payload_digest(payload) != record.get("digest"):
+        raise fail(where, f"{str(p)!r} is corrupt: its contents do not match the SHA-256 digest stored in it.",
+                   "use another checkpoint or recreate the file.")
+    return payload
