@@ -378,7 +378,17 @@ class Conditions:
 
     # ----------------------------------------------------------------- batch operations
     def __getitem__(self, index: _Index) -> Conditions:
-        """Batch indexing: an int keeps a batch of one; slices, lists and tensors select images."""
+        """Batch indexing: an int keeps a batch of one; slices, lists and tensors select images.
+
+        Raises:
+            LocalScoreError: for a tuple (slot indexing: use :meth:`select` / :meth:`drop`), a float or bool,
+                an out-of-range index, or a selection of no image.
+
+        Example:
+            >>> c = Conditions.from_lists([[(0, 0)], [(1, 1), (2, 2)], []])
+            >>> c[1].counts().tolist(), c[[2, 0]].counts().tolist(), c[torch.tensor([True, False, True])].batch_size
+            ([2], [0, 1], 2)
+        """
         if isinstance(index, int) and not isinstance(index, bool):
             if not -self.batch_size <= index < self.batch_size:
                 raise fail("Conditions[...]", f"image index {index} is out of range for B = {self.batch_size}.")

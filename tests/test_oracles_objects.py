@@ -102,13 +102,18 @@ OVER_COND = Conditions.from_lists([[(2.0, 2.0), (3.0, 4.5)], [(3.0, 3.5)], [], [
 
 
 # --------------------------------------------------------------------------- against the dense reference
-@pytest.mark.parametrize("kind", ["factorized", "overlapping", "overlapping_no_global"])
+@pytest.mark.parametrize("kind", ["factorized", "factorized_diag", "overlapping", "overlapping_diag",
+                                  "overlapping_no_global"])
 @pytest.mark.parametrize("s", [0.0, 0.01, 0.3, 2.0, 50.0])
 def test_denoise_and_log_prob_match_dense_reference(kind: str, s: float) -> None:
-    if kind == "factorized":
-        oracle, cond = make_factorized(), FACT_COND
+    # "_diag": a diagonal channel correlation takes the per-channel (separable) solver path
+    diag = torch.diag(torch.tensor([1.0, 0.5]))
+    if kind.startswith("factorized"):
+        oracle = make_factorized(channel_corr=diag) if kind.endswith("diag") else make_factorized()
+        cond = FACT_COND
     else:
-        oracle = make_overlapping(global_std=0.6 if kind == "overlapping" else 0.0)
+        kw = {"channel_corr": diag} if kind.endswith("diag") else {}
+        oracle = make_overlapping(global_std=0.0 if kind.endswith("no_global") else 0.6, **kw)
         cond = OVER_COND
     gen = torch.Generator().manual_seed(1)
     x = 1.5 * torch.randn(cond.batch_size, *oracle.shape, dtype=F64, generator=gen) + 0.3
@@ -224,8 +229,11 @@ def test_sample_int_is_background_and_reproducible() -> None:
     oracle = make_factorized()
     a = oracle.sample(3, generator=torch.Generator().manual_seed(0))
     b = oracle.sample(3, generator=torch.Generator().manual_seed(0))
-    assert a.shape == (3, 2, 7, 8) and torch.equal(a, b)
-    big = oracle.sample(4000, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (3, 2, 7, 8) and torch.equal(a, b) and a.dtype == torch.get_default_dtype()
+    assert oracle.sample(FACT_COND.to(dtype=torch.float32)).dtype == torch.float32  # the conditions' dtype
+    assert oracle.sample(FACT_COND).dtype == F64
+    assert oracle.sample(2, dtype=torch.float16).dtype == torch.float16
+    big = oracle.sample(4000, generator=torch.Generator().manual_seed(1), dtype=F64)
     torch.testing.assert_close(big.mean((0, 2, 3)), oracle.background_mean, rtol=0, atol=0.01)
     torch.testing.assert_close(big.std((0, 2, 3)), oracle.background_std, rtol=0.02, atol=0)
 
@@ -382,8 +390,10 @@ def test_attribute_validation() -> None:
 def test_call_argument_validation() -> None:
     oracle = make_factorized()
     x = torch.zeros(4, 2, 7, 8)
-    with pytest.raises(LocalScoreError, match="image shape"):
-        oracle.denoise(torch.zeros(4, 2, 7, 9), 1.0, FACT_COND)
+    with pytest.raises(LocalScoreError, match="expected C = 2"):
+        oracle.denoise(torch.zeros(4, 3, 7, 8), 1.0, FACT_COND)
+    with pytest.raises(LocalScoreError, match="off the 6 x 6 image"):  # a smaller canvas: positions checked on it
+        oracle.denoise(torch.zeros(4, 2, 6, 6), 1.0, FACT_COND)
     with pytest.raises(LocalScoreError, match=r"\[B, C, H, W\]"):
         oracle.denoise(torch.zeros(2, 7, 8), 1.0, None)
     with pytest.raises(LocalScoreError, match="B = 4 images but `x` has B = 2"):
@@ -404,6 +414,10 @@ def test_call_argument_validation() -> None:
             oracle.sample(bad_n)  # type: ignore[arg-type]
     with pytest.raises(LocalScoreError, match="sigma"):
         oracle.sample(2, sigma=-0.1)
+    with pytest.raises(LocalScoreError, match="generator"):
+        oracle.sample(2, generator=0)  # type: ignore[arg-type]
+    with pytest.raises(LocalScoreError, match="dtype"):
+        oracle.sample(2, dtype=torch.int32)
     assert float(oracle.log_prob(x, 0.0, FACT_COND).isfinite().all()) == 1.0  # sigma = 0 is the data density
 
 
@@ -439,3 +453,105 @@ def test_constructor_shape_and_global_validation() -> None:
         OverlappingObjects(1, 8, 8, object_radius=1.0, global_std=-1.0)
     with pytest.raises(TypeError):
         FactorizedObjects(1, 8, 8, object_radius=1.0, global_std=1.0)  # type: ignore[call-arg]
+
+
+@given(positions=st.lists(st.tuples(st.floats(-0.5, 13.5), st.floats(-0.5, 11.5)), min_size=0, max_size=6),
+       log_sigma=st.floats(math.log(0.002), math.log(80.0)), seed=st.integers(0, 2**16))
+def test_cpc_identity_or_overlap_error_at_random_positions(positions, log_sigma: float, seed: int) -> None:
+    """Random positions: either two regions share a pixel (and the oracle names them), or CPC holds."""
+    oracle = FactorizedObjects(1, 14, 12, object_radius=1.7, object_std=0.6, length_scale=1.1, background_std=0.3)
+    cond = Conditions.from_lists([positions], dtype=F64)
+    R = 1.7**2
+    pix = [(h, w) for h in range(14) for w in range(12)]
+    sets = [{p for p in pix if (p[0] - r) ** 2 + (p[1] - c) ** 2 <= R} for r, c in positions]
+    clash = [(j, k) for j in range(len(sets)) for k in range(j + 1, len(sets)) if sets[j] & sets[k]]
+    if clash:
+        j, k = clash[0]
+        with pytest.raises(LocalScoreError, match=f"objects {j} and {k} of image 0 overlap"):
+            oracle.regions(cond)
+        return
+    s = math.exp(log_sigma)
+    x = oracle.sample(cond, sigma=s, generator=torch.Generator().manual_seed(seed))
+    st_ = torch.tensor([s], dtype=F64)
+    gap = oracle.denoise(x, st_, cond) - composed(oracle, x, st_, cond)
+    assert float(gap.abs().max()) <= 1e-13 * (float(x.abs().max()) + 1.0)
+    assert [set(map(tuple, r.nonzero().tolist())) for r in oracle.regions(cond)[0]] == sets
+
+
+_bad_sigma = st.one_of(
+    st.sampled_from([math.nan, math.inf, -math.inf, 0.0, True, "1.0", None, [1.0]]),
+    st.floats(max_value=-1e-12, allow_nan=False, allow_infinity=False),
+    st.integers(2, 5).map(lambda n: torch.ones(n)),  # wrong length for B = 1
+    st.just(torch.ones(1, 1)),
+    st.just(torch.tensor([float("nan")])),
+)
+
+
+@given(sigma=_bad_sigma, method=st.sampled_from(["denoise", "score", "log_prob", "composition_gap"]),
+       kind=st.sampled_from(["factorized", "overlapping"]))
+def test_bad_sigmas_always_raise(sigma, method: str, kind: str) -> None:
+    oracle = make_factorized() if kind == "factorized" else make_overlapping()
+    cond = FACT_COND[0] if kind == "factorized" else OVER_COND[0]
+    x = torch.zeros(1, 2, 7, 8, dtype=F64)
+    if method == "log_prob" and isinstance(sigma, float) and sigma == 0.0:
+        return  # sigma = 0 is the data density for log_prob
+    with pytest.raises(LocalScoreError, match="sigma"):
+        getattr(oracle, method)(x, sigma, cond)
+
+
+@given(shape=st.lists(st.integers(0, 9), min_size=0, max_size=6), method=st.sampled_from(["denoise", "log_prob"]))
+def test_bad_image_shapes_always_raise(shape: list[int], method: str) -> None:
+    oracle = make_overlapping()
+    if len(shape) == 4 and shape[0] >= 1 and shape[1] == 2 and shape[2] >= 1 and shape[3] >= 1:
+        return  # any canvas with C = 2 is valid
+    with pytest.raises(LocalScoreError, match="`x`"):
+        getattr(oracle, method)(torch.zeros(shape, dtype=F64), 1.0, None)
+
+
+def test_gap_vanishes_without_object_covariance() -> None:
+    """With object_std = 0 all conditionals share one covariance, so D is affine in the mean: gap = 0."""
+    oracle = make_overlapping(object_std=0.0, global_std=0.6)
+    x = oracle.sample(OVER_COND, sigma=0.5, generator=torch.Generator().manual_seed(9))
+    assert float(oracle.composition_gap(x, 0.5, OVER_COND).abs().max()) < 1e-13
+    assert float(make_overlapping().composition_gap(x, 0.5, OVER_COND).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["factorized", "overlapping"])
+def test_any_canvas_size_and_crops(kind: str) -> None:
+    """The model is defined on every canvas: a crop around an object reproduces the full image's denoiser
+    on the object's region (translation equivariance with local borders), and a smaller canvas matches the
+    dense reference built for that canvas."""
+    kw = dict(object_radius=2.0, object_std=0.5, length_scale=1.3, background_std=0.3, mean_width=2.0)
+    oracle = (FactorizedObjects(2, 16, 16, **kw) if kind == "factorized"
+              else OverlappingObjects(2, 16, 16, global_std=0.0, **kw))
+    cond = Conditions.from_lists([[(4.3, 5.0), (11.0, 12.2)]], dtype=F64)
+    x = oracle.sample(cond, sigma=0.7, generator=torch.Generator().manual_seed(3))
+    full = oracle.denoise(x, 0.7, cond)
+    r0, c0 = 1, 2  # crop rows 1..8, cols 2..9 around object 0 (shifted positions, object 1 left out)
+    crop = x[:, :, r0:9, c0:10]
+    single = Conditions.from_lists([[(4.3 - r0, 5.0 - c0)]], dtype=F64)
+    out = oracle.denoise(crop, 0.7, single)
+    region = oracle.regions(cond)[0, 0, r0:9, c0:10]
+    assert torch.equal(oracle.regions(single, size=(8, 8))[0, 0], region)
+    torch.testing.assert_close(oracle.mean(single, (8, 8)), oracle.mean(cond)[:, :, r0:9, c0:10] * region
+                               + oracle.background_mean.view(1, 2, 1, 1) * ~region, rtol=0, atol=1e-15)
+    for bad in ((8,), (0, 8), (8.0, 8), "88", True):
+        with pytest.raises(LocalScoreError, match="`size`"):
+            oracle.regions(single, size=bad)  # type: ignore[arg-type]
+    torch.testing.assert_close(out[..., region], full[:, :, r0:9, c0:10][..., region], rtol=0, atol=1e-14)
+    # the 8 x 8 canvas is the model on 8 x 8: compare with the dense reference written for that canvas
+    small = (FactorizedObjects(2, 8, 8, **kw) if kind == "factorized"
+             else OverlappingObjects(2, 8, 8, global_std=0.0, **kw))
+    mu, sig = dense_reference(small, single, 0)
+    torch.testing.assert_close(out[0].reshape(-1), ref_denoise(mu, sig, crop[0], 0.7), rtol=1e-10, atol=1e-12)
+    assert float(oracle.log_prob(crop, 0.7, single)) == pytest.approx(ref_log_prob(mu, sig, crop[0], 0.7), rel=1e-12)
+
+
+def test_readme_style_crop_composition_is_exact() -> None:
+    """`localscore.compose` evaluates components on crops when they declare a receptive radius: exact here."""
+    compose = pytest.importorskip("localscore.compose")
+    oracle = FactorizedObjects(3, 16, 16, object_radius=2.0)
+    many = Conditions.from_lists([[(3.0, 3.0), (3.0, 12.0), (12.0, 3.0), (12.0, 12.0)]], dtype=F64)
+    composed = compose.projective_from(oracle, many)
+    xs = oracle.sample(many, sigma=0.5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(composed(xs, 0.5), oracle(xs, 0.5, many), rtol=0, atol=1e-12)

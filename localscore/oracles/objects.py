@@ -14,16 +14,21 @@ Both oracles describe images ``x [C, H, W]`` as a sum of independent Gaussian pi
   (only :class:`OverlappingObjects`; zero for :class:`FactorizedObjects`).
 
 Given a conditioner set ``c_J`` the image is Gaussian, ``x | c_J ~ N(mu_J, Sigma_J)``, so at noise level
-``sigma`` (``x_sigma = x + sigma * eps``) everything is closed form::
+``sigma`` (``x_sigma = x + sigma * eps``) everything is closed form:
 
     A        = Sigma_J + sigma**2 I
     D(x)     = E[x_0 | x_sigma = x, c_J] = x - sigma**2 A^{-1} (x - mu_J)
-    log p    = -1/2 [ (x - mu_J)^T A^{-1} (x - mu_J) + log det A + D log(2 pi) ]
+    log p    = -1/2 [ (x - mu_J)^T A^{-1} (x - mu_J) + log det A + C H W log(2 pi) ]
 
 ``A`` is block diagonal: one dense block per group of objects whose regions share pixels (every object
 alone in :class:`FactorizedObjects`), a diagonal elsewhere; the shared offset ``g`` adds the rank-``C``
 term ``U T U^T`` (``U`` = ones over pixels per channel, ``T = global_std**2 I_C``), inverted with the
 Woodbury identity and the matrix determinant lemma. All of it runs in float64 by default.
+
+The model is defined on a canvas of any size: ``shape = (C, H, W)`` is the canvas of ``sample(n)``,
+``regions`` and ``mean``, while ``denoise``, ``score``, ``log_prob`` and ``composition_gap`` accept
+``x [B, C, H', W']`` of any ``H', W'`` (positions in that canvas' pixels, regions clipped to it). So the
+oracles are translation equivariant with local borders, and local compositions may evaluate them on crops.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import as_sigma
+from .._checks import as_sigma, check_image
 from .._errors import describe, fail
 from ..conditions import Conditions
 from ._base import AnalyticDistribution
@@ -104,16 +109,23 @@ def _sqrt_psd(m: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- the layout of one batch
 @dataclass
+class _Blocks:
+    """A bucket of ``N`` object groups of similar pixel counts, padded to ``P`` pixels."""
+
+    gb: Tensor  # [N] long: image of each group
+    idx: Tensor  # [N, P] long: flat pixel index of each group's pixels (padding arbitrary)
+    pmask: Tensor  # [N, P] bool: real (non-padding) pixel of the group
+    kpix: Tensor  # [N, P, P] pixel part of sum_j K_j on the group (channel part is channel_corr)
+
+
+@dataclass
 class _Layout:
     """Everything about a batch of conditioner sets that does not depend on ``x`` or ``sigma``."""
 
     mean: Tensor  # [B, C, H, W]  mu_J
     regions: Tensor  # [B, K, H, W] bool, padding False
     in_group: Tensor  # [B, HW] bool: pixel lies in some region
-    gb: Tensor  # [N] long: image of each group
-    idx: Tensor  # [N, P] long: flat pixel index of each group's pixels (padding arbitrary)
-    pmask: Tensor  # [N, P] bool: real (non-padding) pixel of the group
-    kpix: Tensor  # [N, P, P] pixel part of sum_j K_j on the group (channel part is channel_corr)
+    blocks: list[_Blocks]  # the dense blocks of A, bucketed by size so padding stays small
 
 
 class _GaussianObjects(AnalyticDistribution):
@@ -189,9 +201,26 @@ class _GaussianObjects(AnalyticDistribution):
                        "build it with `Conditions.from_lists([[(row, col), ...], ...])`.")
         return cond.check_batch(batch, where, device=device)
 
-    def _validate(self, cond: Conditions, where: str) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Check positions and attributes; return ``pos``, ``attr`` (compute dtype) and ``valid``."""
-        C, H, W = self.shape
+    def _check_canvas(self, x: Any, where: str) -> Tensor:
+        """``x [B, C, H', W']`` with this oracle's ``C``; any canvas size (the model is defined on every canvas)."""
+        x = check_image(x, where)
+        if x.shape[1] != self.shape[0] or x.shape[2] == 0 or x.shape[3] == 0:
+            raise fail(where, f"`x` has {x.shape[1]} channels (shape {tuple(x.shape)}), expected C = {self.shape[0]} "
+                       f"(this oracle's images are {tuple(self.shape)}).")
+        return x
+
+    def _size(self, size: Any, where: str) -> tuple[int, int] | None:
+        if size is None:
+            return None
+        ok = isinstance(size, (tuple, list)) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
+        if not ok:
+            raise fail(where, f"argument `size` is {describe(size)}, expected None or (H, W) with ints >= 1.")
+        return int(size[0]), int(size[1])
+
+    def _validate(self, cond: Conditions, where: str, H: int, W: int) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Check positions (on an ``H x W`` canvas) and attributes; return ``pos``, ``attr``, ``valid``."""
+        C = self.shape[0]
         valid = cond.valid
         pos = cond.pos.to(self.dtype)
         attr = None
@@ -220,9 +249,8 @@ class _GaussianObjects(AnalyticDistribution):
                        "normalised [0, 1] coordinates by (H - 1, W - 1).")
         return pos, attr, valid
 
-    def _regions(self, pos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        """``regions [B, K, H, W]`` bool and squared distances ``d2 [B, K, H, W]``."""
-        _, H, W = self.shape
+    def _regions(self, pos: Tensor, valid: Tensor, H: int, W: int) -> tuple[Tensor, Tensor]:
+        """``regions [B, K, H, W]`` bool and squared distances ``d2 [B, K, H, W]`` on an ``H x W`` canvas."""
         rows = torch.arange(H, dtype=pos.dtype, device=pos.device)
         cols = torch.arange(W, dtype=pos.dtype, device=pos.device)
         d2 = (rows.view(1, 1, H, 1) - pos[..., 0, None, None]) ** 2 + (
@@ -230,12 +258,14 @@ class _GaussianObjects(AnalyticDistribution):
         ) ** 2
         return (d2 <= self.object_radius**2) & valid[..., None, None], d2
 
-    def _layout(self, cond: Conditions, where: str) -> _Layout:
-        C, _, W = self.shape
+    def _layout(self, cond: Conditions, where: str, size: tuple[int, int] | None = None, *,
+                blocks: bool = True) -> _Layout:
+        C = self.shape[0]
+        H, W = size if size is not None else self.shape[1:]
         dt, dev = self.dtype, cond.device
-        pos, attr, valid = self._validate(cond, where)
+        pos, attr, valid = self._validate(cond, where, H, W)
         B, K = valid.shape
-        regions, d2 = self._regions(pos, valid)
+        regions, d2 = self._regions(pos, valid, H, W)
         flat = regions.flatten(2)  # [B, K, HW]
         sizes = flat.sum(-1)
         empty = valid & (sizes == 0)
@@ -262,6 +292,8 @@ class _GaussianObjects(AnalyticDistribution):
         if self.mean_width is not None:
             prof = prof * torch.exp(-d2 / (2 * self.mean_width**2))
         mean = self.background_mean.to(dev, dt).view(1, C, 1, 1) + torch.einsum("bkc,bkhw->bchw", colour, prof)
+        if not blocks:  # regions and mean only
+            return _Layout(mean=mean, regions=regions, in_group=flat.any(1), blocks=[])
         # groups: connected components of the overlap graph (singletons when regions are disjoint)
         label = torch.where(valid, torch.arange(K, device=dev).expand(B, K), torch.full((), K, device=dev))
         link = adj | eye
@@ -274,23 +306,38 @@ class _GaussianObjects(AnalyticDistribution):
         roots = valid & (label == torch.arange(K, device=dev))
         gb, gl = roots.nonzero(as_tuple=True)
         memb = (label[gb] == gl[:, None]) & valid[gb]  # [N, K]
-        gmask = (flat[gb] & memb[..., None]).any(1)  # [N, HW]
-        N = int(gb.shape[0])
-        P = int(gmask.sum(1).max()) if N else 0
-        order = torch.argsort((~gmask).to(torch.int8), dim=1, stable=True)[:, :P]
-        pmask = torch.gather(gmask, 1, order)
-        mem = torch.gather(flat[gb] & memb[..., None], 2, order[:, None, :].expand(N, K, P)).to(dt)  # [N, K, P]
-        count = torch.einsum("nkp,nkq->npq", mem, mem)
-        r, c = (order // W).to(dt), (order % W).to(dt)
-        sq = (r[:, :, None] - r[:, None, :]) ** 2 + (c[:, :, None] - c[:, None, :]) ** 2
-        kpix = self.object_std**2 * torch.exp(-sq / (2 * self.length_scale**2)) * count
-        return _Layout(mean=mean, regions=regions, in_group=flat.any(1), gb=gb, idx=order, pmask=pmask, kpix=kpix)
+        owned = flat[gb] & memb[..., None]  # [N, K, HW]: pixels of each group's objects
+        gmask = owned.any(1)  # [N, HW]
+        # Bucket groups by pixel count (a bucket's largest is at most 1.5x its smallest, or 16 px more), so a
+        # few large groups of overlapping objects do not pad every small block to their size.
+        sizes = gmask.sum(1)
+        by_size = torch.argsort(sizes).tolist()
+        size_list = sizes.tolist()
+        buckets: list[list[int]] = []
+        for g in by_size:
+            if buckets and size_list[g] <= max(1.5 * size_list[buckets[-1][0]], size_list[buckets[-1][0]] + 16):
+                buckets[-1].append(g)
+            else:
+                buckets.append([g])
+        out = []
+        for members in buckets:
+            sel = torch.as_tensor(members, dtype=torch.long, device=dev)
+            N = len(members)
+            P = int(sizes[sel].max())
+            order = torch.argsort((~gmask[sel]).to(torch.int8), dim=1, stable=True)[:, :P]
+            pmask = torch.gather(gmask[sel], 1, order)
+            mem = torch.gather(owned[sel], 2, order[:, None, :].expand(N, K, P)).to(dt)  # [N, K, P]
+            count = torch.einsum("nkp,nkq->npq", mem, mem)  # number of objects covering both pixels
+            r, c = (order // W).to(dt), (order % W).to(dt)
+            sq = (r[:, :, None] - r[:, None, :]) ** 2 + (c[:, :, None] - c[:, None, :]) ** 2
+            kpix = self.object_std**2 * torch.exp(-sq / (2 * self.length_scale**2)) * count
+            out.append(_Blocks(gb=gb[sel], idx=order, pmask=pmask, kpix=kpix))
+        return _Layout(mean=mean, regions=regions, in_group=flat.any(1), blocks=out)
 
     # ------------------------------------------------------------------ the linear algebra
     def _solve(self, x: Tensor, s: Tensor, lay: _Layout) -> tuple[Tensor, Tensor]:
         """``(A^{-1} r [B, C, H, W], log det A [B])`` with ``r = x - mu_J`` and ``A = Sigma_J + s**2 I``."""
-        C, H, W = self.shape
-        B = x.shape[0]
+        B, C, H, W = x.shape
         dt, dev = x.dtype, x.device
         HW = H * W
         v = self.background_std.to(dev, dt) ** 2  # [C]
@@ -301,38 +348,53 @@ class _GaussianObjects(AnalyticDistribution):
         in_group = lay.in_group[:, None, :]
         logdet = (torch.log(vb) * (~lay.in_group).sum(1).view(B, 1, 1).to(dt)).sum((1, 2))
         use_global = self.global_std > 0
-        N, P = lay.idx.shape
-        if N:
-            cc = self.channel_corr.to(dev, dt)
-            A = (lay.kpix[:, :, None, :, None] * cc[None, None, :, None, :]).reshape(N, P * C, P * C)
-            pm = lay.pmask[:, :, None]
-            diag = torch.where(pm, v.view(1, 1, C) + s2[lay.gb].view(N, 1, 1), torch.ones((), dtype=dt, device=dev))
-            A = A + torch.diag_embed(diag.reshape(N, P * C))
-            L = torch.linalg.cholesky(A)
-            logdet = logdet.index_add(0, lay.gb, 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1))
-            rg = torch.gather(r[lay.gb], 2, lay.idx[:, None, :].expand(N, C, P)).transpose(1, 2)  # [N, P, C]
-            rhs = [torch.where(pm, rg, torch.zeros((), dtype=dt, device=dev)).reshape(N, P * C, 1)]
-            if use_global:
-                ug = (pm & torch.ones(1, 1, C, dtype=torch.bool, device=dev)).to(dt)[..., None] * torch.eye(
-                    C, dtype=dt, device=dev).view(1, 1, C, C)  # [N, P, C, C']
-                rhs.append(ug.reshape(N, P * C, C))
-            sol = torch.cholesky_solve(torch.cat(rhs, -1), L)  # [N, PC, 1 (+C)]
-            bi = lay.gb[:, None, None].expand(N, P, C)[lay.pmask]
-            pi = lay.idx[:, :, None].expand(N, P, C)[lay.pmask]
-            ci = torch.arange(C, device=dev).view(1, 1, C).expand(N, P, C)[lay.pmask]
-            zg = torch.zeros(B, C, HW, dtype=dt, device=dev).index_put(
-                (bi, ci, pi), sol[:, :, 0].reshape(N, P, C)[lay.pmask])
-            z = torch.where(in_group, zg, z_bg)
-        else:
-            z = z_bg
+        eye_c = torch.eye(C, dtype=dt, device=dev)
+        cc = self.channel_corr.to(dev, dt)
+        zg = torch.zeros(B, C, HW, dtype=dt, device=dev)
+        gfield = torch.zeros(B, C, HW, C, dtype=dt, device=dev) if use_global else None
+        one = torch.ones((), dtype=dt, device=dev)
+        zero = torch.zeros((), dtype=dt, device=dev)
+        separable = bool((cc == torch.diag(torch.diagonal(cc))).all())  # channels independent: C small systems
+        for blk in lay.blocks:
+            N, P = blk.idx.shape
+            pmc = blk.pmask[:, None, :]  # [N, 1, P]
+            rg = torch.where(pmc, torch.gather(r[blk.gb], 2, blk.idx[:, None, :].expand(N, C, P)), zero)  # [N, C, P]
+            diag = torch.where(pmc, v.view(1, C, 1) + s2[blk.gb].view(N, 1, 1), one)  # [N, C, P]
+            bi = blk.gb[:, None, None].expand(N, P, C)[blk.pmask]
+            pi = blk.idx[:, :, None].expand(N, P, C)[blk.pmask]
+            ci = torch.arange(C, device=dev).view(1, 1, C).expand(N, P, C)[blk.pmask]
+            if separable:
+                # A restricted to the block is kron(kpix, diag(cc)) + diag: one [P, P] system per channel
+                A = torch.diagonal(cc).view(1, C, 1, 1) * blk.kpix[:, None] + torch.diag_embed(diag)
+                L = torch.linalg.cholesky(A)  # [N, C, P, P]
+                logdet = logdet.index_add(0, blk.gb, 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum((1, 2)))
+                rhs = [rg[..., None]]
+                if use_global:  # column c of U restricted to channel c's system is the pixel mask
+                    rhs.append(pmc.to(dt).expand(N, C, P)[..., None])
+                sol = torch.cholesky_solve(torch.cat(rhs, -1), L)  # [N, C, P, 1 (+1)]
+                z_blk = sol[..., 0].transpose(1, 2)  # [N, P, C]
+                u_blk = torch.diag_embed(sol[..., 1].transpose(1, 2)) if use_global else None  # [N, P, C, C']
+            else:
+                A = (blk.kpix[:, :, None, :, None] * cc[None, None, :, None, :]).reshape(N, P * C, P * C)
+                A = A + torch.diag_embed(diag.transpose(1, 2).reshape(N, P * C))  # (pixel, channel) order
+                L = torch.linalg.cholesky(A)
+                logdet = logdet.index_add(0, blk.gb, 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1))
+                rhs = [rg.transpose(1, 2).reshape(N, P * C, 1)]
+                if use_global:  # B^{-1} U on the block: U is 1 on every (pixel, channel c) for column c
+                    pm = blk.pmask[:, :, None, None].to(dt)
+                    rhs.append((pm * eye_c.view(1, 1, C, C)).reshape(N, P * C, C))
+                sol = torch.cholesky_solve(torch.cat(rhs, -1), L)  # [N, PC, 1 (+C)]
+                z_blk = sol[:, :, 0].reshape(N, P, C)
+                u_blk = sol[:, :, 1:].reshape(N, P, C, C) if use_global else None
+            zg = zg.index_put((bi, ci, pi), z_blk[blk.pmask])
+            if gfield is not None and u_blk is not None:
+                gfield = gfield.index_put((bi, ci, pi), u_blk[blk.pmask])
+        z = torch.where(in_group, zg, z_bg)
         if use_global:
             # Woodbury with U = ones over pixels per channel and T = global_std**2 I_C:
             # A^{-1} r = B^{-1} r - B^{-1} U T (I + W T)^{-1} U^T B^{-1} r,  W = U^T B^{-1} U.
-            eye_c = torch.eye(C, dtype=dt, device=dev)
             binv_u = (eye_c.view(1, C, 1, C) / vb[..., None]).expand(B, C, HW, C)  # [B, C, HW, C']
-            if N:
-                ug_sol = sol[:, :, 1:].reshape(N, P, C, C)[lay.pmask]  # [n, C, C']
-                gfield = torch.zeros(B, C, HW, C, dtype=dt, device=dev).index_put((bi, ci, pi), ug_sol)
+            if gfield is not None:
                 binv_u = torch.where(in_group[..., None], gfield, binv_u)
             Wm = binv_u.sum(2)  # [B, C, C']
             T = self.global_std**2 * eye_c
@@ -344,36 +406,64 @@ class _GaussianObjects(AnalyticDistribution):
         return z.reshape(B, C, H, W), logdet
 
     # ------------------------------------------------------------------ public API
-    def regions(self, cond: Conditions) -> Tensor:
+    def regions(self, cond: Conditions, size: tuple[int, int] | None = None) -> Tensor:
         """The object supports ``M_j``: ``[B, K, H, W]`` bool, ``True`` where ``|p - pos_j| <= object_radius``.
 
-        Padding slots are all ``False``. Raises like :meth:`denoise` for off-image positions, wrong
-        attributes and (for :class:`FactorizedObjects`) overlapping regions.
+        ``size = (H', W')`` picks another canvas (default: this oracle's ``(H, W)``). Padding slots are all
+        ``False``. Raises like :meth:`denoise` for off-image positions, wrong attributes and (for
+        :class:`FactorizedObjects`) overlapping regions.
+
+        Example:
+            >>> from localscore import Conditions
+            >>> from localscore.oracles import FactorizedObjects
+            >>> oracle = FactorizedObjects(1, 8, 8, object_radius=1.0)
+            >>> m = oracle.regions(Conditions.from_lists([[(2, 2), (6, 5)], [(0, 7)]]))
+            >>> m.shape, m.sum((2, 3)).tolist()      # a radius-1 disc holds 5 pixels, 3 at the corner
+            (torch.Size([2, 2, 8, 8]), [[5, 5], [3, 0]])
         """
         where = f"{type(self).__name__}.regions"
         if not isinstance(cond, Conditions):
             raise fail(where, f"argument `cond` is {describe(cond)}, expected a localscore.Conditions.")
-        return self._layout(cond, where).regions
+        return self._layout(cond, where, self._size(size, where), blocks=False).regions
 
-    def mean(self, cond: Conditions) -> Tensor:
-        """``mu_J [B, C, H, W]``, the mean image given each conditioner set (in the oracle's dtype)."""
+    def mean(self, cond: Conditions, size: tuple[int, int] | None = None) -> Tensor:
+        """``mu_J [B, C, H, W]``, the mean image given each conditioner set (in the oracle's dtype).
+
+        ``mu_J[c, p] = background_mean[c] + sum_j colour_j[c] * profile_j(p) * [p in M_j]``; ``size = (H', W')``
+        picks another canvas (default: this oracle's ``(H, W)``).
+
+        Example:
+            >>> from localscore import Conditions
+            >>> from localscore.oracles import FactorizedObjects
+            >>> oracle = FactorizedObjects(1, 5, 5, object_radius=1.0, object_mean=2.0, background_mean=0.5)
+            >>> oracle.mean(Conditions.from_lists([[(2, 2)]]))[0, 0, 1:4, 1:4].tolist()
+            [[0.5, 2.5, 0.5], [2.5, 2.5, 2.5], [0.5, 2.5, 0.5]]
+        """
         where = f"{type(self).__name__}.mean"
         if not isinstance(cond, Conditions):
             raise fail(where, f"argument `cond` is {describe(cond)}, expected a localscore.Conditions.")
-        return self._layout(cond, where).mean
+        return self._layout(cond, where, self._size(size, where), blocks=False).mean
 
     def _prepare(self, x: Any, sigma: Any, cond: Conditions | None, where: str,
                  allow_zero: bool = False) -> tuple[Tensor, Tensor, _Layout]:
-        x = self._check_x(x, where)
+        x = self._check_canvas(x, where)
         s = as_sigma(sigma, x.shape[0], where, like=x, allow_zero=allow_zero).to(self.dtype)
         c = self._cond(cond, x.shape[0], x.device, where)
-        return x.to(self.dtype), s, self._layout(c, where)
+        return x.to(self.dtype), s, self._layout(c, where, (x.shape[2], x.shape[3]))
 
     def denoise(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
         """Exact posterior mean ``E[x_0 | x_sigma = x, cond]``: ``[B, C, H, W]`` in ``x``'s dtype.
 
         ``D(x) = x - sigma**2 (Sigma_J + sigma**2 I)^{-1} (x - mu_J)`` (module docstring), solved block by
         block in the oracle's dtype. ``cond=None`` (or an empty set) is the background-only model.
+
+        Example:
+            >>> import torch
+            >>> from localscore.oracles import FactorizedObjects
+            >>> oracle = FactorizedObjects(1, 4, 4, object_radius=1.0, background_std=1.0)
+            >>> x = torch.full((1, 1, 4, 4), 2.0)
+            >>> oracle.denoise(x, 1.0)[0, 0, 0, 0].item()   # background: v / (v + sigma**2) * x = 0.5 * 2
+            1.0
         """
         where = f"{type(self).__name__}.denoise"
         x0 = x
@@ -386,6 +476,14 @@ class _GaussianObjects(AnalyticDistribution):
 
         ``log p = -1/2 [ r^T A^{-1} r + log det A + C H W log(2 pi) ]`` with ``r = x - mu_J`` and
         ``A = Sigma_J + sigma**2 I``. Differentiable in ``x``: its gradient is :meth:`score`.
+
+        Example:
+            >>> import math, torch
+            >>> from localscore.oracles import FactorizedObjects
+            >>> oracle = FactorizedObjects(1, 2, 2, object_radius=1.0, background_std=1.0)
+            >>> lp = oracle.log_prob(torch.zeros(1, 1, 2, 2, dtype=torch.float64), 1.0)  # 4 x N(0, 1 + 1)
+            >>> round(lp.item(), 10) == round(-2 * math.log(2 * math.pi * 2), 10)
+            True
         """
         where = f"{type(self).__name__}.log_prob"
         x0 = x
@@ -396,8 +494,8 @@ class _GaussianObjects(AnalyticDistribution):
         quad = (r * z).flatten(1).sum(1)
         return (-0.5 * (quad + logdet + D * math.log(2 * math.pi))).to(x0.dtype)
 
-    def sample(self, n: int | Conditions, *, sigma: float = 0.0,
-               generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int | Conditions, *, sigma: float = 0.0, generator: torch.Generator | None = None,
+               dtype: torch.dtype | None = None) -> Tensor:
         """Exact samples of ``x_sigma = x_0 + sigma * eps``, ``x_0 ~ p(x | c)``: ``[B, C, H, W]``.
 
         Args:
@@ -405,10 +503,23 @@ class _GaussianObjects(AnalyticDistribution):
                 per conditioner set, on its device).
             sigma: noise level ``>= 0`` added to the clean samples.
             generator: a ``torch.Generator`` for reproducibility (on the samples' device).
+            dtype: dtype of the result; default: ``n``'s dtype (``n.dtype``) for a Conditions batch,
+                ``torch.get_default_dtype()`` for an int. Samples are drawn in the oracle's dtype either way.
 
         Returns:
-            ``[B, C, H, W]`` in the oracle's dtype (float64 by default):
-            ``mu_J + sqrt(v_b) z_b + sum_j L_j z_j + g 1 + sigma * eps`` with ``L_j L_j^T = K_j``.
+            ``[B, C, H, W]``: ``mu_J + sqrt(v_b) z_b + sum_j L_j z_j + g 1 + sigma * eps`` with
+            ``L_j L_j^T = K_j``.
+
+        Example:
+            >>> import torch
+            >>> from localscore import Conditions
+            >>> from localscore.oracles import FactorizedObjects
+            >>> oracle = FactorizedObjects(3, 8, 8, object_radius=2.0)
+            >>> g = torch.Generator().manual_seed(0)
+            >>> oracle.sample(Conditions.from_lists([[(2, 2)], []]), generator=g).shape
+            torch.Size([2, 3, 8, 8])
+            >>> oracle.sample(5, sigma=0.5, generator=g).dtype, oracle.sample(5, generator=g, dtype=torch.float64).dtype
+            (torch.float32, torch.float64)
         """
         where = f"{type(self).__name__}.sample"
         C, H, W = self.shape
@@ -419,7 +530,12 @@ class _GaussianObjects(AnalyticDistribution):
         else:
             raise fail(where, f"argument `n` is {describe(n)}, expected an int >= 1 or a Conditions batch.")
         s = _scalar(sigma, where, "sigma", allow_zero=True)
-        lay = self._layout(cond, where)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise fail(where, f"argument `generator` is {describe(generator)}, expected a torch.Generator or None.")
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise fail(where, f"argument `dtype` is {describe(dtype)}, expected a floating torch.dtype.")
+        out_dtype = dtype or (cond.dtype if isinstance(n, Conditions) else torch.get_default_dtype())
+        lay = self._layout(cond, where, blocks=False)
         dt, dev = self.dtype, cond.device
         B = cond.batch_size
 
@@ -450,7 +566,7 @@ class _GaussianObjects(AnalyticDistribution):
             x = x + self.global_std * randn(B, C, 1, 1)
         if s > 0:
             x = x + s * randn(B, C, H, W)
-        return x
+        return x.to(out_dtype)
 
     def composition_gap(self, x: Tensor, sigma: Any, cond: Conditions) -> Tensor:
         """The exact failure of projective composition: ``[B, C, H, W]`` in ``x``'s dtype.
@@ -459,9 +575,19 @@ class _GaussianObjects(AnalyticDistribution):
         posterior mean of this oracle (padding slots give ``D(x | none)`` and contribute nothing). It is zero
         to round-off for :class:`FactorizedObjects`; for :class:`OverlappingObjects` it is the residual a
         composition operator must reproduce.
+
+        Example:
+            >>> import torch
+            >>> from localscore import Conditions
+            >>> from localscore.oracles import OverlappingObjects
+            >>> oracle = OverlappingObjects(1, 8, 8, object_radius=2.0, global_std=0.5)
+            >>> cond = Conditions.from_lists([[(2, 2), (6, 6)]])      # disjoint, but the offset couples them
+            >>> x = oracle.sample(cond, sigma=0.5, generator=torch.Generator().manual_seed(0))
+            >>> bool(oracle.composition_gap(x, 0.5, cond).abs().max() > 1e-4)
+            True
         """
         where = f"{type(self).__name__}.composition_gap"
-        x = self._check_x(x, where)
+        x = self._check_canvas(x, where)
         if not isinstance(cond, Conditions):
             raise fail(where, f"argument `cond` is {describe(cond)}, expected a localscore.Conditions.")
         B = x.shape[0]
@@ -495,8 +621,11 @@ class FactorizedObjects(_GaussianObjects):
     pixels would break the first equality: that is :class:`OverlappingObjects` with ``global_std > 0``.
 
     The denoiser is local: the output at a pixel of ``M_j`` depends only on ``x_{M_j}`` and ``c_j``, at a
-    background pixel only on that pixel. It declares ``receptive_radius = floor(2 object_radius)`` and
-    ``conditioner_radius = ceil(object_radius)`` (Chebyshev, see :func:`localscore.denoisers.receptive_radius`).
+    background pixel only on that pixel. It is translation equivariant and accepts any canvas size
+    ``x [B, C, H', W']`` (module docstring), so it can be evaluated on crops, which is what
+    ``localscore.compose``'s ``"crop"`` strategy does with a declared ``receptive_radius``.
+    It declares ``receptive_radius = floor(2 object_radius)`` and ``conditioner_radius = ceil(object_radius)``
+    (Chebyshev, see :func:`localscore.denoisers.receptive_radius`).
 
     Args:
         channels, height, width: the image shape ``C, H, W``.
@@ -579,9 +708,11 @@ class OverlappingObjects(_GaussianObjects):
         gap = D(x | c_J) - D(x | none) - sum_j [ D(x | c_j) - D(x | none) ]
 
     is exact. The means add, so the gap vanishes as ``sigma -> inf`` (``D -> mu``); it also vanishes at
-    ``sigma -> 0`` (``D -> x``); in between it is nonzero exactly on the pixels coupled to an overlap
-    (all pixels when ``global_std > 0``). With disjoint regions and ``global_std = 0`` this oracle equals
-    :class:`FactorizedObjects` with the same parameters.
+    ``sigma -> 0`` (``D -> x``); in between it is nonzero on the groups of overlapping objects (with
+    ``global_std = 0``; elsewhere it is exactly zero) or on every pixel (``global_std > 0``). The gap comes
+    from the covariances only: with ``object_std = 0`` every conditional shares one covariance, ``D`` is
+    affine in the mean, and the gap is exactly zero. With disjoint regions and ``global_std = 0`` this
+    oracle equals :class:`FactorizedObjects` with the same parameters.
 
     Args:
         channels, height, width, object_radius, object_mean, attr_map, object_std, length_scale,
