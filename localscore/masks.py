@@ -282,62 +282,92 @@ class MaskRule(Protocol):
     def support_radius(self, sigma: Any = None) -> float | None: ...
 
 
-def _const_max(spec: RadiusSpec, sigma: Any) -> float | None:
+def _const_max(spec: RadiusSpec, sigma: Any, bound: float | None = None) -> float | None:
+    v: float | None = None
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return float(spec)
+        v = float(spec)
+    elif isinstance(spec, Tensor):
+        v = float(spec.max()) if spec.numel() else 0.0
+    elif callable(spec) and sigma is not None:
+        out = spec(sigma if isinstance(sigma, Tensor) else torch.as_tensor([float(sigma)]))
+        v = float(torch.as_tensor(out).max())
+    if bound is None:
+        return v
+    return float(bound) if v is None else min(v, float(bound))
+
+
+def _bounded(spec: RadiusSpec, bound: float | None) -> RadiusSpec:
+    """``spec`` clamped to at most ``bound`` (for every sigma); ``spec`` itself when ``bound`` is None."""
+    if bound is None:
+        return spec
+    if not (isinstance(bound, (int, float)) and not isinstance(bound, bool) and bound >= 0):
+        raise fail("MaskRule", f"`bound` is {bound!r}, expected a size >= 0 in pixels (or None).")
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return min(float(spec), float(bound))
     if isinstance(spec, Tensor):
-        return float(spec.max()) if spec.numel() else 0.0
-    if callable(spec) and sigma is not None:
-        v = spec(sigma if isinstance(sigma, Tensor) else torch.as_tensor([float(sigma)]))
-        return float(torch.as_tensor(v).max())
-    return None
+        return spec.clamp(max=float(bound))
+    if callable(spec):
+        return lambda s: torch.as_tensor(spec(s)).clamp(max=float(bound))
+    return spec
 
 
 @dataclass(frozen=True)
 class DiscRule:
     """Hard disc rule (:func:`disc_masks`): a pixel sees conditioner ``k`` iff within ``radius`` of it.
 
+    ``bound`` (optional) caps the radius for every sigma, ``radius <- min(radius, bound)``, so a
+    sigma-dependent rule still declares a finite :meth:`support_radius` (networks need one).
+
     Example:
         >>> rule = DiscRule(2.0)
         >>> rule(Conditions.from_lists([[(4.0, 4.0)]]), (9, 9)).sum().item()
         13
+        >>> grow = DiscRule(lambda s: 1.0 + s, bound=2.0)      # wider at high noise, never beyond 2 px
+        >>> grow.support_radius(), grow.support_radius(0.5)
+        (2.0, 1.5)
     """
 
     radius: RadiusSpec
+    bound: float | None = None
 
     def __call__(self, cond: Conditions, size: tuple[int, int], sigma: Any = None) -> Tensor:
-        return disc_masks(cond, size, self.radius, sigma=sigma)
+        return disc_masks(cond, size, _bounded(self.radius, self.bound), sigma=sigma)
 
     def support_radius(self, sigma: Any = None) -> float | None:
-        """The largest radius (pixels); ``None`` for a sigma-dependent radius without ``sigma``."""
-        return _const_max(self.radius, sigma)
+        """The largest radius (pixels); ``bound``, or ``None``, for a sigma-dependent radius without ``sigma``."""
+        return _const_max(self.radius, sigma, self.bound)
 
 
 @dataclass(frozen=True)
 class BoxRule:
-    """Hard box rule (:func:`box_masks`) of Chebyshev half-size ``half_size``."""
+    """Hard box rule (:func:`box_masks`) of Chebyshev half-size ``half_size`` (capped at ``bound`` if given)."""
 
     half_size: RadiusSpec
+    bound: float | None = None
 
     def __call__(self, cond: Conditions, size: tuple[int, int], sigma: Any = None) -> Tensor:
-        return box_masks(cond, size, self.half_size, sigma=sigma)
+        return box_masks(cond, size, _bounded(self.half_size, self.bound), sigma=sigma)
 
     def support_radius(self, sigma: Any = None) -> float | None:
         """The largest half-size (pixels)."""
-        return _const_max(self.half_size, sigma)
+        return _const_max(self.half_size, sigma, self.bound)
 
 
 @dataclass(frozen=True)
 class GaussianRule:
-    """Soft Gaussian rule (:func:`gaussian_masks`), truncated at ``truncate`` standard deviations."""
+    """Soft Gaussian rule (:func:`gaussian_masks`), truncated at ``truncate`` standard deviations.
+
+    ``bound`` (optional) caps the standard deviation for every sigma.
+    """
 
     std: RadiusSpec
     truncate: float | None = 3.0
+    bound: float | None = None
 
     def __call__(self, cond: Conditions, size: tuple[int, int], sigma: Any = None) -> Tensor:
-        return gaussian_masks(cond, size, self.std, sigma=sigma, truncate=self.truncate)
+        return gaussian_masks(cond, size, _bounded(self.std, self.bound), sigma=sigma, truncate=self.truncate)
 
     def support_radius(self, sigma: Any = None) -> float | None:
         """``truncate * std`` (pixels); ``None`` if untruncated."""
-        s = _const_max(self.std, sigma)
+        s = _const_max(self.std, sigma, self.bound)
         return None if (s is None or self.truncate is None) else s * self.truncate

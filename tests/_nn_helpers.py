@@ -13,13 +13,11 @@ from localscore import Conditions
 
 def jacobian_x(D: Callable[..., Tensor], x: Tensor, sigma: float, cond: Conditions | None) -> Tensor:
     """``[H, W, H, W]``: ``sum_{c, c'} |d D(x)[c, p] / d x[c', q]|`` for one image ``x [1, C, H, W]``."""
-    C, H, W = x.shape[1:]
-
     def f(xx: Tensor) -> Tensor:
         return D(xx, sigma, cond)[0]
 
     J = torch.func.jacrev(f)(x)  # [C, H, W, 1, C, H, W]
-    return J.abs().sum(dim=(0, 4))[:, :, 0]  # [H, W, H, W]
+    return J.detach().abs().sum(dim=(0, 4))[:, :, 0]  # [H, W, H, W]
 
 
 def jacobian_cond(D: Callable[..., Tensor], x: Tensor, sigma: float, cond: Conditions) -> Tensor:
@@ -31,9 +29,9 @@ def jacobian_cond(D: Callable[..., Tensor], x: Tensor, sigma: float, cond: Condi
 
     if attr0 is None:
         Jp = torch.func.jacrev(lambda p: f(p, None))(pos0)  # [C, H, W, 1, K, 2]
-        return Jp.abs().sum(dim=(0, 5))[:, :, 0]
+        return Jp.detach().abs().sum(dim=(0, 5))[:, :, 0]
     Jp, Ja = torch.func.jacrev(f, argnums=(0, 1))(pos0, attr0)
-    return Jp.abs().sum(dim=(0, 5))[:, :, 0] + Ja.abs().sum(dim=(0, 5))[:, :, 0]
+    return (Jp.abs().sum(dim=(0, 5))[:, :, 0] + Ja.abs().sum(dim=(0, 5))[:, :, 0]).detach()
 
 
 def cheb_grid(H: int, W: int) -> Tensor:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _nn_helpers import cheb_grid, cheb_to_points, dilate, jacobian_cond, jacobian_x
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,8 +24,6 @@ from localscore.nn import (
     rotate_features,
 )
 
-from _nn_helpers import cheb_grid, cheb_to_points, dilate, jacobian_cond, jacobian_x
-
 SMALL = {"width": 8, "heads": 2, "token_dim": 8, "sigma_embed_dim": 16, "relative_freqs": 3, "attr_dim": 3}
 
 
@@ -41,15 +40,17 @@ def rand_cond(pos: list[tuple[float, float]], A: int = 3, seed: int = 0) -> Cond
 
 CONFIGS = [
     {"depth": 1},
-    {"depth": 2, "conditioning": "render"},
-    {"depth": 1, "kernel_size": 5, "cond_blocks": "first"},
-    {"depth": 1, "self_attention_radius": 1},
+    {"depth": 2, "conditioning": "render", "width": 12},
+    {"depth": 1, "kernel_size": 5, "cond_blocks": "first", "width": 4, "heads": 1},
+    {"depth": 1, "self_attention_radius": 1, "width": 6, "heads": 3},
     {"depth": 2, "cond_blocks": "first", "norm": "none", "relative_freqs": 0},
+    {"depth": 1, "head_kernel_size": 5, "width": 10},
 ]
+SIGMAS = [0.8, 0.02, 30.0, 1.3, 5.0, 0.3]
 
 
-@pytest.mark.parametrize("kw", CONFIGS)
-def test_pixel_dependence_is_exactly_local_and_tight(kw: dict) -> None:
+@pytest.mark.parametrize(("kw", "sigma"), list(zip(CONFIGS, SIGMAS)))
+def test_pixel_dependence_is_exactly_local_and_tight(kw: dict, sigma: float) -> None:
     torch.manual_seed(1)
     D = small(**kw)
     R = D.receptive_radius
@@ -57,7 +58,7 @@ def test_pixel_dependence_is_exactly_local_and_tight(kw: dict) -> None:
     H = W = min(2 * R + 3, 15)
     x = torch.randn(1, 3, H, W, dtype=torch.float64)
     cond = rand_cond([(H / 2, W / 2 - 1.3), (1.0, 2.0)])
-    J = jacobian_x(D, x, 0.8, cond)
+    J = jacobian_x(D, x, sigma, cond)
     d = cheb_grid(H, W)
     assert torch.all(J[d > R] == 0), "dependence outside the receptive radius"
     assert d[J > 0].max().item() == R, "declared receptive radius has slack (radius - 1 is not violated)"
@@ -68,6 +69,7 @@ def test_pixel_dependence_is_exactly_local_and_tight(kw: dict) -> None:
                                 {"depth": 1, "cond_rule": "box", "cond_radius": 1.0}])
 def test_conditioner_dependence_is_exactly_local_and_tight(kw: dict) -> None:
     kw = {"cond_radius": 2.0, **kw}
+    sigma = float(torch.empty(()).uniform_(0.05, 10.0, generator=torch.Generator().manual_seed(len(str(kw)))))
     torch.manual_seed(2)
     D = small(**kw)
     r = D.conditioner_radius
@@ -76,11 +78,32 @@ def test_conditioner_dependence_is_exactly_local_and_tight(kw: dict) -> None:
     x = torch.randn(1, 3, H, W, dtype=torch.float64)
     c = H // 2
     cond = rand_cond([(float(c), float(c)), (1.0, float(W - 2))])  # on pixel centres
-    Jc = jacobian_cond(D, x, 1.3, cond)
+    Jc = jacobian_cond(D, x, sigma, cond)
     dist = cheb_to_points(H, W, cond.pos[0])
     assert torch.all(Jc[dist > r] == 0), "dependence on a conditioner outside the conditioner radius"
     assert dist[..., 0][Jc[..., 0] > 0].max().item() == r, "conditioner radius has slack"
     assert D.conditioner_reach == pytest.approx(D.inner.support + (r - math.ceil(D.inner.support)))
+
+
+def test_sigma_dependent_rule_with_a_bound() -> None:
+    torch.manual_seed(13)
+    rule = DiscRule(lambda s: 1.0 + s, bound=2.0)  # grows with the noise level, capped at 2 px
+    D = LocalConditionalDenoiser(LocalNetConfig(**{**SMALL, "depth": 1}), rule=rule).double()  # type: ignore[arg-type]
+    assert D.conditioner_radius == 2 + 3
+    H = 13
+    x = torch.randn(1, 3, H, H, dtype=torch.float64)
+    cond = rand_cond([(6.0, 6.0)])
+    dist = cheb_to_points(H, H, cond.pos[0])[..., 0]
+    for sigma, reach in ((0.3, 1 + 3), (5.0, 2 + 3)):  # radius 1.3 -> floor 1 on the pixel grid; capped 2
+        Jc = jacobian_cond(D, x, sigma, cond)[..., 0]
+        assert float(dist[Jc > 0].max()) == reach
+
+
+@pytest.mark.parametrize("R", [3, 4, 5, 6, 7, 10, 11])
+def test_config_for_a_requested_receptive_radius(R: int) -> None:
+    cfg = LocalNetConfig.for_receptive_radius(R, width=8, heads=2)
+    assert cfg.receptive_radius == R
+    assert LocalConditionalDenoiser(cfg).receptive_radius == R
 
 
 def test_radii_formula_and_group_norm_declares_none() -> None:
@@ -332,6 +355,19 @@ def test_state_dict_round_trip_through_config_dict() -> None:
         assert torch.equal(D(x, 0.5, cond), E(x, 0.5, cond))
 
 
+def test_tagged_config_dicts_build_the_right_denoiser() -> None:
+    from localscore.nn import GlobalConditionalDenoiser, UNetConfig, build_denoiser, config_from_dict, config_to_dict
+
+    for cfg in (LocalNetConfig(width=8, heads=2), UNetConfig(base_width=8, heads=2, groups=4, token_dim=8)):
+        data = config_to_dict(cfg)
+        assert config_from_dict(data) == cfg
+        D = build_denoiser(data)
+        assert isinstance(D, LocalConditionalDenoiser if isinstance(cfg, LocalNetConfig) else GlobalConditionalDenoiser)
+        assert D.config == cfg
+    with pytest.raises(LocalScoreError, match="kind"):
+        config_from_dict({"width": 3})
+
+
 def test_defaults_for_clevr_like_scenes() -> None:
     c16, c32 = LocalNetConfig.for_image_size(16), LocalNetConfig.for_image_size(32)
     assert c16.attr_dim == 13 and c16.receptive_radius == 6  # 13x13 field (REFERENCES.md)
@@ -360,6 +396,8 @@ def test_bad_input_raises_clear_errors() -> None:
         LocalScoreNet(LocalNetConfig(**SMALL), rule=GaussianRule(1.0, truncate=None))  # type: ignore[arg-type]
     with pytest.raises(LocalScoreError, match="kernel_size"):
         LocalNetConfig(kernel_size=4)
+    with pytest.raises(LocalScoreError, match="smallest"):
+        LocalNetConfig.for_receptive_radius(2)
     with pytest.raises(LocalScoreError, match="sigma"):
         D(x, -1.0)
     with pytest.raises(LocalScoreError, match="unknown keys"):

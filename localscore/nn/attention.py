@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -367,6 +368,7 @@ class GlobalSelfAttention(nn.Module):
         B, C, H, W = h.shape
         nh = self.heads
         q, k, v = (t.reshape(B, nh, C // nh, H * W).transpose(-1, -2) for t in self.qkv(h).chunk(3, dim=1))
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, nh, N, d]
+        a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(C // nh), dim=-1)  # [B, nh, N, N]
+        out = a @ v  # [B, nh, N, d]
         return self.proj(out.transpose(-1, -2).reshape(B, C, H, W))
 

@@ -44,10 +44,8 @@ class ChannelNorm(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         """Normalise each pixel over its channels."""
-        mu = h.mean(dim=1, keepdim=True)
-        var = (h - mu).pow(2).mean(dim=1, keepdim=True)
-        y = (h - mu) / torch.sqrt(var + self.eps)
-        return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        y = F.layer_norm(h.permute(0, 2, 3, 1), (h.shape[1],), self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
 
 
 def make_norm(kind: str, channels: int, *, groups: int = 8) -> nn.Module:

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 from .._errors import describe, fail
 from ..masks import BoxRule, DiscRule, GaussianRule, MaskRule
 
-__all__ = ["LocalNetConfig", "UNetConfig"]
+__all__ = ["LocalNetConfig", "UNetConfig", "config_from_dict", "config_to_dict"]
 
 _C = TypeVar("_C", bound="_ConfigBase")
 
@@ -87,6 +87,8 @@ class LocalNetConfig(_ConfigBase):
         groups: groups for ``norm="group"``.
         sigma_embed_dim: noise-level embedding length.
         sigma_data: EDM's data standard deviation.
+        head_kernel_size: odd size of the output convolution (default ``kernel_size``); lets
+            :meth:`for_receptive_radius` reach odd radii.
 
     Example:
         >>> cfg = LocalNetConfig(width=32)
@@ -116,9 +118,14 @@ class LocalNetConfig(_ConfigBase):
     groups: int = 8
     sigma_embed_dim: int = 128
     sigma_data: float = 0.5
+    head_kernel_size: int | None = None
 
     def __post_init__(self) -> None:
         w = "LocalNetConfig"
+        if self.head_kernel_size is not None:
+            _pos_int(w, "head_kernel_size", self.head_kernel_size)
+            if self.head_kernel_size % 2 == 0:
+                raise fail(w, f"`head_kernel_size` is {self.head_kernel_size}, expected an odd size.")
         for name in ("channels", "width", "depth", "kernel_size", "token_dim", "heads", "sigma_embed_dim", "groups"):
             _pos_int(w, name, getattr(self, name))
         for name in ("attr_dim", "relative_freqs", "self_attention_radius"):
@@ -159,6 +166,37 @@ class LocalNetConfig(_ConfigBase):
         base.update(changes)
         return cls(**base)
 
+    @classmethod
+    def for_receptive_radius(cls, radius: int, **changes: Any) -> LocalNetConfig:
+        """A config whose receptive radius is exactly ``radius`` (depth and head kernel chosen to fit).
+
+        With ``p = kernel_size // 2``: ``radius = p + depth * 2p + head_radius``; the depth is the largest
+        that leaves ``head_radius >= p`` (at least 1 block), the head kernel takes the rest.
+
+        Example:
+            >>> cfg = LocalNetConfig.for_receptive_radius(7, cond_radius=2.0)
+            >>> cfg.receptive_radius, cfg.depth, cfg.head_kernel_size
+            (7, 2, 5)
+        """
+        where = "LocalNetConfig.for_receptive_radius"
+        _pos_int(where, "radius", radius)
+        k = int(changes.get("kernel_size", 3))
+        extra = int(changes.get("self_attention_radius", 0))
+        p = k // 2
+        per_block = 2 * p + extra
+        rem = radius - p
+        depth = max(1, (rem - p) // per_block) if per_block else 1
+        head = rem - depth * per_block
+        if head < 0 or p == 0:
+            raise fail(where, f"`radius` = {radius} is below the smallest this architecture can have "
+                       f"({p + per_block} with kernel_size {k}).", "use a larger radius or a smaller kernel_size.")
+        return cls(**{"depth": depth, "head_kernel_size": 2 * head + 1, **changes})
+
+    @property
+    def head_radius(self) -> int:
+        """Radius of the output convolution."""
+        return (self.head_kernel_size or self.kernel_size) // 2
+
     def rule(self) -> MaskRule:
         """The :class:`~localscore.masks.MaskRule` the fields describe."""
         if self.cond_rule == "disc":
@@ -177,8 +215,7 @@ class LocalNetConfig(_ConfigBase):
         """``stem + depth * block + head`` (Chebyshev, pixels); ``None`` with ``norm="group"``."""
         if self.norm == "group":
             return None
-        k = self.kernel_size // 2
-        return k + self.depth * self.block_radius + k
+        return self.kernel_size // 2 + self.depth * self.block_radius + self.head_radius
 
     @property
     def conditioner_radius(self) -> int | None:
@@ -188,7 +225,7 @@ class LocalNetConfig(_ConfigBase):
         support = self.rule().support_radius(None)
         if support is None:  # pragma: no cover - config rules are constant
             return None
-        return math.ceil(support) + self.depth * self.block_radius + self.kernel_size // 2
+        return math.ceil(support) + self.depth * self.block_radius + self.head_radius
 
 
 @dataclass(frozen=True)
@@ -278,3 +315,31 @@ class UNetConfig(_ConfigBase):
     def downsampling(self) -> int:
         """The total downsampling factor ``2**(levels - 1)``: image sizes must be multiples of it."""
         return 2 ** (len(self.channel_mult) - 1)
+
+
+def config_to_dict(config: LocalNetConfig | UNetConfig) -> dict[str, Any]:
+    """``{"kind": "local" | "global", **fields}``: a config as a tagged plain dict, for checkpoints.
+
+    Example:
+        >>> config_to_dict(UNetConfig())["kind"]
+        'global'
+    """
+    if isinstance(config, LocalNetConfig):
+        return {"kind": "local", **config.to_dict()}
+    if isinstance(config, UNetConfig):
+        return {"kind": "global", **config.to_dict()}
+    raise fail("config_to_dict", f"`config` is {describe(config)}, expected a LocalNetConfig or UNetConfig.")
+
+
+def config_from_dict(data: dict[str, Any]) -> LocalNetConfig | UNetConfig:
+    """The inverse of :func:`config_to_dict`.
+
+    Example:
+        >>> config_from_dict(config_to_dict(LocalNetConfig(width=16))) == LocalNetConfig(width=16)
+        True
+    """
+    if not isinstance(data, dict) or data.get("kind") not in ("local", "global"):
+        raise fail("config_from_dict", f"`data` is {describe(data)}, expected a dict with kind 'local' or 'global'.",
+                   "pass the dict written by config_to_dict(config).")
+    fields = {k: v for k, v in data.items() if k != "kind"}
+    return LocalNetConfig.from_dict(fields) if data["kind"] == "local" else UNetConfig.from_dict(fields)

@@ -119,8 +119,8 @@ class SigmaEmbedding(nn.Module):
     r"""Embedding of the network's noise input ``c_noise [B]`` (EDM: ``log(sigma) / 4``): ``[B] -> [B, E]``.
 
     ``e = W2 silu(W1 [cos(c_noise * w_i), sin(c_noise * w_i)]_i)`` with ``num_freqs`` fixed frequencies
-    ``w_i`` geometric from ``pi / 8`` to ``min(1000, pi * 2**(num_freqs / 4))``. One vector per image: conditioning on the noise level
-    is global but carries no pixel information, so it never breaks locality.
+    ``w_i`` geometric from ``pi / 8`` to ``min(1000, pi * 2**(num_freqs / 4))``. One vector per image:
+    conditioning on the noise level is global but carries no pixel information, so it never breaks locality.
 
     Example:
         >>> import torch

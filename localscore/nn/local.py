@@ -126,7 +126,8 @@ class LocalScoreNet(nn.Module):
                                         groups=cfg.groups))
         self.blocks = nn.ModuleList(blocks)
         self.norm_out = make_norm(cfg.norm, w, groups=cfg.groups)
-        self.head = nn.Conv2d(w, cfg.channels, k, padding=k // 2)
+        kh = cfg.head_kernel_size or k
+        self.head = nn.Conv2d(w, cfg.channels, kh, padding=kh // 2)
 
     # ------------------------------------------------------------------ declared locality
     @property
@@ -134,15 +135,17 @@ class LocalScoreNet(nn.Module):
         """Chebyshev radius of the input pixels an output pixel depends on; ``None`` with GroupNorm."""
         if self.config.norm == "group":
             return None
-        k = self.config.kernel_size // 2
-        return k + sum(int(b.receptive_radius) for b in self.blocks) + k
+        return self.config.kernel_size // 2 + sum(b.receptive_radius for b in self._blocks()) + self.config.head_radius
+
+    def _blocks(self) -> list[LocalResBlock]:
+        return [b for b in self.blocks if isinstance(b, LocalResBlock)]
 
     def _reaches(self) -> list[tuple[float, int]]:
         """``(support, R_after)`` for every conditioned block: its mask support and the radius after it."""
         out: list[tuple[float, int]] = []
-        after = self.config.kernel_size // 2
-        for b in reversed(self.blocks):
-            after += int(b.receptive_radius)
+        after = self.config.head_radius
+        for b in reversed(self._blocks()):
+            after += b.receptive_radius
             if b.cond is not None:
                 support = self.support
                 extra = b.cond.locality_rule
@@ -253,12 +256,12 @@ class LocalConditionalDenoiser(EDMPreconditioner):
         return self.inner.config
 
     @property
-    def receptive_radius(self) -> int | None:  # type: ignore[override]
+    def receptive_radius(self) -> int | None:
         """See :attr:`LocalScoreNet.receptive_radius`."""
         return self.inner.receptive_radius
 
     @property
-    def conditioner_radius(self) -> int | None:  # type: ignore[override]
+    def conditioner_radius(self) -> int | None:
         """See :attr:`LocalScoreNet.conditioner_radius`."""
         return self.inner.conditioner_radius
 

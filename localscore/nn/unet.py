@@ -28,11 +28,18 @@ from ..conditions import Conditions
 from ..denoisers import EDMPreconditioner
 from .attention import CondContext, GlobalSelfAttention, MaskedCrossAttention
 from .blocks import make_norm
-from .config import UNetConfig
+from .config import LocalNetConfig, UNetConfig, config_from_dict
 from .encoders import ConditionerEncoder, FourierFeatures, SigmaEmbedding
-from .local import prepare_conditions
+from .local import LocalConditionalDenoiser, prepare_conditions
 
-__all__ = ["GlobalConditionalDenoiser", "PooledSetEmbedding", "TokenEncoder", "UNet", "UNetResBlock"]
+__all__ = [
+    "GlobalConditionalDenoiser",
+    "PooledSetEmbedding",
+    "TokenEncoder",
+    "UNet",
+    "UNetResBlock",
+    "build_denoiser",
+]
 
 
 class UNetResBlock(nn.Module):
@@ -292,3 +299,22 @@ class GlobalConditionalDenoiser(EDMPreconditioner):
     def conditioner_radius(self) -> int | None:
         """``None``: the U-Net is global in conditioners."""
         return None
+
+
+def build_denoiser(
+    config: LocalNetConfig | UNetConfig | dict[str, Any],
+) -> LocalConditionalDenoiser | GlobalConditionalDenoiser:
+    """The denoiser a config describes: a config object, or a dict from :func:`~localscore.nn.config_to_dict`.
+
+    Example:
+        >>> from localscore.nn import LocalNetConfig, config_to_dict
+        >>> type(build_denoiser(config_to_dict(LocalNetConfig(width=8, heads=2)))).__name__
+        'LocalConditionalDenoiser'
+    """
+    cfg = config_from_dict(config) if isinstance(config, dict) else config
+    if isinstance(cfg, LocalNetConfig):
+        return LocalConditionalDenoiser(cfg)
+    if isinstance(cfg, UNetConfig):
+        return GlobalConditionalDenoiser(cfg)
+    raise fail("build_denoiser", f"`config` is {describe(config)}, expected a LocalNetConfig, UNetConfig or "
+               "the dict of config_to_dict.")
