@@ -78,7 +78,7 @@ def payload_digest(obj: Any) -> str:
     """SHA-256 over every tensor (name, dtype, shape, bytes) and the repr of the other leaves."""
     h = hashlib.sha256()
     for name, t in _tensors(obj):
-        t = t.detach().cpu().contiguous()
+        t = t.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 

@@ -74,7 +74,7 @@ def _index(name: Any, names: Sequence[str], kind: str, where: str) -> int:
         key = name.strip().lower()
         if key in names:
             return names.index(key)
-    raise fail(where, f"unknown {kind} {describe(name)}; expected one of {', '.join(names)}.",
+    raise fail(where, f"unknown {kind} {name!r}; expected one of {', '.join(names)}.",
                f"use one of the {len(names)} {kind} names above (lower case).")
 
 

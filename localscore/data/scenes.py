@@ -295,7 +295,7 @@ def bounding_radius(shape: Tensor, size: Tensor, radii: tuple[float, float]) -> 
 
 def _sdf(d_row: Tensor, d_col: Tensor, shape: Tensor, r: Tensor) -> Tensor:
     """Signed distance (pixels, negative inside) for broadcastable offsets; shape/r broadcast too."""
-    disc = torch.sqrt(d_row**2 + d_col**2) - r
+    disc = torch.sqrt((d_row**2 + d_col**2).clamp_min(1e-12)) - r   # clamped: finite gradient at the centre
     square = torch.maximum(d_row.abs(), d_col.abs()) - _SQUARE_HALF * r
     half_in = 0.5 * _TRI_CIRCUM * r
     tri = torch.maximum(torch.maximum(d_row, -0.5 * d_row - _SQRT3_2 * d_col), -0.5 * d_row + _SQRT3_2 * d_col)
