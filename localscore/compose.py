@@ -1,9 +1,7 @@
 r"""Projective composition of per-object denoisers: guidance, negation, regional (masked) composition.
 
 A *composition* turns a background denoiser ``D_bg`` and component denoisers ``D_1 .. D_n`` into one
-denoiser
-
-.. code-block:: text
+denoiser::
 
     D_hat(x, sigma) = D_bg(x, sigma) + sum_j a_j(sigma) * ( D_j(x, sigma) - D_bg(x, sigma) )
     a_j[b, c, i, k]  = w_j[b](sigma) * on_j[b](sigma) * m_j[b, c, i, k](sigma)
@@ -47,6 +45,7 @@ from ._errors import describe, fail
 from .conditions import Conditions
 from .denoisers import BoundDenoiser, bind, call_denoiser, conditioner_radius, receptive_radius
 from .masks import MaskRule
+from .oracles._base import AnalyticDistribution
 
 __all__ = [
     "Composition",
@@ -360,7 +359,7 @@ class _MaskSource:
             else:
                 m = self.fn(s)
                 label = "the `masks` callable's output"
-            m = self._check(m, (None, n, H, W), B, where, label, f"[B, K, H, W] = [{B}, {n}, {H}, {W}]")
+            m = self._check(m, (None, n, H, W), B, where, label, f"[B, K, H, W] = [{B}, {n}, {H}, {W}]", x.device)
             return [m[:, j : j + 1] for j in range(n)]
         out: list[Tensor | None] = []
         for j, item in enumerate(self.items):
@@ -369,15 +368,17 @@ class _MaskSource:
                 continue
             m = item if isinstance(item, Tensor) else item(s)
             m = self._check(m, (None, None, H, W), B, where, f"`masks[{j}]`", f"[B, 1 or C, H, W] = [{B}, 1 or {C}, "
-                            f"{H}, {W}]", channels=C)
+                            f"{H}, {W}]", x.device, channels=C)
             out.append(m)
         return out
 
     @staticmethod
     def _check(m: Any, shape: tuple[int | None, ...], B: int, where: str, label: str, want: str,
-               channels: int | None = None) -> Tensor:
+               device: torch.device, channels: int | None = None) -> Tensor:
         if not isinstance(m, Tensor):
             raise fail(where, f"{label} is {describe(m)}, expected a tensor {want}.")
+        if m.device != device:
+            raise fail(where, f"{label} is on {m.device} but x is on {device}.", "move the masks to x's device.")
         ok = m.dim() == 4 and m.shape[0] in (1, B) and all(e is None or e == g for e, g in zip(shape[1:], m.shape[1:]))
         if ok and channels is not None:
             ok = m.shape[1] in (1, channels)
@@ -411,6 +412,26 @@ def _target(d: Any, B: int, device: torch.device) -> tuple[Any, Conditions | Non
     if isinstance(d, BoundDenoiser):
         return d.inner, d.conditions_for(B, device), True
     return d, None, False
+
+
+def _crop_blocker(d: Any) -> str | None:
+    """Why network ``d`` cannot be evaluated on crops (``None`` if nothing says it cannot).
+
+    Walks the ``inner`` chain: a network with a fixed image shape (an analytic oracle) or one that declares
+    ``translation_equivariant = False`` (coordinate channels, absolute position embeddings) is never cropped.
+    """
+    seen: set[int] = set()
+    obj = d
+    while obj is not None and id(obj) not in seen:
+        seen.add(id(obj))
+        if getattr(obj, "translation_equivariant", None) is False:
+            return f"{type(obj).__name__} declares translation_equivariant = False"
+        if isinstance(obj, AnalyticDistribution):
+            return f"{type(obj).__name__} is defined on a fixed image shape {tuple(obj.shape)}"
+        if isinstance(obj, BoundDenoiser):
+            return "it wraps a bound denoiser whose conditions are in full-image coordinates"
+        obj = getattr(obj, "inner", None)
+    return None
 
 
 def _group_key(fn: Any, cond: Conditions | None, extra: tuple[Any, ...] = ()) -> tuple[Any, ...]:
@@ -448,10 +469,10 @@ def _run_jobs(jobs: list[_Job], where: str, *, merge: bool, max_batch: int | Non
             cond = None if first.cond is None else Conditions.cat([c for c in conds if c is not None])
         pix = x.shape[-1] * x.shape[-2]
         parts = []
-        for sl in _chunks(x.shape[0], pix, max_batch, max_pixels):
-            xc = x[sl]
-            cc = None if cond is None else cond[sl]
-            parts.append(call_denoiser(first.fn, xc, s[sl], cc, where, first.name))
+        chunks = _chunks(x.shape[0], pix, max_batch, max_pixels)
+        for sl in chunks:
+            xc, sc, cc = (x, s, cond) if len(chunks) == 1 else (x[sl], s[sl], None if cond is None else cond[sl])
+            parts.append(call_denoiser(first.fn, xc, sc, cc, where, first.name))
         y = parts[0] if len(parts) == 1 else torch.cat(parts)
         start = 0
         for i in idx:
@@ -520,8 +541,10 @@ class Composition:
       evaluated on a crop only. Requirements: every cropped component declares ``receptive_radius`` ``R``
       (its output at a pixel depends only on input pixels within Chebyshev distance ``R``), is translation
       equivariant (shifting the image and the conditioner positions shifts the output; conditioner
-      positions are shifted into crop coordinates), treats image borders locally (zero, reflect or
-      replicate padding; not circular), and has a bounded *effect support* ``S_jb``: the box holding the
+      positions are shifted into crop coordinates; a network that is not, e.g. one with coordinate
+      channels, must declare ``translation_equivariant = False``, and analytic oracles, defined on one
+      image shape, are never cropped), accepts smaller images, treats image borders locally (zero,
+      reflect or replicate padding; not circular), and has a bounded *effect support* ``S_jb``: the box holding the
       non-zero entries of its mask, and/or, for ``bind(D, c)`` over the background ``bind(D, none)`` of the
       same ``D`` declaring ``conditioner_radius`` ``r``, the box ``pos +- r`` around the valid conditioners
       (where ``D(x|c) != D(x|none)`` can hold).
@@ -553,6 +576,10 @@ class Composition:
         >>> comp(torch.zeros(1, 1, 2, 2), 1.0)[0, 0, 0, 0].item()   # 0 + 1 * (1 - 0) - 0.5 * (2 - 0)
         0.0
     """
+
+    #: Never evaluated on crops as a component of another composition: its conditions and masks are in
+    #: full-image coordinates.
+    translation_equivariant = False
 
     def __init__(
         self,
@@ -634,6 +661,15 @@ class Composition:
 
         Returns:
             ``[B, C, H, W]``, the composed denoiser output.
+
+        Example:
+            >>> import torch
+            >>> from localscore import Conditions
+            >>> D = lambda x, s, c=None: x + (0 if c is None else c.counts().view(-1, 1, 1, 1).to(x.dtype))
+            >>> comp = projective_from(D, Conditions.from_lists([[(0.0, 0.0), (1.0, 1.0)]]))
+            >>> x = torch.zeros(1, 1, 2, 2)
+            >>> torch.equal(comp.evaluate(x, 1.0, strategy="sequential"), comp.evaluate(x, 1.0, strategy="batched"))
+            True
         """
         where = "Composition"
         if cond is not None:
@@ -657,7 +693,15 @@ class Composition:
         return self._eval_full(x, s, coef, masks, active, targets, where, merge=chosen == "batched")
 
     def plan(self, x: Tensor, sigma: Any) -> str:
-        """The strategy ``auto`` would use for these inputs (``"crop"``, ``"batched"`` or ``"sequential"``)."""
+        """The strategy a call would use for these inputs: ``self.strategy``, or what ``auto`` resolves to.
+
+        Example:
+            >>> import torch
+            >>> from localscore import Conditions
+            >>> D = lambda x, s, c=None: x                       # declares no receptive radius: no crops
+            >>> projective_from(D, Conditions.from_lists([[(0.0, 0.0)]])).plan(torch.zeros(1, 1, 4, 4), 1.0)
+            'batched'
+        """
         where = "Composition.plan"
         x = check_image(x, where)
         s = as_sigma(sigma, x.shape[0], where, like=x)
@@ -698,33 +742,36 @@ class Composition:
         jobs: list[_Job] = []
         fn_bg, c_bg, _ = self._bg_target(B, x.device)
         jobs.append(_Job(_group_key(fn_bg, c_bg), fn_bg, x, s, c_bg, "background"))
-        used: list[tuple[int, Tensor]] = []
+        used: list[tuple[int, Tensor | None]] = []
         for j, (fn, c, _) in enumerate(targets):
             rows = active[:, j]
             if not bool(rows.any()):
                 continue
             if bool(rows.all()):
-                idx = None
                 jobs.append(_Job(_group_key(fn, c), fn, x, s, c, f"components[{j}]"))
+                used.append((j, None))
             else:
-                idx = rows.nonzero().flatten()
-                jobs.append(_Job(_group_key(fn, c), fn, x[idx], s[idx], None if c is None else c[idx],
+                sel = rows.nonzero().flatten()
+                jobs.append(_Job(_group_key(fn, c), fn, x[sel], s[sel], None if c is None else c[sel],
                                  f"components[{j}]"))
-            used.append((j, idx if idx is not None else torch.arange(B, device=x.device)))
+                used.append((j, sel))
         outs = _run_jobs(jobs, where, merge=merge, max_batch=self.max_batch, max_pixels=self.max_pixels)
         d_bg = outs[0]
         out = d_bg
         for (j, idx), d_j in zip(used, outs[1:]):
-            a = coef[idx, j].view(-1, 1, 1, 1)
+            # a_j = w_j * on_j * m_j on the images the component acts on; D_hat += a_j * (D_j - D_bg)
             m = masks[j]
-            if m is not None:
-                mm = m.to(x.dtype)
-                a = a * (mm if mm.shape[0] == 1 else mm[idx])
-            delta = a * (d_j - d_bg[idx])
-            if idx.shape[0] == B:
-                out = out + delta
+            if idx is None:
+                a = coef[:, j].view(-1, 1, 1, 1)
+                if m is not None:
+                    a = a * m.to(x.dtype)
+                out = out + a * (d_j - d_bg)
             else:
-                out = out.index_add(0, idx, delta)
+                a = coef[idx, j].view(-1, 1, 1, 1)
+                if m is not None:
+                    mm = m.to(x.dtype)
+                    a = a * (mm if mm.shape[0] == 1 else mm[idx])
+                out = out.index_add(0, idx, a * (d_j - d_bg[idx]))
         return out
 
     def _choose(self, x: Tensor, masks: list[Tensor | None], active: Tensor, targets: list[Any],
@@ -755,6 +802,12 @@ class Composition:
                                "only on input pixels within that Chebyshev distance), or use strategy='batched'.")
                 return None
             radii.append(0 if R is None else int(R))
+            blocker = _crop_blocker(targets[j][0]) if any(act[b][j] for b in range(B)) else None
+            if blocker is not None:
+                if strict:
+                    raise fail(where, f"strategy 'crop' cannot evaluate components[{j}] on crops: {blocker}.",
+                               "use strategy='batched' (or 'auto', which only crops where it is exact).")
+                return None
         # Effect boxes from the masks: first and last non-zero row and column, all masks at once.
         boxes: dict[tuple[int, int], list[int]] = {}
         with_mask = [j for j in range(n) if masks[j] is not None]

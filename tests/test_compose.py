@@ -237,11 +237,15 @@ def test_compositions_nest():
     torch.testing.assert_close(outer(x, 0.9), u + 2.0 * (inner(x, 0.9) - u), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(outer(x, 0.9), _formula(D, x, 0.9, cond, [2.0, 2.0, 2.0]), rtol=1e-10, atol=1e-10)
     assert outer.receptive_radius == 2
-    # a nested composition with a mask can be cropped
-    box = box_masks(cond, (H, W), 3.0)[:, :1]
-    outer2 = masked(bg, [inner], [box], strategy="crop")
-    ref = masked(bg, [inner], [box], strategy="sequential")(x, 0.9)
+    # a nested composition holds conditions in full-image coordinates: never cropped, auto falls back
+    box = box_masks(cond, (H, W), 1.0)[:, 1:2]  # around (8, 8): a crop would shift the coordinates
+    outer2 = masked(bg, [inner], [box])
+    ref = outer2.evaluate(x, 0.9, strategy="sequential")
+    torch.testing.assert_close(ref, _formula(D, x, 0.9, cond, masks=box.expand(1, 3, H, W)), rtol=1e-10, atol=1e-10)
+    assert outer2.plan(x, 0.9) == "batched"
     torch.testing.assert_close(outer2(x, 0.9), ref, rtol=1e-12, atol=1e-12)
+    with pytest.raises(LocalScoreError, match="translation_equivariant = False"):
+        outer2.evaluate(x, 0.9, strategy="crop")
 
 
 # ----------------------------------------------------------------------------------------- strategies
@@ -447,3 +451,55 @@ def test_mask_rule_box_masks_are_cropped_and_exact():
     # mask box 5 (within the conditioner box 2 * 5 + 1) dilated by R = 3: crops of 11
     assert D.calls[1] == (4, 2, 11, 11)
     assert isinstance(Composition(bind(D, None), []), Composition)
+
+
+_shapes = st.lists(st.integers(1, 4), min_size=0, max_size=4).map(tuple)
+
+
+@given(
+    weight_kind=st.sampled_from(["tensor", "list", "number", "callable", "junk"]),
+    weight_shape=_shapes,
+    list_len=st.integers(0, 4),
+    mask_shape=st.one_of(st.none(), _shapes.map(lambda t: (*t, 1, 1, 1, 1)[:4]), st.just((2, 3, 6, 6)),
+                         st.just((1, 1, 6, 6))),
+    sigma_shape=_shapes,
+    bad_value=st.sampled_from([0.5, float("nan"), float("inf"), -1.0]),
+)
+def test_fuzzed_arguments_either_work_or_raise_localscore_error(weight_kind, weight_shape, list_len, mask_shape,
+                                                                sigma_shape, bad_value):
+    D = LocalConvDenoiser(channels=3, layers=1, paint=0)
+    x = _x(2, C=3, size=6)
+    cond = _cond([[(1.0, 1.0), (4.0, 4.0), (2.0, 5.0)]] * 2)
+    weights = {
+        "tensor": torch.full(weight_shape, bad_value),
+        "list": [bad_value] * list_len,
+        "number": bad_value,
+        "callable": lambda s: torch.full(weight_shape, bad_value),
+        "junk": "heavy",
+    }[weight_kind]
+    masks = None if mask_shape is None else torch.rand(mask_shape)
+    sigma = torch.full(sigma_shape, abs(bad_value) if bad_value == bad_value else 1.0)
+    try:
+        comp = Composition(bind(D, cond.drop_all()), [bind(D, c) for c in cond.singletons()], weights, masks=masks)
+        for strategy in ("sequential", "batched", "crop"):
+            out = comp.evaluate(x, sigma, strategy=strategy)
+            assert out.shape == x.shape and bool(torch.isfinite(out).all())
+    except LocalScoreError:
+        pass
+
+
+def test_crop_through_an_adapter_chain_and_chunked():
+    """The radii are found through adapters (``.inner``); crops are chunked to the memory budget."""
+    from localscore.denoisers import X0Denoiser
+
+    net = LocalConvDenoiser(paint=1, layers=2, seed=4)
+    D = X0Denoiser(net, vp_input=True)
+    x = _x(2, size=20)
+    cond = _cond([[(3.0, 3.0), (10.0, 15.0), (17.0, 6.0)], [(9.0, 9.0)]])
+    comp = projective_from(D, cond, max_batch=2)
+    seq = comp.evaluate(x, 0.7, strategy="sequential")
+    net.calls.clear()
+    assert comp.plan(x, 0.7) == "crop"
+    torch.testing.assert_close(comp(x, 0.7), seq, rtol=1e-5, atol=1e-5)
+    assert [c[0] for c in net.calls] == [2, 2, 2]  # background (2 images), then 4 crops in chunks of 2
+    assert all(c[-2:] == (11, 11) for c in net.calls[1:])
