@@ -70,7 +70,7 @@ def test_colored_on_one_far_dependency() -> None:
         return z + 1e-3 * torch.roll(z, shifts=5, dims=3)
 
     x = torch.randn(1, 1, 9, 9, dtype=torch.float64)
-    with pytest.raises(LocalScoreError, match="Chebyshev distance [45]"):
+    with pytest.raises(LocalScoreError, match=r"Chebyshev distance [45]"):
         jacobian(fn, x, method="colored", radius=1)
 
 

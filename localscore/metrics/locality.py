@@ -40,7 +40,7 @@ def _check_metric(metric: Any, where: str) -> Metric:
     if metric not in ("chebyshev", "euclidean"):
         raise fail(where, f"`metric` is {metric!r}, expected 'chebyshev' or 'euclidean'.",
                    "declared receptive radii are Chebyshev distances; use metric='chebyshev' to compare with them.")
-    return metric  # type: ignore[no-any-return]
+    return metric
 
 
 def _sigma_list(sigma: Any, batch: int, where: str, like: Tensor) -> list[Tensor]:
@@ -83,7 +83,7 @@ def _profile(heat: Tensor, metric: Metric) -> tuple[Tensor, Tensor]:
 
 def _heat_dense(M: Tensor) -> Tensor:
     """``M [B, H, W, H, W]`` squared masses -> heat-map ``[2Dm + 1, 2Dm + 1]``, ``Dm = max(H, W) - 1``."""
-    B, H, W = M.shape[:3]
+    H, W = M.shape[1:3]
     Dm = max(H, W) - 1
     side = 2 * Dm + 1
     tot = M.sum(dim=(3, 4))
@@ -155,8 +155,8 @@ def pixel_locality(
     Jacobian ``method``: ``"dense"`` (exact, ``C H W`` VJPs), ``"colored"`` (exact for a map of
     receptive radius ``radius``, verified; see :func:`~localscore.metrics.jacobian`), ``"probes"``
     (exact rows at ``n_rows`` random output pixels: an unbiased estimate of the average), or ``"auto"``:
-    colored when a radius is given or declared by the model (``receptive_radius``), else dense when it
-    fits ``max_memory``, else probes.
+    colored when a radius is given or declared by the model (``receptive_radius``) and its
+    ``(2R + 1)^2`` window is smaller than the image, else dense when it fits ``max_memory``, else probes.
 
     Args:
         denoiser: ``D(x, sigma, cond) -> [B, C, H, W]``.
@@ -202,10 +202,12 @@ def pixel_locality(
     sig = _sigma_list(sigma, B, where, x)
     R = radius if radius is not None else receptive_radius(denoiser)
     chosen: str = method
+    fits = B * (C * H * W) ** 2 * x.element_size() <= max_memory
     if method == "auto":
-        if R is not None:
-            chosen = "colored"
-        elif B * (C * H * W) ** 2 * x.element_size() <= max_memory:
+        P = None if R is None else 2 * R + 1
+        if P is not None and (min(P, H) * min(P, W) < H * W or not fits):
+            chosen = "colored"  # fewer products than dense
+        elif fits:
             chosen = "dense"
         else:
             chosen = "probes"
@@ -428,10 +430,10 @@ def _gradient(denoiser: Any, x: Tensor, s: Tensor, cond: Conditions, where: str)
                 assert ta is not None
                 ta[:, k, j - 2] = 1
             if attr is None:
-                _, t = torch.func.jvp(lambda p: f(p, None), (pos,), (tp,))
+                t = torch.func.jvp(lambda p: f(p, None), (pos,), (tp,))[1]
             else:
                 assert ta is not None
-                _, t = torch.func.jvp(f, (pos, attr), (tp, ta))
+                t = torch.func.jvp(f, (pos, attr), (tp, ta))[1]
             out[:, k] += t.detach().pow(2).sum(1)
     return out * cond.valid[:, :, None, None].to(out.dtype)
 
@@ -492,7 +494,7 @@ def conditional_locality(
     if not callable(denoiser):
         raise fail(where, f"`denoiser` is {describe(denoiser)}, expected a callable D(x, sigma, cond).")
     x = check_image(x, where).detach()
-    B, C, H, W = x.shape
+    B, _, H, W = x.shape
     c = _check_cond(cond, B, x.device, where, required=True)
     assert c is not None
     metric = _check_metric(metric, where)

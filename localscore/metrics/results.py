@@ -118,7 +118,8 @@ class PixelLocality(_Result):
         fig, axes = plt.subplots(1, S + 1, figsize=(4 * (S + 1), 3.6), squeeze=False)
         ax = axes[0, 0]
         for s in range(S):
-            ax.plot(self.distances.numpy(), self.profile[s].numpy(), marker=".", label=f"σ = {float(self.sigmas[s]):.3g}")
+            ax.plot(self.distances.numpy(), self.profile[s].numpy(), marker=".",
+                    label=f"σ = {float(self.sigmas[s]):.3g}")
         ax.set_xlabel(f"distance d ({self.metric}, pixels)")
         ax.set_ylabel("Jacobian mass within d")
         ax.set_ylim(0, 1.02)

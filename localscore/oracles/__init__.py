@@ -9,5 +9,7 @@ from __future__ import annotations
 from ._base import AnalyticDistribution
 from .gaussian import Gaussian, GaussianMixture
 from .objects import FactorizedObjects, OverlappingObjects
+from .patch_local import PatchLocalEmpirical
 
-__all__ = ["AnalyticDistribution", "FactorizedObjects", "Gaussian", "GaussianMixture", "OverlappingObjects"]
+__all__ = ["AnalyticDistribution", "FactorizedObjects", "Gaussian", "GaussianMixture", "OverlappingObjects",
+           "PatchLocalEmpirical"]

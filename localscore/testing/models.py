@@ -129,9 +129,10 @@ class LocalConvDenoiser(nn.Module):
 class GlobalConvDenoiser(LocalConvDenoiser):
     r"""The same stack with global pathways: every output pixel sees every pixel and every conditioner.
 
-    ``D = x + net(...) + g`` where ``g[b, c] = W_x mean_{i}(tanh(x[b, :, i])) + W_c sum_k e(c_k)`` is
-    added at every pixel: an image-wide mean-pooled feature, and (when conditional) the sum over
-    conditioners of an embedding ``e`` of their normalised position and attributes.
+    ``D = x + net(...) + g`` where ``g[b] = W_x mean_i tanh(net(...)[b, :, i]) + tanh(sum_k e(c_k) W_c)`` is
+    added at every pixel: an image-wide mean-pooled feature, and (when conditional) a nonlinear function of
+    the sum over conditioners of an embedding of their normalised position and attributes (nonlinear, so
+    projective composition fails too).
 
     Example:
         >>> import torch
@@ -162,5 +163,5 @@ class GlobalConvDenoiser(LocalConvDenoiser):
             if self.attr_dim and cond.attr is not None:
                 feats.append(cond.attr.to(x.dtype))
             e = torch.cat(feats, -1) @ self.embed  # [B, K, C]
-            g = g + (e * cond.valid[..., None].to(x.dtype)).sum(1)
+            g = g + torch.tanh((e * cond.valid[..., None].to(x.dtype)).sum(1))
         return out + g[:, :, None, None]
