@@ -131,7 +131,7 @@ def stage_evaluate(runs: list[tuple[ExperimentConfig, int]], out: Path, args: ar
             keep: list[torch.Tensor] = []
             res = evaluate_model(model, method, counts=exp.eval_counts, per_count=per_count, seed=EVAL_SEED,
                                  steps=exp.sampling_steps, solver=exp.sampler, mask_radius=exp.mask_radius,
-                                 batch_size=args.batch_size, progress=args.progress, keep_images=keep,
+                                 crop=exp.crop, batch_size=args.batch_size, progress=args.progress, keep_images=keep,
                                  meta={"experiment": exp.name, "train_seed": seed, "train_steps": steps_trained,
                                        "model": exp.model})
             d = res.to_dict()
@@ -154,7 +154,7 @@ def _grid(path: Path, images: torch.Tensor, model: Any, exp: ExperimentConfig, p
     counts = list(exp.eval_counts)
     req = request_scenes(model.scene.replace(counts=tuple(counts), labelling="all"), counts, per_count,
                          seed=EVAL_SEED)
-    rows = [c for c in GRID_COUNTS if c in counts]
+    rows = [c for c in GRID_COUNTS if c in counts] or counts[:5]
     cols = min(per_count, 4)
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.1 * cols, 1.15 * len(rows)), squeeze=False)
     for i, c in enumerate(rows):

@@ -67,8 +67,8 @@ __all__ = [
 ]
 
 ModelKind = Literal["local", "unet"]
-Method = Literal["joint", "projective", "masked"]
-_METHODS = ("joint", "projective", "masked")
+Method = Literal["joint", "projective", "masked", "localized"]
+_METHODS = ("joint", "projective", "masked", "localized")
 _MODEL_KIND = "localscore-model"
 _MODEL_VERSION = 1
 MODEL_NAMES = ("local-32", "baseline-32")
@@ -99,7 +99,12 @@ class ExperimentConfig:
         train: fields of :class:`~localscore.train.TrainConfig` (``seed`` is set per run).
         methods: how the trained model is sampled at test time (each evaluated): ``"joint"``,
             ``"projective"`` or ``"masked"`` (see :func:`sampler`).
-        mask_radius: radius in pixels of the disc masks of ``"masked"`` sampling.
+        mask_radius: radius in pixels of the disc masks of ``"masked"`` and ``"localized"`` sampling.
+        crop: window side of ``"localized"`` sampling (each object's passes see only that window of pixels);
+            ``None``: whole-image passes.
+        enforce_radius: the training-time intervention: if given, every cross-attention layer of the network is
+            masked to the conditioners within this Euclidean radius (pixels) during training and sampling
+            (:func:`localscore.nn.enforce_locality` with a :class:`~localscore.masks.DiscRule`).
         sampler: ``"euler"`` or ``"heun"``.
         sampling_steps: steps of the sampler.
         sigma_min: smallest positive noise level of the sampling grid.
@@ -124,6 +129,8 @@ class ExperimentConfig:
     train: dict[str, Any] = field(default_factory=dict)
     methods: tuple[str, ...] = ("joint",)
     mask_radius: float = 4.0
+    crop: int | None = None
+    enforce_radius: float | None = None
     sampler: Literal["euler", "heun"] = "euler"
     sampling_steps: int = 32
     sigma_min: float = 0.002
@@ -156,6 +163,13 @@ class ExperimentConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise fail(w, f"`{name}` is {v!r}, expected a positive finite number.")
+        for name in ("enforce_radius",):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                                  or v <= 0):
+                raise fail(w, f"`{name}` is {v!r}, expected None or a positive radius in pixels.")
+        if self.crop is not None and (isinstance(self.crop, bool) or not isinstance(self.crop, int) or self.crop < 4):
+            raise fail(w, f"`crop` is {self.crop!r}, expected None or a window side (int >= 4).")
         if not self.sigma_min < self.sigma_max:
             raise fail(w, f"`sigma_min` = {self.sigma_min} is not below `sigma_max` = {self.sigma_max}.")
         for name in ("eval_counts", "seeds"):
@@ -228,7 +242,7 @@ def load_experiments(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list
     """Read a benchmark config file: ``{"mode": ..., "defaults": {...}, "experiments": [{...}, ...]}``.
 
     Each experiment dict is merged over ``defaults`` (nested dicts ``network``/``scene``/``train`` are
-    merged key by key) and validated as an :class:`ExperimentConfig`.
+    merged key by key; ``network`` only when the experiment keeps the defaults' ``model`` kind) and validated as an :class:`ExperimentConfig`.
 
     Returns:
         ``(header, experiments)``: the file's other top-level keys, and the experiments in file order.
@@ -252,7 +266,10 @@ def load_experiments(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list
         if not isinstance(exp, dict):
             raise fail(where, f"experiment {i} in {str(p)!r} is {describe(exp)}, expected an object.")
         merged = {**defaults, **exp}
+        same_kind = exp.get("model", defaults.get("model")) == defaults.get("model")
         for key in ("network", "scene", "train"):
+            if key == "network" and not same_kind:
+                continue  # another network kind: the defaults' network fields do not apply
             if isinstance(defaults.get(key), dict) and isinstance(exp.get(key), dict):
                 merged[key] = {**defaults[key], **exp[key]}
         cfg = ExperimentConfig.from_dict(merged)
@@ -265,13 +282,17 @@ def load_experiments(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list
 
 
 # ------------------------------------------------------------------------------------------- models
-def build_denoiser(kind: str, network: LocalNetConfig | UNetConfig | Mapping[str, Any]) -> nn.Module:
+def build_denoiser(kind: str, network: LocalNetConfig | UNetConfig | Mapping[str, Any], *,
+                   enforce_radius: float | None = None) -> nn.Module:
     """Build an untrained denoiser ``D(x [B, 3, H, W], sigma [B], cond) -> [B, 3, H, W]``.
 
     Args:
         kind: ``"local"`` (:class:`~localscore.nn.LocalConditionalDenoiser`) or ``"unet"``
             (:class:`~localscore.nn.GlobalConditionalDenoiser`).
         network: the network config, or a dict of its fields (attribute length 13 unless given).
+        enforce_radius: if given, the network's cross-attention is masked to conditioners within this radius
+            (:func:`localscore.nn.enforce_locality` with ``DiscRule(enforce_radius)``, patched in place; the
+            result is a :class:`~localscore.nn.LocalityEnforced` whose ``inner`` is the network).
 
     Example:
         >>> D = build_denoiser("local", {"width": 8, "depth": 1})
@@ -279,10 +300,17 @@ def build_denoiser(kind: str, network: LocalNetConfig | UNetConfig | Mapping[str
         ('LocalConditionalDenoiser', 4)
     """
     cfg = network if isinstance(network, (LocalNetConfig, UNetConfig)) else _network_config(kind, network)
+    model: nn.Module | None = None
     if kind == "local" and isinstance(cfg, LocalNetConfig):
-        return LocalConditionalDenoiser(cfg)
+        model = LocalConditionalDenoiser(cfg)
     if kind == "unet" and isinstance(cfg, UNetConfig):
-        return GlobalConditionalDenoiser(cfg)
+        model = GlobalConditionalDenoiser(cfg)
+    if model is not None:
+        if enforce_radius is None:
+            return model
+        from .nn import enforce_locality
+
+        return enforce_locality(model, DiscRule(float(enforce_radius)), copy=False)
     raise fail("build_denoiser", f"`kind` {kind!r} does not match the config {type(cfg).__name__}.",
                "use kind='local' with a LocalNetConfig and kind='unet' with a UNetConfig.")
 
@@ -314,14 +342,15 @@ class LoadedModel:
 
 
 def save_model(path: str | os.PathLike[str], model: nn.Module, kind: str, network: LocalNetConfig | UNetConfig,
-               scene: SceneConfig, meta: Mapping[str, Any] | None = None) -> Path:
+               scene: SceneConfig, meta: Mapping[str, Any] | None = None, *,
+               enforce_radius: float | None = None) -> Path:
     """Write a compact model file atomically: weights (float32), configs and metadata (JSON values).
 
     The file is a ``torch.save`` archive loadable with ``weights_only=True`` and carries a SHA-256 digest of
     its contents (see :func:`load_model`).
     """
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    payload = {"kind": kind, "network": network.to_dict(), "scene": scene.to_dict(),
+    payload = {"kind": kind, "network": network.to_dict(), "scene": scene.to_dict(), "enforce_radius": enforce_radius,
                "meta": json.loads(json.dumps(dict(meta or {}))), "weights": state}
     return save_payload(path, payload, kind=_MODEL_KIND, version=_MODEL_VERSION)
 
@@ -361,7 +390,7 @@ def load_model(path_or_name: str | os.PathLike[str], *, device: torch.device | s
         return model_from_checkpoint(p, device=device)
     payload = load_payload(p, kind=_MODEL_KIND, version=_MODEL_VERSION, where="load_model")
     network = _network_config(payload["kind"], payload["network"])
-    model = build_denoiser(payload["kind"], network)
+    model = build_denoiser(payload["kind"], network, enforce_radius=payload.get("enforce_radius"))
     try:
         model.load_state_dict(payload["weights"])
     except RuntimeError as e:
@@ -388,7 +417,7 @@ def model_from_checkpoint(path: str | os.PathLike[str], *, device: torch.device 
                    "pass a model file written by save_model, or a run directory of train_experiment.")
     info = json.loads(exp_file.read_text(encoding="utf-8"))
     exp = ExperimentConfig.from_dict(info["experiment"])
-    model = build_denoiser(exp.model, exp.network_config())
+    model = build_denoiser(exp.model, exp.network_config(), enforce_radius=exp.enforce_radius)
     state = load_checkpoint(p, model, weights="ema")
     model.to(device).eval().requires_grad_(False)
     meta = {"experiment": exp.to_dict(), "seed": info.get("seed"), "steps": int(state["step"])}
@@ -457,7 +486,7 @@ def train_experiment(
     from ._io import atomic_write
 
     atomic_write(out / "experiment.json", lambda f: f.write(text))
-    model = build_denoiser(config.model, network)
+    model = build_denoiser(config.model, network, enforce_radius=config.enforce_radius)
     stream = SceneStream(scene, tcfg.batch_size, seed=seed, value_range=(-1.0, 1.0))
     t0 = time.perf_counter()
     trainer = train(model, stream, tcfg, out_dir=out, resume=True)
@@ -466,7 +495,8 @@ def train_experiment(
     meta = {"experiment": config.to_dict(), "seed": seed, "steps": trainer.step, "batch_size": tcfg.batch_size,
             "parameters": params, "train_seconds_this_call": round(seconds, 1),
             "final_loss": trainer.history[-1]["loss"] if trainer.history else None}
-    save_model(out / "model.pt", trainer.ema_model, config.model, network, scene, meta)
+    save_model(out / "model.pt", trainer.ema_model, config.model, network, scene, meta,
+               enforce_radius=config.enforce_radius)
     if log is not None:
         log(f"{config.name} seed {seed}: {trainer.step} steps, {params} parameters, {seconds:.0f} s")
     ema = trainer.ema_model.eval().requires_grad_(False)
@@ -483,6 +513,7 @@ def sampler(
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
     mask_radius: float = 4.0,
+    crop: int | None = None,
     progress: bool = False,
 ) -> Callable[[Conditions, torch.Generator], Tensor]:
     r"""A sampling function ``(cond [B, K], generator) -> images [B, 3, H, W]`` in ``[0, 1]``.
@@ -496,6 +527,9 @@ def sampler(
       (:func:`~localscore.compose.projective_from`, one pass per object);
     * ``"masked"``: ``D(x, sigma, none) + sum_k m_k (D(x, sigma, c_k) - D(x, sigma, none))`` with disc
       masks ``m_k`` of radius ``mask_radius`` around each object (:func:`~localscore.compose.masked_from`);
+    * ``"localized"``: the same masked composition computed by :func:`~localscore.nn.localize` with
+      ``crop``: each object's two passes see only the ``crop x crop`` window of pixels around it
+      (sampling-time pixel *and* conditioner locality for any network);
 
     and the result is mapped from ``[-1, 1]`` to ``[0, 1]``: ``images = clamp((x + 1) / 2, 0, 1)``.
     The composed methods need a model trained with conditioner dropout (its unconditional path).
@@ -537,8 +571,12 @@ def sampler(
                 out = solve(D, x, sig, cond, progress=progress)
             elif method == "projective":
                 out = solve(compose.projective_from(D, cond), x, sig, progress=progress)
-            else:
+            elif method == "masked":
                 out = solve(compose.masked_from(D, cond, rule), x, sig, progress=progress)
+            else:
+                from .nn import localize
+
+                out = solve(localize(D, rule, crop=crop), x, sig, cond, progress=progress)
         return ((out.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
 
     return run
@@ -554,6 +592,7 @@ def evaluate_model(
     steps: int = 32,
     solver: str = "euler",
     mask_radius: float = 4.0,
+    crop: int | None = None,
     batch_size: int = 64,
     progress: bool = False,
     meta: Mapping[str, Any] | None = None,
@@ -574,14 +613,15 @@ def evaluate_model(
         seed: seed of the layouts and the sampler noise.
         steps: sampler steps.
         solver: ``"euler"`` or ``"heun"``.
-        mask_radius: disc radius of ``"masked"``.
+        mask_radius: disc radius of ``"masked"`` and ``"localized"``.
+        crop: window side of ``"localized"``.
         batch_size: images per sampler call.
         progress: progress bar over batches.
         meta: extra metadata stored in the result.
         keep_images: if a list is given, the generated image batches ``[b, 3, H, W]`` are appended to it.
     """
     scene = model.scene.replace(counts=tuple(counts), labelling="all")
-    base = sampler(model, method, steps=steps, solver=solver, mask_radius=mask_radius)
+    base = sampler(model, method, steps=steps, solver=solver, mask_radius=mask_radius, crop=crop)
     if keep_images is None:
         fn = base
     else:
@@ -590,8 +630,10 @@ def evaluate_model(
             keep_images.append(images)
             return images
     info = {"method": method, "steps": steps, "solver": solver, **(dict(meta) if meta else {})}
-    if method == "masked":
+    if method in ("masked", "localized"):
         info["mask_radius"] = mask_radius
+    if method == "localized":
+        info["crop"] = crop
     return evaluate_sampler(fn, scene, counts=counts, per_count=per_count, seed=seed, batch_size=batch_size,
                             progress=progress, meta=info)
 
