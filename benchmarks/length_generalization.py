@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -51,7 +50,8 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
-def _runs(exps: list[ExperimentConfig], only: list[str] | None, seeds: list[int] | None) -> list[tuple[ExperimentConfig, int]]:
+def _runs(exps: list[ExperimentConfig], only: list[str] | None,
+          seeds: list[int] | None) -> list[tuple[ExperimentConfig, int]]:
     out = []
     for e in exps:
         if only and e.name not in only:

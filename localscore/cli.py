@@ -220,7 +220,7 @@ def _counts_arg(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a count range like 0..10 or a list like 1,2,5") from None
     if not out or min(out) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} gives no counts >= 0")
+        raise argparse.ArgumentTypeError(f"{text!r} gives an empty or negative set of counts; use e.g. 0..10")
     return out
 
 
@@ -292,7 +292,7 @@ def _sample(args: argparse.Namespace) -> int:
         print(f"warning: the model never saw {unseen} in training (it saw shapes {list(scene_cfg.shapes)}, sizes "
               f"{list(scene_cfg.sizes)}).", file=sys.stderr)
     fn = sampler(model, args.method, steps=args.steps, solver=args.solver, mask_radius=args.mask_radius,
-                 progress=not args.quiet)
+                 crop=args.crop, progress=not args.quiet)
     res = layout.resolution
     if res != model.resolution:
         fn = _sized_sampler(model, res, args)
@@ -316,7 +316,7 @@ def _sized_sampler(model: Any, res: int, args: argparse.Namespace) -> Callable[.
 
     resized = dataclasses.replace(model, scene=model.scene.replace(resolution=res))
     return sampler(resized, args.method, steps=args.steps, solver=args.solver, mask_radius=args.mask_radius,
-                   progress=not args.quiet)
+                   crop=args.crop, progress=not args.quiet)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -326,7 +326,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     model = _load(args.checkpoint)
     t0 = time.perf_counter()
     res = evaluate_model(model, args.method, counts=args.counts, per_count=args.per_count, seed=args.seed,
-                         steps=args.steps, solver=args.solver, mask_radius=args.mask_radius,
+                         steps=args.steps, solver=args.solver, mask_radius=args.mask_radius, crop=args.crop,
                          batch_size=args.batch_size, progress=not args.quiet,
                          meta={"checkpoint": str(args.checkpoint)})
     print(f"{args.checkpoint} ({model.kind}, {args.method} sampling), {args.per_count} images per count, "
@@ -516,11 +516,14 @@ def _parser() -> argparse.ArgumentParser:
     def model_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--checkpoint", required=True,
                        help="a shipped model name (local-32, baseline-32), a model file, or a training run folder")
-        q.add_argument("--method", choices=["joint", "projective", "masked"], default="joint",
-                       help="all objects in one conditioner set, or a (masked) composition of per-object passes")
+        q.add_argument("--method", choices=["joint", "projective", "masked", "localized"], default="joint",
+                       help="all objects in one conditioner set, or a (masked / cropped) composition of "
+                       "per-object passes")
         q.add_argument("--steps", type=int, default=24, help="sampler steps")
         q.add_argument("--solver", choices=["euler", "heun"], default="euler", help="ODE solver")
-        q.add_argument("--mask-radius", type=float, default=6.0, help="disc radius (px) of --method masked")
+        q.add_argument("--mask-radius", type=float, default=6.0,
+                       help="disc radius (px) of --method masked / localized")
+        q.add_argument("--crop", type=int, default=None, help="window side (px) of --method localized")
         q.add_argument("--seed", type=int, default=0, help="random seed")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -219,7 +219,7 @@ class ExperimentConfig:
                        "check the spelling of the experiment keys.")
         if "name" not in data:
             raise fail("ExperimentConfig.from_dict", "the experiment has no 'name'.")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> ExperimentConfig:
@@ -242,7 +242,8 @@ def load_experiments(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list
     """Read a benchmark config file: ``{"mode": ..., "defaults": {...}, "experiments": [{...}, ...]}``.
 
     Each experiment dict is merged over ``defaults`` (nested dicts ``network``/``scene``/``train`` are
-    merged key by key; ``network`` only when the experiment keeps the defaults' ``model`` kind) and validated as an :class:`ExperimentConfig`.
+    merged key by key; ``network`` only when the experiment keeps the defaults' ``model`` kind) and
+    validated as an :class:`ExperimentConfig`.
 
     Returns:
         ``(header, experiments)``: the file's other top-level keys, and the experiments in file order.
@@ -559,7 +560,7 @@ def sampler(
 
         B = cond.batch_size
         try:
-            dev = next(D.parameters()).device  # type: ignore[union-attr]
+            dev = next(D.parameters()).device
         except (AttributeError, StopIteration):
             dev = torch.device("cpu")
         cond = cond.to(dev)

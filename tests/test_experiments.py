@@ -177,7 +177,8 @@ def test_projective_equals_joint_for_far_apart_objects_of_a_local_net() -> None:
     model = _local_model()
     R = model.denoiser.conditioner_radius
     assert R is not None and 2 * R < 15
-    cond = Conditions.from_lists([[(0.0, 0.0), (15.0, 15.0)]], attrs=[[[1.0] + [0.0] * 12, [0.0] * 5 + [1.0] + [0.0] * 7]])
+    attrs = [[[1.0] + [0.0] * 12, [0.0] * 5 + [1.0] + [0.0] * 7]]
+    cond = Conditions.from_lists([[(0.0, 0.0), (15.0, 15.0)]], attrs=attrs)
     a = sampler(model, "joint", steps=3)(cond, torch.Generator().manual_seed(1))
     b = sampler(model, "projective", steps=3)(cond, torch.Generator().manual_seed(1))
     assert a.shape == (1, 3, 16, 16)
