@@ -334,7 +334,7 @@ def _plot(path: Path, points: list[tuple[str, float, float, float]]) -> None:
 
 
 def _docs_page(page: Path, md: str, rows: list[dict[str, Any]], out: Path, header: dict[str, Any]) -> None:
-    """Write this mode's section of the docs results page (``results/<mode>-section.md`` next to the page, with the
+    """Write this mode's section of the docs results page (``results/<mode>-section.txt`` next to the page, with the
     plot and the sample grids), then the page itself: a header and every mode's section (full before quick)."""
     assets = page.parent / "results"
     mode = str(header.get("mode", "run"))
@@ -362,9 +362,9 @@ def _docs_page(page: Path, md: str, rows: list[dict[str, Any]], out: Path, heade
     if grids:
         lines += ["### Samples (rows: 1, 3, 5, 8, 10 objects; + marks the requested positions)", "", *grids, ""]
     section = "\n".join(lines).encode()
-    atomic_write(assets / f"{mode}-section.md", lambda f: f.write(section))
+    atomic_write(assets / f"{mode}-section.txt", lambda f: f.write(section))
     order = {"full": 0, "quick": 1}
-    sections = sorted(assets.glob("*-section.md"), key=lambda p: (order.get(p.name.split("-")[0], 2), p.name))
+    sections = sorted(assets.glob("*-section.txt"), key=lambda p: (order.get(p.name.split("-")[0], 2), p.name))
     text = "\n".join([
         "# Results",
         "",
