@@ -412,6 +412,12 @@ def _demo(args: argparse.Namespace) -> int:
             cells.append(f"{row.perfect.format(2, True):>26} {row.exact_count.rate:>11.2f}")
         print(f"{c:>7} " + " ".join(cells))
     print(f"\n[lo, hi] = Wilson 95 % interval over {per_count} images. Sampling took {total:.0f} s in all.")
+    for n in models:
+        trained = [evals[n].row(c).perfect.rate for c in counts if c <= 3]
+        if sum(trained) / len(trained) < 0.5:
+            print(f"note: {n} fails already on the trained counts 1-3 (perfect {sum(trained) / len(trained):.2f}): "
+                  f"it is undertrained ({models[n].meta.get('steps', '?')} steps), so its row measures that, not "
+                  "length generalization.")
     requested = request_scenes(models["local-32"].scene.replace(counts=tuple(counts)), counts, per_count,
                                seed=args.seed)
     payload = {"counts": counts, "per_count": per_count, "steps": steps, "seed": args.seed,
