@@ -120,6 +120,8 @@ def stage_evaluate(runs: list[tuple[ExperimentConfig, int]], out: Path, args: ar
             continue
         steps_trained = int(model.meta.get("steps", 0))
         for method in exp.methods:
+            if args.methods and method not in args.methods:
+                continue
             target = run_dir / f"eval-{method}.json"
             if target.exists() and not args.force:
                 old = json.loads(target.read_text())
@@ -427,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="'ship' writes localscore/checkpoints/ from the trained runs (not part of 'all')")
     ap.add_argument("--only", nargs="*", help="experiment names to run (default all)")
     ap.add_argument("--seeds", nargs="*", type=int, help="training seeds to run (default the config's)")
+    ap.add_argument("--methods", nargs="*", help="evaluate only these test-time methods (default each experiment's)")
     ap.add_argument("--max-minutes", type=float, default=None, help="train each model for at most this long")
     ap.add_argument("--per-count", type=int, default=None, help="override the test images per count")
     ap.add_argument("--docs", default=None, help="also write the docs results page here")
