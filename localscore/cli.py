@@ -386,7 +386,7 @@ def _demo(args: argparse.Namespace) -> int:
         meta = m.meta
         print(f"  {name}: {m.kind} network, {meta.get('parameters', '?')} parameters, "
               f"{meta.get('steps', '?')} training steps (batch {meta.get('batch_size', '?')})")
-    print(f"Sampling {per_count} images for each of 1..10 objects per model ({steps} Euler steps); "
+    print(f"Sampling {per_count} images for each of 1..10 objects per model ({steps} Euler steps, {args.method}); "
           "'perfect' = the detector finds exactly the requested objects, each at its place in its colour.\n")
     t_all = time.perf_counter()
     results: dict[str, Any] = {}
@@ -394,7 +394,7 @@ def _demo(args: argparse.Namespace) -> int:
     for name, m in models.items():
         t0 = time.perf_counter()
         keep: list[Tensor] = []
-        res = evaluate_model(m, "joint", counts=counts, per_count=per_count, seed=args.seed, steps=steps,
+        res = evaluate_model(m, args.method, counts=counts, per_count=per_count, seed=args.seed, steps=steps,
                              batch_size=per_count * len(counts), progress=args.progress, meta={"model": name},
                              keep_images=keep)
         images[name] = torch.cat(keep)
@@ -508,6 +508,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--retrain", action="store_true",
                    help="train local-32 and baseline-32 from scratch first, then run --trained with them (CPU-hours)")
     d.add_argument("--retrain-steps", type=int, default=None, help="override the training steps of --retrain")
+    d.add_argument("--method", choices=["joint", "projective", "masked", "localized"], default="joint",
+                   help="how --trained models are conditioned: all objects at once, or composed per object")
     d.add_argument("--quiet", action="store_true", help="no training progress bars")
     d.set_defaults(func=_demo)
 
