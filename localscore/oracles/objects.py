@@ -732,26 +732,3 @@ class OverlappingObjects(_GaussianObjects):
     """
 
     _allow_overlap = True
-
-    def __init__(
-        self,
-        channels: int,
-        height: int,
-        width: int,
-        *,
-        object_radius: float,
-        object_mean: float | Sequence[float] | Tensor = 1.0,
-        attr_map: Tensor | None = None,
-        object_std: float = 0.3,
-        length_scale: float = 1.5,
-        channel_corr: Tensor | None = None,
-        mean_width: float | None = None,
-        background_mean: float | Sequence[float] | Tensor = 0.0,
-        background_std: float | Sequence[float] | Tensor = 0.2,
-        global_std: float = 0.0,
-        dtype: torch.dtype = torch.float64,
-    ) -> None:
-        super().__init__(channels, height, width, object_radius=object_radius, object_mean=object_mean,
-                         attr_map=attr_map, object_std=object_std, length_scale=length_scale,
-                         channel_corr=channel_corr, mean_width=mean_width, background_mean=background_mean,
-                         background_std=background_std, global_std=global_std, dtype=dtype)
