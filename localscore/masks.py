@@ -85,11 +85,33 @@ def pixel_grid(size: tuple[int, int], *, device: torch.device | str | None = Non
     return torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)
 
 
+def _axis_offsets(cond: Conditions, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """``(dr [B, K, H], dc [B, K, W])``: ``i - row_k`` and ``j - col_k``; padding rows hold ``+inf``."""
+    H, W = size
+    rows = torch.arange(H, device=cond.device, dtype=cond.dtype)
+    cols = torch.arange(W, device=cond.device, dtype=cond.dtype)
+    dr = rows - cond.pos[..., 0:1]  # [B, K, H]
+    dc = cols - cond.pos[..., 1:2]  # [B, K, W]
+    inf = torch.full((), float("inf"), dtype=dr.dtype, device=dr.device)
+    return torch.where(cond.valid[..., None], dr, inf), dc
+
+
+def _squared_distances(cond: Conditions, size: tuple[int, int]) -> Tensor:
+    """``[B, K, H, W]`` squared Euclidean distances ``(i - r_k)**2 + (j - c_k)**2``; ``+inf`` for padding.
+
+    Separable: built from the ``[B, K, H]`` and ``[B, K, W]`` offsets by one broadcast add, never a
+    ``[B, K, H, W, 2]`` tensor (the masks are rebuilt on every forward pass of a network).
+    """
+    dr, dc = _axis_offsets(cond, size)
+    return (dr * dr)[..., :, None] + (dc * dc)[..., None, :]
+
+
 def distances(cond: Conditions, size: tuple[int, int], metric: Metric = "euclidean") -> Tensor:
     """``[B, K, H, W]`` distance from each pixel to each conditioner's position.
 
     ``euclidean``: ``sqrt((i - r_k)**2 + (j - c_k)**2)``; ``chebyshev``: ``max(|i - r_k|, |j - c_k|)``.
-    Padding slots get ``+inf``.
+    Padding slots get ``+inf``. Both are computed separably (per-axis offsets ``[B, K, H]`` and
+    ``[B, K, W]``, one broadcast), and the Euclidean distance has gradient 0 (not NaN) where it is 0.
 
     Example:
         >>> c = Conditions.from_lists([[(0.0, 0.0)]])
@@ -101,11 +123,15 @@ def distances(cond: Conditions, size: tuple[int, int], metric: Metric = "euclide
     H, W = _check_size(size, where)
     if metric not in ("euclidean", "chebyshev"):
         raise fail(where, f"`metric` is {metric!r}, expected 'euclidean' or 'chebyshev'.")
-    grid = pixel_grid((H, W), device=cond.device, dtype=cond.dtype)  # [H, W, 2]
-    diff = grid[None, None] - cond.pos[:, :, None, None, :]  # [B, K, H, W, 2]
-    d = diff.norm(dim=-1) if metric == "euclidean" else diff.abs().amax(dim=-1)
-    inf = torch.full((), float("inf"), dtype=d.dtype, device=d.device)
-    return torch.where(cond.valid[:, :, None, None], d, inf)
+    if metric == "chebyshev":
+        dr, dc = _axis_offsets(cond, (H, W))
+        return torch.maximum(dr.abs()[..., :, None], dc.abs()[..., None, :])
+    d2 = _squared_distances(cond, (H, W))
+    if torch.is_grad_enabled() and cond.pos.requires_grad:  # sqrt'(0) is inf: keep the gradient finite at 0
+        pos = d2 > 0
+        return torch.where(pos, torch.sqrt(torch.where(pos, d2, torch.ones((), dtype=d2.dtype, device=d2.device))),
+                           torch.zeros((), dtype=d2.dtype, device=d2.device))
+    return torch.sqrt(d2)
 
 
 def resolve_radius(spec: RadiusSpec, cond: Conditions, sigma: Any, where: str, name: str = "radius") -> Tensor:
@@ -161,7 +187,7 @@ def disc_masks(cond: Conditions, size: tuple[int, int], radius: RadiusSpec, *, s
     where = "disc_masks"
     cond = _check_cond(cond, where)
     r = resolve_radius(radius, cond, sigma, where)
-    return distances(cond, size, "euclidean") <= r[:, :, None, None]
+    return torch.sqrt(_squared_distances(cond, _check_size(size, where))) <= r[:, :, None, None]
 
 
 def box_masks(cond: Conditions, size: tuple[int, int], half_size: RadiusSpec, *, sigma: Any = None) -> Tensor:
@@ -199,17 +225,16 @@ def gaussian_masks(cond: Conditions, size: tuple[int, int], std: RadiusSpec, *, 
     where = "gaussian_masks"
     cond = _check_cond(cond, where)
     s = resolve_radius(std, cond, sigma, where, "std")[:, :, None, None]
-    d = distances(cond, size, "euclidean")
-    finite = torch.isfinite(d)
-    d0 = torch.where(finite, d, torch.zeros((), dtype=d.dtype, device=d.device))
+    if truncate is not None and not truncate > 0:
+        raise fail(where, f"`truncate` is {truncate!r}, expected a positive number of standard deviations.")
+    d2 = _squared_distances(cond, _check_size(size, where))
+    finite = torch.isfinite(d2)
+    zero = torch.zeros((), dtype=d2.dtype, device=d2.device)
+    d0 = torch.where(finite, d2, zero)  # squared distance, 0 for padding
     safe = torch.where(s > 0, s, torch.ones((), dtype=s.dtype, device=s.device))
-    m = torch.where(s > 0, torch.exp(-(d0**2) / (2 * safe**2)), (d0 == 0).to(d.dtype))
-    m = torch.where(finite, m, torch.zeros((), dtype=m.dtype, device=m.device))
-    if truncate is not None:
-        if not truncate > 0:
-            raise fail(where, f"`truncate` is {truncate!r}, expected a positive number of standard deviations.")
-        m = torch.where(d0 <= truncate * s, m, torch.zeros((), dtype=m.dtype, device=m.device))
-    return m
+    m = torch.where(s > 0, torch.exp(-d0 / (2 * safe**2)), (d0 == 0).to(d2.dtype))
+    keep = finite if truncate is None else finite & (torch.sqrt(d0.detach()) <= truncate * s)
+    return torch.where(keep, m, zero)
 
 
 def nearest_conditioner(cond: Conditions, size: tuple[int, int], *, max_distance: RadiusSpec | None = None,
