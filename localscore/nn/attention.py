@@ -11,7 +11,8 @@ implements the locality protocol of :func:`localscore.nn.enforce_locality` (``lo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +29,15 @@ __all__ = [
     "ConditioningLayer",
     "GlobalSelfAttention",
     "MaskedCrossAttention",
+    "NeighborList",
     "NeighborhoodSelfAttention",
     "RenderedConditioning",
+    "choose_sparse",
+    "neighbor_list",
     "pool_mask",
 ]
+
+SparseMode = Literal["auto", "sparse", "dense"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,13 @@ class CondContext:
         mask: ``[B, K, H, W]`` full-resolution pixel-to-conditioner mask (bool or in ``[0, 1]``), or
             ``None`` for "every pixel may see every conditioner".
         sigma: ``[B]`` noise levels (for sigma-dependent rules), or ``None``.
+        neighbors: the compact per-pixel form of ``mask`` (:func:`neighbor_list`), or ``None``. When set,
+            conditioning layers at stride 1 without a ``mask=`` override or a ``locality_rule`` take the
+            sparse path and read it instead of ``mask``. :class:`~localscore.nn.LocalScoreNet` sets it
+            when :func:`choose_sparse` says so.
+        cache: per-forward scratch space: the layers store what they derive from ``mask`` (additive
+            attention biases, float weights) here, so the layers of one forward pass derive it once.
+            Build a new context for every forward pass (networks do).
 
     Example:
         >>> import torch
@@ -61,6 +74,163 @@ class CondContext:
     size: tuple[int, int]
     mask: Tensor | None = None
     sigma: Tensor | None = None
+    neighbors: NeighborList | None = None
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class NeighborList:
+    r"""The compact per-pixel form of a pixel-to-conditioner mask: for every pixel, the conditioners it may see.
+
+    For a mask ``m [B, K, H, W]`` and ``valid [B, K]``, pixel ``q`` (row-major, ``N = H W``) may see slot
+    ``k`` iff ``valid_k and m_qk > 0``. With ``c_q`` such slots and ``M = max_q c_q`` (over the whole
+    batch: nothing is ever dropped)::
+
+        index[b, q, j]  = the j-th allowed slot of q (increasing k),   j < c_q;   -1 for j >= c_q
+        weight[b, q, j] = m[b, index[b, q, j], q]  (1 for bool masks),  j < c_q;    0 for j >= c_q
+        valid[b, q, j]  = j < c_q
+
+    ``weight`` is differentiable with respect to a float mask (gathered from it). Build it with
+    :func:`neighbor_list`.
+
+    Attributes:
+        index: ``[B, N, M]`` long.
+        weight: ``[B, N, M]`` float.
+        valid: ``[B, N, M]`` bool.
+        num_slots: ``K``.
+        size: ``(H, W)``, the mask's (feature map's) size.
+        soft: True for a float mask (the attention adds ``log weight``), False for a bool one.
+    """
+
+    index: Tensor
+    weight: Tensor
+    valid: Tensor
+    num_slots: int
+    size: tuple[int, int]
+    soft: bool
+
+    @property
+    def max_neighbors(self) -> int:
+        """``M``: the most conditioners any pixel of the batch may see."""
+        return int(self.index.shape[-1])
+
+
+def _allowed(mask: Tensor, valid: Tensor) -> Tensor:
+    """bool ``[B, K, h, w]``: ``valid_k and m_qk > 0``."""
+    m = mask if mask.dtype == torch.bool else mask > 0
+    return m & valid[:, :, None, None]
+
+
+def neighbor_list(mask: Tensor, valid: Tensor) -> NeighborList:
+    r"""The per-pixel neighbour list of a mask ``[B, K, H, W]`` (see :class:`NeighborList`).
+
+    ``M`` is the largest number of allowed slots at any pixel of the batch, read from the mask (one
+    device-to-host synchronisation), so every allowed pair is kept. Cost: one pass over the ``B K H W``
+    mask plus ``O(nnz)`` scatters.
+
+    Args:
+        mask: ``[B, K, H, W]`` bool or float in ``[0, 1]``.
+        valid: ``[B, K]`` bool (False: padding, never allowed).
+
+    Example:
+        >>> import torch
+        >>> m = torch.zeros(1, 3, 1, 2, dtype=torch.bool)
+        >>> m[0, 0, 0, 0] = m[0, 2, 0, 0] = m[0, 2, 0, 1] = True
+        >>> nb = neighbor_list(m, torch.ones(1, 3, dtype=torch.bool))
+        >>> nb.index.tolist(), nb.valid.tolist()
+        ([[[0, 2], [2, -1]]], [[[True, True], [True, False]]])
+    """
+    where = "neighbor_list"
+    if not isinstance(mask, Tensor) or mask.dim() != 4:
+        raise fail(where, f"`mask` is {describe(mask)}, expected a [B, K, H, W] tensor.",
+                   "build masks with localscore.masks (e.g. disc_masks(cond, (H, W), r)).")
+    B, K, hh, ww = mask.shape
+    if not isinstance(valid, Tensor) or valid.dtype != torch.bool or tuple(valid.shape) != (B, K):
+        raise fail(where, f"`valid` is {describe(valid)}, expected a bool [B, K] = [{B}, {K}] tensor.",
+                   "pass Conditions.valid.")
+    N = hh * ww
+    soft = mask.dtype != torch.bool
+    wdtype = mask.dtype if soft else torch.get_default_dtype()
+    allowed = _allowed(mask, valid).flatten(2).transpose(1, 2)  # [B, N, K] view
+    count = allowed.sum(-1).flatten()  # [B N]
+    M = int(count.max()) if count.numel() else 0
+    nz = allowed.nonzero()  # [nnz, 3] rows (b, q, k), sorted by (b, q), then k
+    group = nz[:, 0] * N + nz[:, 1]
+    start = torch.cumsum(count, 0) - count
+    slot = torch.arange(nz.shape[0], device=mask.device) - start[group]
+    index = torch.full((B * N, M), -1, dtype=torch.long, device=mask.device)
+    index[group, slot] = nz[:, 2]
+    if soft:
+        w = mask.flatten(2)[nz[:, 0], nz[:, 2], nz[:, 1]]
+        weight = torch.zeros(B * N, M, dtype=wdtype, device=mask.device).index_put((group, slot), w)
+    else:
+        weight = torch.zeros(B * N, M, dtype=wdtype, device=mask.device)
+        weight[group, slot] = 1.0
+    index = index.view(B, N, M)
+    return NeighborList(index, weight.view(B, N, M), index >= 0, K, (hh, ww), soft)
+
+
+# The "auto" rule, per conditioning layer type: (K at least, M at most this fraction of K). Calibrated on the
+# 2-core development CPU at 32x32 (docs/networks.md, "Cost"): the attention's sparse path won from K = 32
+# (M about K / 3) up; the rendered map's single dense product beat building the list up to K = 256.
+SPARSE_RULES: dict[str, tuple[int, float]] = {"attention": (16, 0.5), "render": (1024, 0.0625)}
+
+
+def _functorch_active(*tensors: Tensor | None) -> bool:
+    """True under torch.func transforms (vmap, jvp, grad) or forward-mode AD: the sparse path's
+    ``embedding_bag`` has no forward-mode derivative or batching rule, so the dense path is taken."""
+    fwd = getattr(torch.autograd.forward_ad, "_current_level", -1)
+    if isinstance(fwd, int) and fwd >= 0:
+        return True
+    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    if wrapped is None:
+        return False
+    return any(t is not None and bool(wrapped(t)) for t in tensors)
+
+
+def choose_sparse(mask: Tensor | None, valid: Tensor, mode: SparseMode = "auto", *,
+                  conditioning: str = "attention", tensors: tuple[Tensor | None, ...] = ()) -> bool:
+    r"""Whether the conditioning layers should take the sparse (neighbour-list) path for this mask.
+
+    ``mode="dense"``: never; ``"sparse"``: whenever there is a mask and ``K > 0``; ``"auto"`` (the rule),
+    with ``(K_min, f) = SPARSE_RULES[conditioning]``::
+
+        sparse  iff  K >= K_min  and  M <= f K  and  no torch.func transform / forward-mode AD is active
+
+    where ``M`` is the most slots any pixel may see (from the mask; computed only when ``K >= K_min``) and
+    ``tensors`` are the inputs checked for transforms. ``SPARSE_RULES``: ``"attention"``: ``(16, 1/2)``;
+    ``"render"``: ``(1024, 1/16)``. Why: the dense attention does softmax work on ``heads x (1 + K)``
+    logits per pixel, which the list cuts to ``heads x (1 + M)`` (the logits themselves still come from
+    one matrix product); the rendered map's dense path is a single matrix product, which on the CPU we
+    measured beat building the list (about 4 ms for ``B K H W = 16 x 64 x 32 x 32``) up to ``K = 256``.
+    With large masks (``M`` near ``K``) the list saves nothing and costs ``[B, N, M]`` memory. The sparse
+    path sums values with ``embedding_bag``, which has neither a forward-mode derivative nor a vmap rule,
+    hence the last clause (``"sparse"`` under such a transform raises torch's error).
+
+    Example:
+        >>> import torch
+        >>> valid = torch.ones(1, 64, dtype=torch.bool)
+        >>> m = torch.zeros(1, 64, 8, 8, dtype=torch.bool); m[0, :4] = True   # each pixel sees 4 of 64
+        >>> choose_sparse(m, valid), choose_sparse(m[:, :8], valid[:, :8]), choose_sparse(m, valid, "dense")
+        (True, False, False)
+        >>> choose_sparse(m, valid, conditioning="render")
+        False
+    """
+    where = "choose_sparse"
+    if mode not in ("auto", "sparse", "dense"):
+        raise fail(where, f"`mode` is {mode!r}, expected 'auto', 'sparse' or 'dense'.")
+    if conditioning not in SPARSE_RULES:
+        raise fail(where, f"`conditioning` is {conditioning!r}, expected one of {sorted(SPARSE_RULES)}.")
+    if mode == "dense" or mask is None or mask.shape[1] == 0:
+        return False
+    if mode == "sparse":
+        return True
+    K = mask.shape[1]
+    k_min, frac = SPARSE_RULES[conditioning]
+    if K < k_min or _functorch_active(mask, valid, *tensors):
+        return False
+    M = int(_allowed(mask, valid).sum(1).max())
+    return M <= frac * K
 
 
 def pool_mask(mask: Tensor, stride: int) -> Tensor:
@@ -138,6 +308,34 @@ class ConditioningLayer(nn.Module):
                 mask = mask.to(ctx.pos.dtype) * rm.to(ctx.pos.dtype)
         return mask
 
+    def _neighbors(self, ctx: CondContext, hh: int, ww: int, stride: int, mask: Tensor | None) -> NeighborList | None:
+        """``ctx.neighbors`` if this call may take the sparse path (stride 1, no override, no rule), else None."""
+        nb = ctx.neighbors
+        if nb is None or mask is not None or stride != 1 or self.locality_rule is not None:
+            return None
+        if nb.size != (hh, ww) or tuple(ctx.size) != (hh, ww) or nb.num_slots != ctx.valid.shape[1]:
+            raise fail(type(self).__name__, f"the context's neighbour list is for size {nb.size} and "
+                       f"{nb.num_slots} slots, but the features are {(hh, ww)} (image {tuple(ctx.size)}) with "
+                       f"{ctx.valid.shape[1]} slots.", "build it with neighbor_list(mask, valid) from this "
+                       "forward pass's full-resolution mask.")
+        return nb
+
+    def _derived(self, name: str, ctx: CondContext, hh: int, ww: int, stride: int, mask: Tensor | None,
+                 dtype: torch.dtype, build: Any) -> Tensor:
+        """``build(mask)`` for this layer's mask, computed once per context when it is the shared one.
+
+        The result depends only on ``ctx`` (no override, no rule), so it is kept in ``ctx.cache`` under
+        ``(name, stride, dtype, grad mode)`` for the other layers of the same forward pass.
+        """
+        if mask is not None or self.locality_rule is not None:
+            return build(self._mask(ctx, hh, ww, stride, mask))
+        key = (name, stride, dtype, torch.is_grad_enabled())
+        out = ctx.cache.get(key)
+        if out is None:
+            out = build(self._mask(ctx, hh, ww, stride, None))
+            ctx.cache[key] = out
+        return out
+
 
 class MaskedCrossAttention(ConditioningLayer):
     r"""Cross-attention from image tokens to the conditioners each pixel's mask allows, plus a null token.
@@ -211,41 +409,104 @@ class MaskedCrossAttention(ConditioningLayer):
 
         ``stride``: how many full-resolution pixels one feature pixel spans per axis. ``mask`` (optional)
         overrides ``ctx.mask`` at this resolution: ``[B, K, h, w]``.
+
+        Implementation (the class docstring's formulas, rearranged): the null token is row 0 of the
+        key and value tables, ``k' = [k_null; W_k t]``, ``v' = [v_null; W_v t]``, with ``phi'_0 = 0``. The
+        mask and the relative term enter as one additive bias per image, shared by the heads:
+        ``g_q . phi'_j`` plus ``0`` for the null token, ``log m`` (float masks) or ``0`` where allowed, and
+        ``-inf`` elsewhere; the mask part is derived once per forward pass (``ctx.cache``). ``u`` comes out
+        of the value product, as the head mean of ``a_q . phi'``. Dense path: ``[B, heads, N, 1 + K]``
+        logits. Sparse path (``ctx.neighbors``): the logits of the null token and the ``M`` listed slots
+        are gathered from one matrix product, the softmax runs over those ``1 + M``, and the values are
+        summed over them with ``embedding_bag``.
         """
-        hh, ww = h.shape[-2:]
+        B, _, hh, ww = h.shape
+        N = hh * ww
         nh, d = self.heads, self.head_dim
-        m = self._mask(ctx, hh, ww, stride, mask)
+        K = ctx.tokens.shape[1]
+        scale = 1.0 / math.sqrt(d)
+        nb = self._neighbors(ctx, hh, ww, stride, mask)
         hq = rearrange(h, "b c y x -> b (y x) c")  # [B, N, C]
         q = rearrange(self.to_q(hq), "b n (nh d) -> b nh n d", nh=nh)  # [B, nh, N, d]
-        k = rearrange(self.to_k(ctx.tokens), "b k (nh d) -> b nh k d", nh=nh)  # [B, nh, K, d]
-        v = rearrange(self.to_v(ctx.tokens), "b k (nh d) -> b nh k d", nh=nh)
-        scale = 1.0 / math.sqrt(d)
-        logits = q @ k.transpose(-1, -2) * scale  # [B, nh, N, K]
-        phi = ang = None
+        kt = rearrange(self.to_k(ctx.tokens), "b k (nh d) -> b nh k d", nh=nh)  # [B, nh, K, d]
+        vt = rearrange(self.to_v(ctx.tokens), "b k (nh d) -> b nh k d", nh=nh)
+        k = torch.cat([self.null_k.to(h.dtype)[None, :, None, :].expand(B, nh, 1, d), kt], dim=2)  # [B, nh, 1+K, d]
+        v = torch.cat([self.null_v.to(h.dtype)[None, :, None, :].expand(B, nh, 1, d), vt], dim=2)
+        ang = g = phi = None
         if self.relative is not None and self.to_g is not None:
             phi = self.relative(ctx.pos.to(h.dtype))  # [B, K, 4F]
+            phi = torch.cat([phi.new_zeros(B, 1, phi.shape[-1]), phi], dim=1)  # [B, 1+K, 4F]; the null has none
             ang = self.relative.angles(_pixel_positions(hh, ww, stride, h.device, h.dtype))  # [N, 2, F]
-            g = rotate_features(self.to_g(hq), ang, inverse=True)  # [B, N, 4F]
-            logits = logits + (g @ phi.transpose(-1, -2) * scale)[:, None]
-        allowed = ctx.valid[:, None, None, :]
-        if m is not None:
-            mk = rearrange(m, "b k y x -> b 1 (y x) k")  # [B, 1, N, K]
-            if mk.dtype != torch.bool:
-                mk = mk.to(h.dtype)
-                one = torch.ones((), dtype=h.dtype, device=h.device)
-                logits = logits + torch.log(torch.where(mk > 0, mk, one))
-                mk = mk > 0
-            allowed = allowed & mk
-        logits = torch.where(allowed, logits, torch.full((), float("-inf"), dtype=h.dtype, device=h.device))
-        null_logit = (q * self.null_k[None, :, None, :]).sum(-1, keepdim=True) * scale  # [B, nh, N, 1]
-        a = torch.softmax(torch.cat([null_logit, logits], dim=-1), dim=-1)
-        a0, ak = a[..., :1], a[..., 1:]
-        out = a0 * self.null_v[None, :, None, :] + ak @ v  # [B, nh, N, d]
-        out = rearrange(out, "b nh n d -> b n (nh d)")
-        if phi is not None and ang is not None:
-            out = torch.cat([out, rotate_features(ak.mean(1) @ phi, ang)], dim=-1)
-        out = self.to_out(out)
-        return rearrange(out, "b (y x) c -> b c y x", y=hh, x=ww)
+            g = rotate_features(self.to_g(hq), ang, inverse=True) * scale  # [B, N, 4F]
+            v = torch.cat([v, phi[:, None].expand(B, nh, K + 1, -1)], dim=-1)  # u comes out of the value sum
+        q = q * scale
+        if nb is None:
+            bias = self._derived("attention_bias", ctx, hh, ww, stride, mask, h.dtype,
+                                 lambda m: _attention_bias(m, ctx.valid, N, h.dtype))  # [B, N, 1+K]
+            if g is not None and phi is not None:
+                bias = bias + g @ phi.transpose(1, 2)
+            a = torch.softmax(q @ k.transpose(-1, -2) + bias[:, None], dim=-1)  # [B, nh, N, 1+K]
+            out = a @ v  # [B, nh, N, d (+ 4F)]
+        else:
+            # slot-major [B, nh, 1+M, N]: the softmax over dim -2 keeps the N pixels contiguous (torch's CPU
+            # softmax over a short last dimension is several times slower)
+            sel, bias, rows = _sparse_attention_plan(ctx, nb, nh, h.dtype)
+            M1 = sel.shape[1]
+            if g is not None and phi is not None:
+                bias = bias + (phi @ g.transpose(1, 2)).gather(1, sel)  # [B, 1+M, N]
+            logits = (k @ q.transpose(-1, -2)).gather(-2, sel[:, None].expand(B, nh, M1, N))
+            a = torch.softmax(logits + bias[:, None], dim=-2)
+            out = F.embedding_bag(rows, v.reshape(B * nh * (K + 1), -1), mode="sum",
+                                  per_sample_weights=a.transpose(-1, -2).reshape(-1, M1)).view(B, nh, N, -1)
+        o = rearrange(out[..., :d], "b nh n d -> b n (nh d)")
+        if ang is not None:
+            o = torch.cat([o, rotate_features(out[..., d:].mean(1), ang)], dim=-1)
+        o = self.to_out(o)
+        return rearrange(o, "b (y x) c -> b c y x", y=hh, x=ww)
+
+
+def _attention_bias(m: Tensor | None, valid: Tensor, N: int, dtype: torch.dtype) -> Tensor:
+    """``[B, N, 1 + K]``: 0 for the null token; ``log m`` (float masks) or 0 where allowed; ``-inf`` elsewhere."""
+    B, K = valid.shape
+    zero = torch.zeros((), dtype=dtype, device=valid.device)
+    ninf = torch.full((), float("-inf"), dtype=dtype, device=valid.device)
+    if m is None:
+        allowed = valid[:, None, :].expand(B, N, K)
+        val: Tensor = zero
+    else:
+        mk = rearrange(m, "b k y x -> b (y x) k")  # [B, N, K]
+        allowed = valid[:, None, :] & (mk if mk.dtype == torch.bool else mk > 0)
+        if mk.dtype == torch.bool:
+            val = zero
+        else:
+            mk = mk.to(dtype)
+            val = torch.log(torch.where(allowed, mk, torch.ones((), dtype=dtype, device=mk.device)))
+    bias = torch.where(allowed, val, ninf)
+    return torch.cat([bias.new_zeros(B, N, 1), bias], dim=-1)
+
+
+def _sparse_attention_plan(ctx: CondContext, nb: NeighborList, heads: int,
+                           dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """``(sel, bias, rows)``, once per context. ``sel [B, 1 + M, N]``: the rows of ``[null; tokens]`` each
+    pixel reads (0 = the null token; padding reads 0 too); ``bias [B, 1 + M, N]``: 0 for the null token,
+    ``log weight`` or 0 for a listed slot, ``-inf`` for padding; ``rows [B heads N, 1 + M]``: ``sel`` as
+    rows of the flattened ``[B, heads, 1 + K, .]`` value table, one bag per (image, head, pixel)."""
+    key = ("attention_sparse", heads, dtype, torch.is_grad_enabled())
+    out = ctx.cache.get(key)
+    if out is None:
+        B, N, _ = nb.index.shape
+        K = nb.num_slots
+        sel = torch.cat([nb.index.new_zeros(B, N, 1), nb.index + 1], dim=-1)  # [B, N, 1+M]
+        one = torch.ones((), dtype=dtype, device=nb.weight.device)
+        w = nb.weight.to(dtype)
+        val = torch.log(torch.where(nb.valid, w, one)) if nb.soft else torch.zeros((), dtype=dtype, device=w.device)
+        bias = torch.where(nb.valid, val, torch.full((), float("-inf"), dtype=dtype, device=w.device))
+        bias = torch.cat([bias.new_zeros(B, N, 1), bias], dim=-1)
+        offset = (torch.arange(B * heads, device=sel.device) * (K + 1)).view(B, heads, 1, 1)
+        rows = (sel[:, None] + offset).reshape(B * heads * N, -1)
+        out = (sel.transpose(1, 2).contiguous(), bias.transpose(1, 2).contiguous(), rows)
+        ctx.cache[key] = out
+    return out
 
 
 class RenderedConditioning(ConditioningLayer):
@@ -287,20 +548,51 @@ class RenderedConditioning(ConditioningLayer):
         self.to_out = nn.Linear(dim + n_rel + 1, dim)
 
     def forward(self, h: Tensor, ctx: CondContext, *, stride: int = 1, mask: Tensor | None = None) -> Tensor:
-        """The rendered map at ``h``'s resolution ``[B, C, h, w]`` (``h`` gives the size only)."""
+        """The rendered map at ``h``'s resolution ``[B, C, h, w]`` (``h`` gives the size only).
+
+        Implementation: one table per conditioner, ``T_k = [W_t t_k, phi(p_k), 1]``, so that
+        ``[r_q, s_q, n_q] = sum_k m_qk T_k`` and ``u_q = Rot(x_q) s_q``. Dense path: one matrix product with
+        the ``[B, K, N]`` float mask (derived once per forward pass, ``ctx.cache``). Sparse path
+        (``ctx.neighbors``): ``embedding_bag`` over the ``M`` listed slots with the mask values as weights.
+        """
         B, _, hh, ww = h.shape
         N = hh * ww
-        m = self._mask(ctx, hh, ww, stride, mask)
-        valid = ctx.valid.to(h.dtype)[:, None, :]  # [B, 1, K]
-        mk = valid.expand(B, N, -1) if m is None else rearrange(m.to(h.dtype), "b k y x -> b (y x) k") * valid
-        parts = [mk @ self.to_t(ctx.tokens)]
+        K = ctx.tokens.shape[1]
+        nb = self._neighbors(ctx, hh, ww, stride, mask)
+        parts = [self.to_t(ctx.tokens)]
         if self.relative is not None:
-            phi = self.relative(ctx.pos.to(h.dtype))  # [B, K, 4F]
+            parts.append(self.relative(ctx.pos.to(h.dtype)))  # [B, K, 4F]
+        parts.append(torch.ones(B, K, 1, dtype=h.dtype, device=h.device))
+        table = torch.cat(parts, dim=-1)  # [B, K, C (+ 4F) + 1]
+        if nb is None:
+            w = self._derived("render_weights", ctx, hh, ww, stride, mask, h.dtype,
+                              lambda m: _render_weights(m, ctx.valid, N, h.dtype))  # [B, K, N]
+            agg = w.transpose(1, 2) @ table
+        else:
+            key = ("render_sparse", h.dtype, torch.is_grad_enabled())
+            plan = ctx.cache.get(key)
+            if plan is None:
+                rows = nb.index.clamp(min=0) + (torch.arange(B, device=h.device) * K).view(B, 1, 1)
+                plan = (rows.reshape(B * N, -1), nb.weight.to(h.dtype).reshape(B * N, -1))
+                ctx.cache[key] = plan
+            agg = F.embedding_bag(plan[0], table.reshape(B * K, -1), mode="sum",
+                                  per_sample_weights=plan[1]).view(B, N, -1)
+        C = self.to_t.out_features
+        out_parts = [agg[..., :C]]
+        if self.relative is not None:
             ang = self.relative.angles(_pixel_positions(hh, ww, stride, h.device, h.dtype))
-            parts.append(rotate_features(mk @ phi, ang))
-        parts.append(mk.sum(-1, keepdim=True))
-        out = self.to_out(torch.cat(parts, dim=-1))  # [B, N, C]
+            out_parts.append(rotate_features(agg[..., C:-1], ang))
+        out_parts.append(agg[..., -1:])
+        out = self.to_out(torch.cat(out_parts, dim=-1))  # [B, N, C]
         return rearrange(out, "b (y x) c -> b c y x", y=hh, x=ww)
+
+
+def _render_weights(m: Tensor | None, valid: Tensor, N: int, dtype: torch.dtype) -> Tensor:
+    """``[B, K, N]`` float: ``m_qk`` for valid slots, 0 for padding (all ones without a mask)."""
+    vf = valid.to(dtype)[:, :, None]  # [B, K, 1]
+    if m is None:
+        return vf.expand(-1, -1, N)
+    return m.flatten(2).to(dtype) * vf
 
 
 class NeighborhoodSelfAttention(nn.Module):

@@ -31,7 +31,15 @@ from .._errors import describe, fail
 from ..conditions import Conditions
 from ..denoisers import EDMPreconditioner
 from ..masks import MaskRule, distances
-from .attention import CondContext, ConditioningLayer, MaskedCrossAttention, RenderedConditioning
+from .attention import (
+    CondContext,
+    ConditioningLayer,
+    MaskedCrossAttention,
+    RenderedConditioning,
+    SparseMode,
+    choose_sparse,
+    neighbor_list,
+)
 from .blocks import LocalResBlock, make_norm
 from .config import LocalNetConfig
 from .encoders import ConditionerEncoder, FourierFeatures, SigmaEmbedding
@@ -87,6 +95,11 @@ class LocalScoreNet(nn.Module):
         rule: a custom :class:`~localscore.masks.MaskRule` instead of the config's; it must declare a
             finite ``support_radius(None)`` (an upper bound over every sigma), and every call checks that
             its masks respect it.
+        sparse: how the conditioning layers read the mask: ``"auto"`` (default; the rule of
+            :func:`~localscore.nn.choose_sparse`, per forward pass), ``"sparse"`` (always the per-pixel
+            neighbour list when ``K > 0``) or ``"dense"`` (always ``[B, N, K]``). All three compute the same
+            function (to float round-off); the attribute ``sparse`` may be changed at any time. It is
+            not part of the config (a runtime choice, not an architecture).
 
     Example:
         >>> import torch
@@ -97,12 +110,16 @@ class LocalScoreNet(nn.Module):
         (6, 9, 8.5)
     """
 
-    def __init__(self, config: LocalNetConfig | None = None, *, rule: MaskRule | None = None) -> None:
+    def __init__(self, config: LocalNetConfig | None = None, *, rule: MaskRule | None = None,
+                 sparse: SparseMode = "auto") -> None:
         super().__init__()
         cfg = config if config is not None else LocalNetConfig()
         if not isinstance(cfg, LocalNetConfig):
             raise fail("LocalScoreNet", f"`config` is {describe(cfg)}, expected a LocalNetConfig.")
+        if sparse not in ("auto", "sparse", "dense"):
+            raise fail("LocalScoreNet", f"`sparse` is {sparse!r}, expected 'auto', 'sparse' or 'dense'.")
         self.config = cfg
+        self.sparse: SparseMode = sparse
         self._check_support = rule is not None  # the config's rules honour their support by construction
         rule = rule if rule is not None else cfg.rule()
         support = rule.support_radius(None) if hasattr(rule, "support_radius") else None
@@ -215,7 +232,12 @@ class LocalScoreNet(nn.Module):
         sigma = torch.exp(4 * c_noise)
         mask = self.masks(cd, (H, W), sigma)
         tokens = self.encoder(cd.pos, cd.attr)
-        ctx = CondContext(tokens, cd.pos, cd.valid, (H, W), mask, sigma)
+        neighbors = None
+        if (any(b.cond is not None and b.cond.locality_rule is None for b in self._blocks())
+                and choose_sparse(mask, cd.valid, self.sparse, conditioning=self.config.conditioning,
+                                  tensors=(x_in, c_noise, cd.pos, cd.attr))):
+            neighbors = neighbor_list(mask, cd.valid)
+        ctx = CondContext(tokens, cd.pos, cd.valid, (H, W), mask, sigma, neighbors)
         emb = self.sigma_embed(c_noise)
         h = self.stem(x_in)
         for b in self.blocks:
@@ -240,6 +262,8 @@ class LocalConditionalDenoiser(EDMPreconditioner):
         config: a :class:`~localscore.nn.LocalNetConfig` (default: the 16x16 model); or pass its fields as
             keyword arguments.
         rule: optional custom mask rule (see :class:`LocalScoreNet`).
+        sparse: ``"auto"``, ``"sparse"`` or ``"dense"``: how conditioning reads the mask (see
+            :class:`LocalScoreNet`; same function, different cost). Change it later via ``D.inner.sparse``.
 
     Example:
         >>> import torch
@@ -256,12 +280,12 @@ class LocalConditionalDenoiser(EDMPreconditioner):
     inner: LocalScoreNet
 
     def __init__(self, config: LocalNetConfig | None = None, *, rule: MaskRule | None = None,
-                 **fields: Any) -> None:
+                 sparse: SparseMode = "auto", **fields: Any) -> None:
         if config is not None and fields:
             config = config.replace(**fields)
         elif config is None:
             config = LocalNetConfig(**fields)
-        net = LocalScoreNet(config, rule=rule)
+        net = LocalScoreNet(config, rule=rule, sparse=sparse)
         super().__init__(net, sigma_data=config.sigma_data)
 
     @property
