@@ -106,6 +106,27 @@ def _squared_distances(cond: Conditions, size: tuple[int, int]) -> Tensor:
     return (dr * dr)[..., :, None] + (dc * dc)[..., None, :]
 
 
+def _sqrt_threshold(r: Tensor) -> Tensor:
+    """The largest float ``t`` with ``sqrt(t) <= r`` (elementwise, ``r >= 0``), so that ``d2 <= t`` is exactly
+    ``sqrt(d2) <= r`` for every float ``d2 >= 0`` (``sqrt`` is correctly rounded, hence monotone) without a
+    square root per pixel. Starts at ``r * r`` (within an ulp or two of the answer) and steps by ulps."""
+    t = r * r
+    down = torch.full_like(t, float("-inf"))
+    up = torch.full_like(t, float("inf"))
+    for _ in range(64):  # at most a few steps are ever taken
+        over = torch.sqrt(t) > r
+        if not bool(over.any()):
+            break
+        t = torch.where(over, torch.nextafter(t, down), t)
+    for _ in range(64):
+        nxt = torch.nextafter(t, up)
+        fits = torch.sqrt(nxt) <= r
+        if not bool(fits.any()):
+            break
+        t = torch.where(fits, nxt, t)
+    return t
+
+
 def distances(cond: Conditions, size: tuple[int, int], metric: Metric = "euclidean") -> Tensor:
     """``[B, K, H, W]`` distance from each pixel to each conditioner's position.
 
@@ -187,7 +208,7 @@ def disc_masks(cond: Conditions, size: tuple[int, int], radius: RadiusSpec, *, s
     where = "disc_masks"
     cond = _check_cond(cond, where)
     r = resolve_radius(radius, cond, sigma, where)
-    return torch.sqrt(_squared_distances(cond, _check_size(size, where))) <= r[:, :, None, None]
+    return _squared_distances(cond, _check_size(size, where)) <= _sqrt_threshold(r)[:, :, None, None]
 
 
 def box_masks(cond: Conditions, size: tuple[int, int], half_size: RadiusSpec, *, sigma: Any = None) -> Tensor:

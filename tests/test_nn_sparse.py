@@ -322,3 +322,37 @@ def test_sparse_and_dense_agree_on_cuda() -> None:
         D.inner.sparse = mode  # type: ignore[assignment]
         outs.append(D(x, 0.5, cond))
     assert torch.allclose(outs[0], outs[1], rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------ the per-forward mask construction
+
+
+@given(seed=st.integers(0, 10_000), radius=st.one_of(st.integers(0, 9).map(float), st.floats(0.0, 9.0)),
+       decimals=st.integers(0, 2), double=st.booleans())
+def test_disc_masks_are_exactly_the_euclidean_definition(seed: int, radius: float, decimals: int, double: bool) -> None:
+    """``disc_masks`` compares squared distances with an ulp-exact threshold: the same bits as
+    ``sqrt((i - r)**2 + (j - c)**2) <= radius``, boundary pixels included (positions on a coarse grid)."""
+    from localscore.masks import distances
+
+    dtype = torch.float64 if double else torch.float32
+    g = torch.Generator().manual_seed(seed)
+    pos = (torch.rand(2, 12, 2, generator=g, dtype=dtype) * 15).round(decimals=decimals)
+    cond = Conditions(pos, None, torch.rand(2, 12, generator=g) < 0.8)
+    reference = distances(cond, (15, 13)) <= torch.tensor(radius, dtype=dtype)
+    assert torch.equal(disc_masks(cond, (15, 13), radius), reference)
+
+
+def test_distances_are_the_textbook_formula_with_finite_gradients() -> None:
+    from localscore.masks import distances
+
+    pos = torch.tensor([[[1.0, 2.0], [0.5, 0.25]]], dtype=torch.float64, requires_grad=True)
+    cond = Conditions(pos, None, torch.tensor([[True, False]]))
+    d = distances(cond, (3, 4))
+    i, j = torch.meshgrid(torch.arange(3.0, dtype=torch.float64), torch.arange(4.0, dtype=torch.float64),
+                          indexing="ij")
+    assert torch.allclose(d[0, 0], torch.sqrt((i - 1.0) ** 2 + (j - 2.0) ** 2), rtol=0, atol=1e-15)
+    assert bool(torch.isinf(d[0, 1]).all())
+    (grad,) = torch.autograd.grad(d[0, 0].sum(), pos)
+    assert bool(torch.isfinite(grad).all())  # the pixel at distance 0 contributes 0, not NaN
+    cheb = distances(cond, (3, 4), "chebyshev")
+    assert torch.equal(cheb[0, 0], torch.maximum((i - 1.0).abs(), (j - 2.0).abs()))

@@ -550,10 +550,11 @@ class RenderedConditioning(ConditioningLayer):
     def forward(self, h: Tensor, ctx: CondContext, *, stride: int = 1, mask: Tensor | None = None) -> Tensor:
         """The rendered map at ``h``'s resolution ``[B, C, h, w]`` (``h`` gives the size only).
 
-        Implementation: one table per conditioner, ``T_k = [W_t t_k, phi(p_k), 1]``, so that
-        ``[r_q, s_q, n_q] = sum_k m_qk T_k`` and ``u_q = Rot(x_q) s_q``. Dense path: one matrix product with
-        the ``[B, K, N]`` float mask (derived once per forward pass, ``ctx.cache``). Sparse path
-        (``ctx.neighbors``): ``embedding_bag`` over the ``M`` listed slots with the mask values as weights.
+        Implementation: one table row per conditioner, ``T_k = valid_k [W_t t_k, phi(p_k), 1]``, so that
+        ``[r_q, s_q, n_q] = sum_k m_qk T_k`` and ``u_q = Rot(x_q) s_q``; everything stays channel-first
+        (``[B, ., N]``), like the feature maps. Dense path: one matrix product ``T^T [B, ., K] @ m [B, K, N]``
+        with the float mask derived once per forward pass (``ctx.cache``). Sparse path (``ctx.neighbors``):
+        ``embedding_bag`` over the ``M`` listed slots with the mask values as weights.
         """
         B, _, hh, ww = h.shape
         N = hh * ww
@@ -563,11 +564,11 @@ class RenderedConditioning(ConditioningLayer):
         if self.relative is not None:
             parts.append(self.relative(ctx.pos.to(h.dtype)))  # [B, K, 4F]
         parts.append(torch.ones(B, K, 1, dtype=h.dtype, device=h.device))
-        table = torch.cat(parts, dim=-1)  # [B, K, C (+ 4F) + 1]
+        table = torch.cat(parts, dim=-1) * ctx.valid.to(h.dtype)[:, :, None]  # [B, K, C (+ 4F) + 1]
         if nb is None:
             w = self._derived("render_weights", ctx, hh, ww, stride, mask, h.dtype,
                               lambda m: _render_weights(m, ctx.valid, N, h.dtype))  # [B, K, N]
-            agg = w.transpose(1, 2) @ table
+            agg = table.transpose(1, 2) @ w  # [B, C (+ 4F) + 1, N]
         else:
             key = ("render_sparse", h.dtype, torch.is_grad_enabled())
             plan = ctx.cache.get(key)
@@ -576,23 +577,21 @@ class RenderedConditioning(ConditioningLayer):
                 plan = (rows.reshape(B * N, -1), nb.weight.to(h.dtype).reshape(B * N, -1))
                 ctx.cache[key] = plan
             agg = F.embedding_bag(plan[0], table.reshape(B * K, -1), mode="sum",
-                                  per_sample_weights=plan[1]).view(B, N, -1)
+                                  per_sample_weights=plan[1]).view(B, N, -1).transpose(1, 2)
         C = self.to_t.out_features
-        out_parts = [agg[..., :C]]
         if self.relative is not None:
-            ang = self.relative.angles(_pixel_positions(hh, ww, stride, h.device, h.dtype))
-            out_parts.append(rotate_features(agg[..., C:-1], ang))
-        out_parts.append(agg[..., -1:])
-        out = self.to_out(torch.cat(out_parts, dim=-1))  # [B, N, C]
-        return rearrange(out, "b (y x) c -> b c y x", y=hh, x=ww)
+            ang = self.relative.angles(_pixel_positions(hh, ww, stride, h.device, h.dtype))  # [N, 2, F]
+            u = rotate_features(agg[:, C:-1].transpose(1, 2), ang).transpose(1, 2)  # [B, 4F, N]
+            agg = torch.cat([agg[:, :C], u, agg[:, -1:]], dim=1)
+        out = torch.matmul(self.to_out.weight, agg) + self.to_out.bias[:, None]  # [B, C, N]
+        return out.view(B, -1, hh, ww)
 
 
 def _render_weights(m: Tensor | None, valid: Tensor, N: int, dtype: torch.dtype) -> Tensor:
-    """``[B, K, N]`` float: ``m_qk`` for valid slots, 0 for padding (all ones without a mask)."""
-    vf = valid.to(dtype)[:, :, None]  # [B, K, 1]
+    """``[B, K, N]`` float: ``m_qk`` (all ones without a mask); padding is zeroed in the table instead."""
     if m is None:
-        return vf.expand(-1, -1, N)
-    return m.flatten(2).to(dtype) * vf
+        return torch.ones((), dtype=dtype, device=valid.device).expand(*valid.shape, N)
+    return m.flatten(2).to(dtype)
 
 
 class NeighborhoodSelfAttention(nn.Module):
