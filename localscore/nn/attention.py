@@ -450,17 +450,25 @@ class MaskedCrossAttention(ConditioningLayer):
         else:
             # slot-major [B, nh, 1+M, N]: the softmax over dim -2 keeps the N pixels contiguous (torch's CPU
             # softmax over a short last dimension is several times slower)
-            sel, bias, rows = _sparse_attention_plan(ctx, nb, nh, h.dtype)
-            M1 = sel.shape[1]
+            plan = _sparse_attention_plan(ctx, nb, nh, h.dtype)
+            M1 = plan.bias.shape[1]
+            bias = plan.bias
             if g is not None and phi is not None:
-                bias = bias + (phi @ g.transpose(1, 2)).gather(1, sel)  # [B, 1+M, N]
-            logits = (k @ q.transpose(-1, -2)).gather(-2, sel[:, None].expand(B, nh, M1, N))
+                bias = bias + (phi @ g.transpose(1, 2)).reshape(-1).index_select(0, plan.rel_index).view(B, M1, N)
+            logits = (k @ q.transpose(-1, -2)).reshape(-1).index_select(0, plan.logit_index).view(B, nh, M1, N)
             a = torch.softmax(logits + bias[:, None], dim=-2)
-            out = F.embedding_bag(rows, v.reshape(B * nh * (K + 1), -1), mode="sum",
-                                  per_sample_weights=a.transpose(-1, -2).reshape(-1, M1)).view(B, nh, N, -1)
-        o = rearrange(out[..., :d], "b nh n d -> b n (nh d)")
-        if ang is not None:
-            o = torch.cat([o, rotate_features(out[..., d:].mean(1), ang)], dim=-1)
+            # one bag per (image, pixel, head): the null token and the M listed slots (padding weighs 0)
+            out = F.embedding_bag(plan.rows, v.reshape(B * nh * (K + 1), -1), mode="sum",
+                                  per_sample_weights=a.permute(0, 3, 1, 2).reshape(-1, M1))
+            out = out.view(B, N, nh, -1)  # [B, N, nh, d (+ 4F)]
+        if nb is None:
+            o = rearrange(out[..., :d], "b nh n d -> b n (nh d)")
+            urel = out[..., d:].mean(1) if ang is not None else None
+        else:
+            o = out[..., :d].reshape(B, N, nh * d)
+            urel = out[..., d:].mean(2) if ang is not None else None
+        if ang is not None and urel is not None:
+            o = torch.cat([o, rotate_features(urel, ang)], dim=-1)
         o = self.to_out(o)
         return rearrange(o, "b (y x) c -> b c y x", y=hh, x=ww)
 
@@ -485,28 +493,49 @@ def _attention_bias(m: Tensor | None, valid: Tensor, N: int, dtype: torch.dtype)
     return torch.cat([bias.new_zeros(B, N, 1), bias], dim=-1)
 
 
-def _sparse_attention_plan(ctx: CondContext, nb: NeighborList, heads: int,
-                           dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """``(sel, bias, rows)``, once per context. ``sel [B, 1 + M, N]``: the rows of ``[null; tokens]`` each
-    pixel reads (0 = the null token; padding reads 0 too); ``bias [B, 1 + M, N]``: 0 for the null token,
-    ``log weight`` or 0 for a listed slot, ``-inf`` for padding; ``rows [B heads N, 1 + M]``: ``sel`` as
-    rows of the flattened ``[B, heads, 1 + K, .]`` value table, one bag per (image, head, pixel)."""
+@dataclass(frozen=True)
+class _SparseAttentionPlan:
+    """Index tensors of the sparse attention, derived once per forward pass from a :class:`NeighborList`.
+
+    ``bias [B, 1 + M, N]``: the additive bias of the columns each pixel reads (0 for the null token,
+    ``log weight`` or 0 for a listed slot, ``-inf`` for padding). ``logit_index`` / ``rel_index`` pick
+    those columns (``sel = [0, index + 1]``, 0 = the null token; padding reads 0 too) out of the
+    flattened ``[B, heads, 1 + K, N]`` logits / ``[B, 1 + K, N]`` relative logits, in ``[B, heads, 1 + M,
+    N]`` / ``[B, 1 + M, N]`` order. ``rows [B N heads, 1 + M]``: for each (image, pixel, head) bag, the
+    rows of the flattened ``[B, heads, 1 + K, .]`` value table it sums.
+    """
+
+    bias: Tensor
+    logit_index: Tensor
+    rel_index: Tensor
+    rows: Tensor
+
+
+def _sparse_attention_plan(ctx: CondContext, nb: NeighborList, heads: int, dtype: torch.dtype) -> _SparseAttentionPlan:
+    """The :class:`_SparseAttentionPlan` of ``nb`` (kept in ``ctx.cache`` for the other layers)."""
     key = ("attention_sparse", heads, dtype, torch.is_grad_enabled())
-    out = ctx.cache.get(key)
-    if out is None:
-        B, N, _ = nb.index.shape
-        K = nb.num_slots
-        sel = torch.cat([nb.index.new_zeros(B, N, 1), nb.index + 1], dim=-1)  # [B, N, 1+M]
-        one = torch.ones((), dtype=dtype, device=nb.weight.device)
-        w = nb.weight.to(dtype)
-        val = torch.log(torch.where(nb.valid, w, one)) if nb.soft else torch.zeros((), dtype=dtype, device=w.device)
-        bias = torch.where(nb.valid, val, torch.full((), float("-inf"), dtype=dtype, device=w.device))
-        bias = torch.cat([bias.new_zeros(B, N, 1), bias], dim=-1)
-        offset = (torch.arange(B * heads, device=sel.device) * (K + 1)).view(B, heads, 1, 1)
-        rows = (sel[:, None] + offset).reshape(B * heads * N, -1)
-        out = (sel.transpose(1, 2).contiguous(), bias.transpose(1, 2).contiguous(), rows)
-        ctx.cache[key] = out
-    return out
+    plan = ctx.cache.get(key)
+    if plan is not None:
+        return plan
+    B, N, _ = nb.index.shape
+    K1, nh = nb.num_slots + 1, heads
+    dev = nb.index.device
+    sel = torch.cat([nb.index.new_zeros(B, N, 1), nb.index + 1], dim=-1)  # [B, N, 1+M]
+    one = torch.ones((), dtype=dtype, device=dev)
+    w = nb.weight.to(dtype)
+    val = torch.log(torch.where(nb.valid, w, one)) if nb.soft else torch.zeros((), dtype=dtype, device=dev)
+    bias = torch.where(nb.valid, val, torch.full((), float("-inf"), dtype=dtype, device=dev))
+    bias = torch.cat([bias.new_zeros(B, N, 1), bias], dim=-1).transpose(1, 2).contiguous()  # [B, 1+M, N]
+    selN = sel.transpose(1, 2) * N  # [B, 1+M, N]
+    b = torch.arange(B, device=dev).view(B, 1, 1)
+    n = torch.arange(N, device=dev).view(1, 1, N)
+    hd = torch.arange(nh, device=dev).view(1, nh, 1, 1)
+    rel_index = (selN + (b * K1 * N + n)).reshape(-1)
+    logit_index = (selN[:, None] + ((b[:, None] * nh + hd) * K1 * N + n[:, None])).reshape(-1)
+    rows = (sel[:, :, None, :] + (b[..., None] * nh + hd.view(1, 1, nh, 1)) * K1).reshape(B * N * nh, -1)
+    plan = _SparseAttentionPlan(bias, logit_index, rel_index, rows)
+    ctx.cache[key] = plan
+    return plan
 
 
 class RenderedConditioning(ConditioningLayer):
