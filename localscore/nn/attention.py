@@ -579,48 +579,45 @@ class RenderedConditioning(ConditioningLayer):
     def forward(self, h: Tensor, ctx: CondContext, *, stride: int = 1, mask: Tensor | None = None) -> Tensor:
         """The rendered map at ``h``'s resolution ``[B, C, h, w]`` (``h`` gives the size only).
 
-        Implementation: one table row per conditioner, ``T_k = valid_k [W_t t_k, phi(p_k), 1]``, so that
-        ``[r_q, s_q, n_q] = sum_k m_qk T_k`` and ``u_q = Rot(x_q) s_q``; everything stays channel-first
-        (``[B, ., N]``), like the feature maps. Dense path: one matrix product ``T^T [B, ., K] @ m [B, K, N]``
-        with the float mask derived once per forward pass (``ctx.cache``). Sparse path (``ctx.neighbors``):
-        ``embedding_bag`` over the ``M`` listed slots with the mask values as weights.
+        Implementation: with ``w_qk = valid_k m_qk`` derived once per forward pass (``ctx.cache``, with
+        ``n_q = sum_k w_qk``), ``r = w @ (W_t t)`` and ``s = w @ phi`` (``u_q = Rot(x_q) s_q``). Dense path:
+        two matrix products with ``w [B, N, K]``. Sparse path (``ctx.neighbors``): the same sums over the
+        ``M`` listed slots only, with ``embedding_bag`` (the listed weights as ``per_sample_weights``).
         """
         B, _, hh, ww = h.shape
         N = hh * ww
         K = ctx.tokens.shape[1]
         nb = self._neighbors(ctx, hh, ww, stride, mask)
-        parts = [self.to_t(ctx.tokens)]
+        tables = [self.to_t(ctx.tokens)]  # [B, K, C]
         if self.relative is not None:
-            parts.append(self.relative(ctx.pos.to(h.dtype)))  # [B, K, 4F]
-        parts.append(torch.ones(B, K, 1, dtype=h.dtype, device=h.device))
-        table = torch.cat(parts, dim=-1) * ctx.valid.to(h.dtype)[:, :, None]  # [B, K, C (+ 4F) + 1]
+            tables.append(self.relative(ctx.pos.to(h.dtype)))  # [B, K, 4F]
         if nb is None:
-            w = self._derived("render_weights", ctx, hh, ww, stride, mask, h.dtype,
-                              lambda m: _render_weights(m, ctx.valid, N, h.dtype))  # [B, K, N]
-            agg = table.transpose(1, 2) @ w  # [B, C (+ 4F) + 1, N]
+            w, count = self._derived("render_weights", ctx, hh, ww, stride, mask, h.dtype,
+                                     lambda m: _render_weights(m, ctx.valid, N, h.dtype))  # [B, K, N], [B, N, 1]
+            sums = [w.transpose(1, 2) @ t for t in tables]  # [B, N, .]
         else:
             key = ("render_sparse", h.dtype, torch.is_grad_enabled())
             plan = ctx.cache.get(key)
             if plan is None:
                 rows = nb.index.clamp(min=0) + (torch.arange(B, device=h.device) * K).view(B, 1, 1)
-                plan = (rows.reshape(B * N, -1), nb.weight.to(h.dtype).reshape(B * N, -1))
+                wl = nb.weight.to(h.dtype)
+                plan = (rows.reshape(B * N, -1), wl.reshape(B * N, -1), wl.sum(-1, keepdim=True))
                 ctx.cache[key] = plan
-            agg = F.embedding_bag(plan[0], table.reshape(B * K, -1), mode="sum",
-                                  per_sample_weights=plan[1]).view(B, N, -1).transpose(1, 2)
-        C = self.to_t.out_features
+            rows, weights, count = plan
+            sums = [F.embedding_bag(rows, t.reshape(B * K, -1), mode="sum", per_sample_weights=weights).view(B, N, -1)
+                    for t in tables]
         if self.relative is not None:
             ang = self.relative.angles(_pixel_positions(hh, ww, stride, h.device, h.dtype))  # [N, 2, F]
-            u = rotate_features(agg[:, C:-1].transpose(1, 2), ang).transpose(1, 2)  # [B, 4F, N]
-            agg = torch.cat([agg[:, :C], u, agg[:, -1:]], dim=1)
-        out = torch.matmul(self.to_out.weight, agg) + self.to_out.bias[:, None]  # [B, C, N]
-        return out.view(B, -1, hh, ww)
+            sums[1] = rotate_features(sums[1], ang)
+        out = self.to_out(torch.cat([*sums, count], dim=-1))  # [B, N, C]
+        return rearrange(out, "b (y x) c -> b c y x", y=hh, x=ww)
 
 
-def _render_weights(m: Tensor | None, valid: Tensor, N: int, dtype: torch.dtype) -> Tensor:
-    """``[B, K, N]`` float: ``m_qk`` (all ones without a mask); padding is zeroed in the table instead."""
-    if m is None:
-        return torch.ones((), dtype=dtype, device=valid.device).expand(*valid.shape, N)
-    return m.flatten(2).to(dtype)
+def _render_weights(m: Tensor | None, valid: Tensor, N: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(w [B, K, N], n [B, N, 1])``: ``w_qk = valid_k m_qk`` (``valid_k`` without a mask), ``n_q = sum_k w_qk``."""
+    vf = valid.to(dtype)[:, :, None]  # [B, K, 1]
+    w = vf.expand(-1, -1, N) if m is None else m.flatten(2).to(dtype) * vf
+    return w, w.sum(1)[..., None]
 
 
 class NeighborhoodSelfAttention(nn.Module):
