@@ -268,11 +268,11 @@ def test_auto_takes_the_dense_path_under_forward_mode_and_vmap() -> None:
 
 
 def test_the_network_builds_the_list_only_when_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
-    import localscore.nn.local as local_mod
+    import localscore.nn.attention as attention_mod
 
     calls = []
-    real = local_mod.neighbor_list
-    monkeypatch.setattr(local_mod, "neighbor_list", lambda m, v: calls.append(m.shape) or real(m, v))
+    real = attention_mod._build_neighbor_list
+    monkeypatch.setattr(attention_mod, "_build_neighbor_list", lambda m, *a: calls.append(m.shape) or real(m, *a))
     D = small(depth=1, cond_radius=1.0)
     x = torch.randn(1, 3, 12, 12, dtype=torch.float64)
     with torch.no_grad():

@@ -144,17 +144,24 @@ def neighbor_list(mask: Tensor, valid: Tensor) -> NeighborList:
     if not isinstance(mask, Tensor) or mask.dim() != 4:
         raise fail(where, f"`mask` is {describe(mask)}, expected a [B, K, H, W] tensor.",
                    "build masks with localscore.masks (e.g. disc_masks(cond, (H, W), r)).")
-    B, K, hh, ww = mask.shape
+    B, K = mask.shape[:2]
     if not isinstance(valid, Tensor) or valid.dtype != torch.bool or tuple(valid.shape) != (B, K):
         raise fail(where, f"`valid` is {describe(valid)}, expected a bool [B, K] = [{B}, {K}] tensor.",
                    "pass Conditions.valid.")
+    return _build_neighbor_list(mask, _allowed(mask, valid))
+
+
+def _build_neighbor_list(mask: Tensor, allowed: Tensor, count: Tensor | None = None) -> NeighborList:
+    """:func:`neighbor_list` from ``allowed = valid & (mask > 0)`` (bool ``[B, K, h, w]``) and, optionally,
+    its per-pixel count ``[B, N]`` (both computed once by :func:`_auto_neighbors`)."""
+    B, K, hh, ww = mask.shape
     N = hh * ww
     soft = mask.dtype != torch.bool
     wdtype = mask.dtype if soft else torch.get_default_dtype()
-    allowed = _allowed(mask, valid).flatten(2).transpose(1, 2)  # [B, N, K] view
-    count = allowed.sum(-1).flatten()  # [B N]
+    a = allowed.flatten(2)  # [B, K, N]
+    count = (a.sum(1) if count is None else count).flatten()  # [B N]
     M = int(count.max()) if count.numel() else 0
-    nz = allowed.nonzero()  # [nnz, 3] rows (b, q, k), sorted by (b, q), then k
+    nz = a.transpose(1, 2).nonzero()  # [nnz, 3] rows (b, q, k), sorted by (b, q), then k
     group = nz[:, 0] * N + nz[:, 1]
     start = torch.cumsum(count, 0) - count
     slot = torch.arange(nz.shape[0], device=mask.device) - start[group]
@@ -164,16 +171,16 @@ def neighbor_list(mask: Tensor, valid: Tensor) -> NeighborList:
         w = mask.flatten(2)[nz[:, 0], nz[:, 2], nz[:, 1]]
         weight = torch.zeros(B * N, M, dtype=wdtype, device=mask.device).index_put((group, slot), w)
     else:
-        weight = torch.zeros(B * N, M, dtype=wdtype, device=mask.device)
-        weight[group, slot] = 1.0
+        weight = (index >= 0).to(wdtype)
     index = index.view(B, N, M)
     return NeighborList(index, weight.view(B, N, M), index >= 0, K, (hh, ww), soft)
 
 
 # The "auto" rule, per conditioning layer type: (K at least, M at most this fraction of K). Calibrated on the
 # 2-core development CPU at 32x32 (docs/networks.md, "Cost"): the attention's sparse path won from K = 32
-# (M about K / 3) up; the rendered map's single dense product beat building the list up to K = 256.
-SPARSE_RULES: dict[str, tuple[int, float]] = {"attention": (16, 0.5), "render": (1024, 0.0625)}
+# (M about K / 3) up; the rendered map's two dense products beat building the list up to K = 256 (larger K
+# was not measured: its threshold is a conservative guess).
+SPARSE_RULES: dict[str, tuple[int, float]] = {"attention": (32, 0.5), "render": (1024, 0.0625)}
 
 
 def _functorch_active(*tensors: Tensor | None) -> bool:
@@ -198,10 +205,10 @@ def choose_sparse(mask: Tensor | None, valid: Tensor, mode: SparseMode = "auto",
         sparse  iff  K >= K_min  and  M <= f K  and  no torch.func transform / forward-mode AD is active
 
     where ``M`` is the most slots any pixel may see (from the mask; computed only when ``K >= K_min``) and
-    ``tensors`` are the inputs checked for transforms. ``SPARSE_RULES``: ``"attention"``: ``(16, 1/2)``;
+    ``tensors`` are the inputs checked for transforms. ``SPARSE_RULES``: ``"attention"``: ``(32, 1/2)``;
     ``"render"``: ``(1024, 1/16)``. Why: the dense attention does softmax work on ``heads x (1 + K)``
     logits per pixel, which the list cuts to ``heads x (1 + M)`` (the logits themselves still come from
-    one matrix product); the rendered map's dense path is a single matrix product, which on the CPU we
+    one matrix product); the rendered map's dense path is two matrix products, which on the CPU we
     measured beat building the list (about 4 ms for ``B K H W = 16 x 64 x 32 x 32``) up to ``K = 256``.
     With large masks (``M`` near ``K``) the list saves nothing and costs ``[B, N, M]`` memory. The sparse
     path sums values with ``embedding_bag``, which has neither a forward-mode derivative nor a vmap rule,
@@ -221,16 +228,25 @@ def choose_sparse(mask: Tensor | None, valid: Tensor, mode: SparseMode = "auto",
         raise fail(where, f"`mode` is {mode!r}, expected 'auto', 'sparse' or 'dense'.")
     if conditioning not in SPARSE_RULES:
         raise fail(where, f"`conditioning` is {conditioning!r}, expected one of {sorted(SPARSE_RULES)}.")
+    return _auto_neighbors(mask, valid, mode, conditioning, tensors, build=False) is not None
+
+
+def _auto_neighbors(mask: Tensor | None, valid: Tensor, mode: SparseMode, conditioning: str,
+                    tensors: tuple[Tensor | None, ...], *, build: bool = True) -> NeighborList | bool | None:
+    """:func:`choose_sparse`'s rule; when it says sparse, the list (``build``) or True, else None. The
+    ``valid & (mask > 0)`` tensor and its counts are computed once for both the decision and the list."""
     if mode == "dense" or mask is None or mask.shape[1] == 0:
-        return False
-    if mode == "sparse":
-        return True
+        return None
     K = mask.shape[1]
-    k_min, frac = SPARSE_RULES[conditioning]
-    if K < k_min or _functorch_active(mask, valid, *tensors):
-        return False
-    M = int(_allowed(mask, valid).sum(1).max())
-    return M <= frac * K
+    if mode == "auto":
+        k_min, frac = SPARSE_RULES[conditioning]
+        if K < k_min or _functorch_active(mask, valid, *tensors):
+            return None
+    allowed = _allowed(mask, valid)
+    count = allowed.flatten(2).sum(1)  # [B, N]
+    if mode == "auto" and int(count.max()) > frac * K:
+        return None
+    return _build_neighbor_list(mask, allowed, count) if build else True
 
 
 def pool_mask(mask: Tensor, stride: int) -> Tensor:

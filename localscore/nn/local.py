@@ -35,10 +35,10 @@ from .attention import (
     CondContext,
     ConditioningLayer,
     MaskedCrossAttention,
+    NeighborList,
     RenderedConditioning,
     SparseMode,
-    choose_sparse,
-    neighbor_list,
+    _auto_neighbors,
 )
 from .blocks import LocalResBlock, make_norm
 from .config import LocalNetConfig
@@ -233,10 +233,10 @@ class LocalScoreNet(nn.Module):
         mask = self.masks(cd, (H, W), sigma)
         tokens = self.encoder(cd.pos, cd.attr)
         neighbors = None
-        if (any(b.cond is not None and b.cond.locality_rule is None for b in self._blocks())
-                and choose_sparse(mask, cd.valid, self.sparse, conditioning=self.config.conditioning,
-                                  tensors=(x_in, c_noise, cd.pos, cd.attr))):
-            neighbors = neighbor_list(mask, cd.valid)
+        if any(b.cond is not None and b.cond.locality_rule is None for b in self._blocks()):
+            nb = _auto_neighbors(mask, cd.valid, self.sparse, self.config.conditioning,
+                                 (x_in, c_noise, cd.pos, cd.attr))
+            neighbors = nb if isinstance(nb, NeighborList) else None
         ctx = CondContext(tokens, cd.pos, cd.valid, (H, W), mask, sigma, neighbors)
         emb = self.sigma_embed(c_noise)
         h = self.stem(x_in)
