@@ -84,8 +84,9 @@ class LocalScoreNet(nn.Module):
         e    = SigmaEmbedding(c_noise)                       # one vector per image
         t_k  = ConditionerEncoder(pos_k, attr_k)             # one token per conditioner, tokens never mix
         m    = rule(cond, (H, W), sigma = exp(4 c_noise))    # [B, K, H, W] pixel-to-conditioner mask
+        nb   = neighbor_list(m, valid)  if choose_sparse(m)  # [B, N, M] per-pixel lists (the sparse path)
         h    = stem(x_in)                                    # kernel_size conv
-        h    = block_d(... block_1(h, e, (t, m)) ...)        # LocalResBlock, conditioned as configured
+        h    = block_d(... block_1(h, e, (t, m, nb)) ...)    # LocalResBlock, conditioned as configured
         F    = head(silu(norm(h)))                           # kernel_size conv
 
     Any image size works (no downsampling). Use it through :class:`LocalConditionalDenoiser`.
