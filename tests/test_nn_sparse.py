@@ -267,6 +267,32 @@ def test_auto_takes_the_dense_path_under_forward_mode_and_vmap() -> None:
     assert seen == [False, False, False]
 
 
+def test_auto_takes_the_dense_path_when_parameters_are_transformed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.func over the parameters (functional_call): the inputs are plain, the weights are wrapped."""
+    import localscore.nn.attention as attention_mod
+
+    torch.manual_seed(12)
+    D = small(depth=1, cond_radius=1.0)
+    x = torch.randn(1, 3, 12, 12, dtype=torch.float64)
+    cond = random_scene(1, 40, 12, 12, 3)
+    params = {k: v.detach() for k, v in D.named_parameters()}
+    name = "inner.blocks.0.cond.to_v.weight"
+
+    def f(w: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(D, {**params, name: w}, (x, 0.5, cond))
+
+    built = []
+    real = attention_mod._build_neighbor_list
+    monkeypatch.setattr(attention_mod, "_build_neighbor_list", lambda m, *a: built.append(1) or real(m, *a))
+    tangent = torch.randn_like(params[name])
+    _, jvp = torch.func.jvp(f, (params[name],), (tangent,))  # the sparse path would raise (embedding_bag)
+    torch.func.vmap(f)(torch.stack([params[name], 2 * params[name]]))  # an ensemble over one weight
+    assert built == []
+    eps = 1e-6
+    fd = (f(params[name] + eps * tangent) - f(params[name] - eps * tangent)) / (2 * eps)
+    assert torch.allclose(jvp, fd, atol=1e-6) and bool((jvp != 0).any())
+
+
 def test_the_network_builds_the_list_only_when_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
     import localscore.nn.attention as attention_mod
 

@@ -236,7 +236,7 @@ class LocalScoreNet(nn.Module):
         neighbors = None
         if any(b.cond is not None and b.cond.locality_rule is None for b in self._blocks()):
             nb = _auto_neighbors(mask, cd.valid, self.sparse, self.config.conditioning,
-                                 (x_in, c_noise, cd.pos, cd.attr))
+                                 (x_in, c_noise, cd.pos, cd.attr, tokens, *self.parameters()))
             neighbors = nb if isinstance(nb, NeighborList) else None
         ctx = CondContext(tokens, cd.pos, cd.valid, (H, W), mask, sigma, neighbors)
         emb = self.sigma_embed(c_noise)
