@@ -595,18 +595,20 @@ class RenderedConditioning(ConditioningLayer):
     def forward(self, h: Tensor, ctx: CondContext, *, stride: int = 1, mask: Tensor | None = None) -> Tensor:
         """The rendered map at ``h``'s resolution ``[B, C, h, w]`` (``h`` gives the size only).
 
-        Implementation: with ``w_qk = valid_k m_qk`` derived once per forward pass (``ctx.cache``, with
-        ``n_q = sum_k w_qk``), ``r = w @ (W_t t)`` and ``s = w @ phi`` (``u_q = Rot(x_q) s_q``). Dense path:
-        two matrix products with ``w [B, N, K]``. Sparse path (``ctx.neighbors``): the same sums over the
-        ``M`` listed slots only, with ``embedding_bag`` (the listed weights as ``per_sample_weights``).
+        Implementation: with ``w_qk = m_qk`` and ``n_q = sum_k valid_k m_qk`` derived once per forward pass
+        (``ctx.cache``) and the padding rows of the tables zeroed, ``r = w @ (valid W_t t)`` and
+        ``s = w @ (valid phi)`` (``u_q = Rot(x_q) s_q``). Dense path: two matrix products with ``w``.
+        Sparse path (``ctx.neighbors``): the same sums over the ``M`` listed slots only, with
+        ``embedding_bag`` (the listed weights as ``per_sample_weights``).
         """
         B, _, hh, ww = h.shape
         N = hh * ww
         K = ctx.tokens.shape[1]
         nb = self._neighbors(ctx, hh, ww, stride, mask)
-        tables = [self.to_t(ctx.tokens)]  # [B, K, C]
+        vf = ctx.valid.to(h.dtype)[:, :, None]  # [B, K, 1]: padding rows of the tables are zero
+        tables = [self.to_t(ctx.tokens) * vf]  # [B, K, C]
         if self.relative is not None:
-            tables.append(self.relative(ctx.pos.to(h.dtype)))  # [B, K, 4F]
+            tables.append(self.relative(ctx.pos.to(h.dtype)) * vf)  # [B, K, 4F]
         if nb is None:
             w, count = self._derived("render_weights", ctx, hh, ww, stride, mask, h.dtype,
                                      lambda m: _render_weights(m, ctx.valid, N, h.dtype))  # [B, K, N], [B, N, 1]
@@ -630,10 +632,15 @@ class RenderedConditioning(ConditioningLayer):
 
 
 def _render_weights(m: Tensor | None, valid: Tensor, N: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``(w [B, K, N], n [B, N, 1])``: ``w_qk = valid_k m_qk`` (``valid_k`` without a mask), ``n_q = sum_k w_qk``."""
-    vf = valid.to(dtype)[:, :, None]  # [B, K, 1]
-    w = vf.expand(-1, -1, N) if m is None else m.flatten(2).to(dtype) * vf
-    return w, w.sum(1)[..., None]
+    """``(w [B, K, N], n [B, N, 1])``: ``w_qk = m_qk`` (1 without a mask) and ``n_q = sum_k valid_k w_qk``.
+
+    ``valid`` is applied to the (small) tables instead of ``w``, and to ``n`` by one product."""
+    vf = valid.to(dtype)[:, None, :]  # [B, 1, K]
+    if m is None:
+        ones = torch.ones((), dtype=dtype, device=valid.device).expand(*valid.shape, N)
+        return ones, vf.sum(-1, keepdim=True).expand(-1, N, -1)
+    w = m.flatten(2).to(dtype)
+    return w, (vf @ w).transpose(1, 2)
 
 
 class NeighborhoodSelfAttention(nn.Module):
