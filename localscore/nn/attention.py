@@ -591,6 +591,13 @@ class RenderedConditioning(ConditioningLayer):
         self.to_t = nn.Linear(token_dim, dim, bias=False)
         n_rel = relative.dim if relative is not None else 0
         self.to_out = nn.Linear(dim + n_rel + 1, dim)
+        self._freqs: tuple[float, ...] | None = None
+
+    def _freq_key(self) -> tuple[float, ...]:
+        """The relative features' frequencies as plain floats (read once; they are fixed buffers)."""
+        if self._freqs is None and self.relative is not None:
+            self._freqs = tuple(float(w) for w in self.relative.omega.tolist())
+        return self._freqs or ()
 
     def forward(self, h: Tensor, ctx: CondContext, *, stride: int = 1, mask: Tensor | None = None) -> Tensor:
         """The rendered map at ``h``'s resolution ``[B, C, h, w]`` (``h`` gives the size only).
@@ -606,13 +613,12 @@ class RenderedConditioning(ConditioningLayer):
         K = ctx.tokens.shape[1]
         nb = self._neighbors(ctx, hh, ww, stride, mask)
         vf = ctx.valid.to(h.dtype)[:, :, None]  # [B, K, 1]: padding rows of the tables are zero
-        tables = [self.to_t(ctx.tokens) * vf]  # [B, K, C]
-        if self.relative is not None:
-            tables.append(self.relative(ctx.pos.to(h.dtype)) * vf)  # [B, K, 4F]
         if nb is None:
             w, count = self._derived("render_weights", ctx, hh, ww, stride, mask, h.dtype,
                                      lambda m: _render_weights(m, ctx.valid, N, h.dtype))  # [B, K, N], [B, N, 1]
-            sums = [w.transpose(1, 2) @ t for t in tables]  # [B, N, .]
+
+            def weighted_sum(t: Tensor) -> Tensor:
+                return w.transpose(1, 2) @ t  # [B, N, .]
         else:
             key = ("render_sparse", h.dtype, torch.is_grad_enabled())
             plan = ctx.cache.get(key)
@@ -622,11 +628,23 @@ class RenderedConditioning(ConditioningLayer):
                 plan = (rows.reshape(B * N, -1), wl.reshape(B * N, -1), wl.sum(-1, keepdim=True))
                 ctx.cache[key] = plan
             rows, weights, count = plan
-            sums = [F.embedding_bag(rows, t.reshape(B * K, -1), mode="sum", per_sample_weights=weights).view(B, N, -1)
-                    for t in tables]
+
+            def weighted_sum(t: Tensor) -> Tensor:
+                return F.embedding_bag(rows, t.reshape(B * K, -1), mode="sum",
+                                       per_sample_weights=weights).view(B, N, -1)
+        sums = [weighted_sum(self.to_t(ctx.tokens) * vf)]  # r [B, N, C]
         if self.relative is not None:
-            ang = self.relative.angles(_pixel_positions(hh, ww, stride, h.device, h.dtype))  # [N, 2, F]
-            sums[1] = rotate_features(sums[1], ang)
+            # u depends on the frequencies, not on the layer: layers with equal frequencies share it per pass
+            rkey = None
+            if mask is None and self.locality_rule is None:
+                rkey = ("render_offsets", stride, h.dtype, torch.is_grad_enabled(), nb is not None, self._freq_key())
+            u = ctx.cache.get(rkey) if rkey is not None else None
+            if u is None:
+                ang = self.relative.angles(_pixel_positions(hh, ww, stride, h.device, h.dtype))  # [N, 2, F]
+                u = rotate_features(weighted_sum(self.relative(ctx.pos.to(h.dtype)) * vf), ang)  # [B, N, 4F]
+                if rkey is not None:
+                    ctx.cache[rkey] = u
+            sums.append(u)
         out = self.to_out(torch.cat([*sums, count], dim=-1))  # [B, N, C]
         return rearrange(out, "b (y x) c -> b c y x", y=hh, x=ww)
 
