@@ -93,6 +93,13 @@ class NeighborList:
     ``weight`` is differentiable with respect to a float mask (gathered from it). Build it with
     :func:`neighbor_list`.
 
+    Example:
+        >>> import torch
+        >>> m = torch.tensor([[[[0.5, 0.0]], [[0.25, 1.0]]]])        # [B=1, K=2, H=1, W=2], soft
+        >>> nb = neighbor_list(m, torch.tensor([[True, True]]))
+        >>> nb.max_neighbors, nb.index.tolist(), nb.weight.tolist()
+        (2, [[[0, 1], [1, -1]]], [[[0.5, 0.25], [1.0, 0.0]]])
+
     Attributes:
         index: ``[B, N, M]`` long.
         weight: ``[B, N, M]`` float.
@@ -378,6 +385,11 @@ class MaskedCrossAttention(ConditioningLayer):
     restricts the mask: ``m <- m * rule(cond, (H, W), sigma)`` pooled to this layer's resolution with
     :func:`pool_mask`. :func:`~localscore.nn.enforce_locality` sets it through :meth:`set_locality_rule`.
 
+    Cost: a dense path (``[B, heads, N, 1 + K]`` logits) and, when the context carries a
+    :class:`NeighborList` (``ctx.neighbors``, chosen by :func:`choose_sparse`), a sparse one whose softmax
+    and value sums cover only the null token and the ``M`` conditioners listed per pixel. Same function;
+    see :meth:`forward`.
+
     Args:
         dim: image channels ``C``.
         token_dim: conditioner token length ``Dt``.
@@ -569,6 +581,8 @@ class RenderedConditioning(ConditioningLayer):
     covers gets ``b``, the unconditional path. Output at ``q`` depends exactly on the conditioners with
     ``m_qk > 0``. This is the conditioning of the convolutional model that generalised perfectly in
     the study of REFERENCES.md ("a rendered map of the objects within 3.5 px of each pixel").
+    With ``ctx.neighbors`` (a :class:`NeighborList`) the sums run over the listed conditioners only
+    (see :meth:`forward`); the function is the same.
 
     Example:
         >>> import torch
