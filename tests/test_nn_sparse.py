@@ -89,6 +89,10 @@ def test_neighbor_list_bad_input() -> None:
         choose_sparse(None, torch.ones(1, 1, dtype=torch.bool), "fast")  # type: ignore[arg-type]
     with pytest.raises(LocalScoreError, match="sparse"):
         LocalScoreNet(LocalNetConfig(**SMALL), sparse="yes")  # type: ignore[arg-type]
+    D = small(depth=1)
+    D.inner.sparse = "fast"  # type: ignore[assignment]
+    with pytest.raises(LocalScoreError, match="sparse"):
+        D(torch.randn(1, 3, 6, 6, dtype=torch.float64), 1.0, random_scene(1, 2, 6, 6, 0))
 
 
 # ------------------------------------------------------------------ same function as the dense path

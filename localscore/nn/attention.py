@@ -242,6 +242,9 @@ def _auto_neighbors(mask: Tensor | None, valid: Tensor, mode: SparseMode, condit
                     tensors: tuple[Tensor | None, ...], *, build: bool = True) -> NeighborList | bool | None:
     """:func:`choose_sparse`'s rule; when it says sparse, the list (``build``) or True, else None. The
     ``valid & (mask > 0)`` tensor and its counts are computed once for both the decision and the list."""
+    if mode not in ("auto", "sparse", "dense"):
+        raise fail("LocalScoreNet", f"`sparse` is {mode!r}, expected 'auto', 'sparse' or 'dense'.",
+                   "set net.sparse (or LocalConditionalDenoiser.inner.sparse) to one of them.")
     if mode == "dense" or mask is None or mask.shape[1] == 0:
         return None
     K = mask.shape[1]
