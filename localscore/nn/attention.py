@@ -219,7 +219,9 @@ def choose_sparse(mask: Tensor | None, valid: Tensor, mode: SparseMode = "auto",
     measured beat building the list (about 4 ms for ``B K H W = 16 x 64 x 32 x 32``) up to ``K = 256``.
     With large masks (``M`` near ``K``) the list saves nothing and costs ``[B, N, M]`` memory. The sparse
     path sums values with ``embedding_bag``, which has neither a forward-mode derivative nor a vmap rule,
-    hence the last clause (``"sparse"`` under such a transform raises torch's error).
+    hence the last clause (``"sparse"`` under such a transform raises torch's error). Nor is it twice
+    differentiable (no double backward through ``embedding_bag``): for second derivatives (gradient
+    penalties, ``create_graph=True``) use ``mode="dense"``.
 
     Example:
         >>> import torch
