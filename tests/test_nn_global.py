@@ -271,3 +271,21 @@ def test_translation_equivariance_declarations() -> None:
     local = LocalConditionalDenoiser(width=8, heads=2)
     assert local.translation_equivariant is True and _crop_blocker(local) is None
     assert LocalConditionalDenoiser(width=8, heads=2, absolute_positions=True).translation_equivariant is False
+
+
+
+def test_relative_freqs_give_every_cross_attention_the_token_offsets_and_stay_global() -> None:
+    """relative_freqs: each cross-attention gets Fourier features of p_k - x_q, wavelengths 2..position_scale."""
+    D = unet(relative_freqs=3, position_scale=8.0)
+    layers = [m for m in D.modules() if isinstance(m, MaskedCrossAttention)]
+    assert len(layers) == 2 * 2 + 1  # down and up at levels 0 and 1, and the middle
+    for layer in layers:
+        assert layer.relative is not None
+        torch.testing.assert_close(layer.relative.omega.double(), 2 * torch.pi / torch.tensor([2.0, 4.0, 8.0],
+                                                                                               dtype=torch.float64))
+    assert all(m.relative is None for m in unet().modules() if isinstance(m, MaskedCrossAttention))
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    Jc = jacobian_cond(D, x, 1.0, one_object((0.0, 0.0)))
+    assert bool((Jc[..., 0] > 0).all()), "every pixel still attends to every token: the U-Net stays global"
+    with pytest.raises(LocalScoreError, match="relative_freqs"):
+        UNetConfig(relative_freqs=-1)

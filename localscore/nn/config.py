@@ -248,7 +248,12 @@ class UNetConfig(_ConfigBase):
         token_dim: conditioner token length.
         heads: attention heads.
         fourier_freqs: Fourier frequencies of absolute token positions.
-        position_scale: longest Fourier wavelength (pixels).
+        position_scale: longest Fourier wavelength (pixels), of token positions and of relative offsets.
+        relative_freqs: Fourier frequencies of the offset ``p_k - x_q`` between a token and the pixel attending
+            to it, added to every cross-attention's logits and values (as in the local network; wavelengths 2
+            to ``position_scale``); 0: none. Every pixel still attends to every token, so the layers stay
+            global. Without them a pixel learns where it is only from the zero padding, and matching pixels
+            to the tokens' absolute positions is slow to learn (see the networks docs).
         pooled_embedding: add the mean of the valid tokens (projected) to the noise embedding.
         token_encoder_layers: transformer-encoder layers over the tokens before cross-attention (tokens see
             each other; 0: none). REFERENCES.md measured that this breaks length generalisation.
@@ -274,6 +279,7 @@ class UNetConfig(_ConfigBase):
     heads: int = 4
     fourier_freqs: int = 8
     position_scale: float = 32.0
+    relative_freqs: int = 0
     pooled_embedding: bool = True
     token_encoder_layers: int = 0
     norm: Literal["group", "channel"] = "group"
@@ -286,7 +292,7 @@ class UNetConfig(_ConfigBase):
         for name in ("channels", "base_width", "blocks_per_level", "token_dim", "heads", "fourier_freqs",
                      "groups", "sigma_embed_dim"):
             _pos_int(w, name, getattr(self, name))
-        for name in ("attr_dim", "token_encoder_layers"):
+        for name in ("attr_dim", "token_encoder_layers", "relative_freqs"):
             _pos_int(w, name, getattr(self, name), 0)
         if not isinstance(self.channel_mult, tuple) or not self.channel_mult:
             raise fail(w, f"`channel_mult` is {self.channel_mult!r}, expected a non-empty tuple of ints >= 1.")

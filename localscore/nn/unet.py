@@ -77,7 +77,9 @@ class _CrossAttnLayer(nn.Module):
     def __init__(self, width: int, cfg: UNetConfig) -> None:
         super().__init__()
         self.norm = make_norm(cfg.norm, width, groups=cfg.groups)
-        self.attn = MaskedCrossAttention(width, cfg.token_dim, heads=cfg.heads)
+        rel = (FourierFeatures(cfg.relative_freqs, min_wavelength=2.0, max_wavelength=cfg.position_scale)
+               if cfg.relative_freqs > 0 else None)
+        self.attn = MaskedCrossAttention(width, cfg.token_dim, heads=cfg.heads, relative=rel)
 
     def forward(self, h: Tensor, ctx: CondContext, stride: int) -> Tensor:
         return h + self.attn(self.norm(h), ctx, stride=stride)
