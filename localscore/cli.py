@@ -2,14 +2,14 @@
 
 Subcommands (``localscore COMMAND --help`` for each):
 
-* ``localscore demo [--out DIR]``: the closed-form demo: exact per-object scores of
+* ``localscore demo [--out DIR]``: the main job. The shipped 32x32 models ``local-32`` (local
+  conditional network; sampled with all objects in one pass, and as a projective composition of
+  one-object passes) and ``baseline-32`` (U-Net whose object tokens pass through a transformer encoder),
+  trained on 1-3 objects, sampled for 1..10 objects; prints the length-generalization table and writes
+  ``DIR/demo.json`` and ``DIR/demo.png`` (sample grid, requested positions marked). ``--retrain`` trains
+  both from scratch first. ``localscore demo --oracle``: the closed-form demo, exact per-object scores of
   :class:`~localscore.oracles.FactorizedObjects` composed projectively beyond the trained count, sampled
-  with Euler and Heun, against exact joint samples. ``localscore demo --trained``: the shipped 32x32
-  models ``local-32`` (local conditional network) and ``baseline-32`` (U-Net whose object tokens pass
-  through a transformer encoder), trained on 1-3 objects, sampled for 1..10 objects; prints the
-  length-generalization table and writes ``DIR/demo.json`` and ``DIR/demo.png`` (sample grid,
-  requested positions marked). ``--retrain`` trains both from scratch first. (The oracle demo is the
-  default because the shipped ``baseline-32`` is undertrained: see the results page.)
+  with Euler and Heun, against exact joint samples.
 * ``localscore train CONFIG``: train the experiments of a JSON config (a benchmark config with an
   ``experiments`` list, or one experiment); resumable.
 * ``localscore sample --checkpoint PATH_OR_NAME --layout LAYOUT.json --seed S --out FILE.npz``: draw one
@@ -363,8 +363,15 @@ def _locality(args: argparse.Namespace) -> int:
 _DEMO_MODELS = ("local-32", "baseline-32")
 
 
+def _demo_runs(method: str | None) -> list[tuple[str, str]]:
+    """``(model, method)`` pairs of the trained demo: the local model jointly and composed, the baseline jointly."""
+    if method is not None:
+        return [(name, method) for name in _DEMO_MODELS]
+    return [("local-32", "joint"), ("local-32", "projective"), ("baseline-32", "joint")]
+
+
 def _demo(args: argparse.Namespace) -> int:
-    if args.oracle or not (args.trained or args.retrain):
+    if args.oracle:
         return _demo_oracle(args)
     from .evaluate import request_scenes
     from .experiments import MODEL_NAMES, checkpoint_dir, evaluate_model, load_model
@@ -381,49 +388,55 @@ def _demo(args: argparse.Namespace) -> int:
     per_count = args.samples or (2 if args.quick else 8)
     steps = args.steps or (12 if args.quick else 24)
     models = {name: load_model(src) for name, src in sources.items()}
+    runs = _demo_runs(args.method)
     print("localscore demo: length generalization of two 32x32 models trained on scenes with 1-3 objects.")
     for name, m in models.items():
         meta = m.meta
         print(f"  {name}: {m.kind} network, {meta.get('parameters', '?')} parameters, "
               f"{meta.get('steps', '?')} training steps (batch {meta.get('batch_size', '?')})")
-    print(f"Sampling {per_count} images for each of 1..10 objects per model ({steps} Euler steps, {args.method}); "
-          "'perfect' = the detector finds exactly the requested objects, each at its place in its colour.\n")
+    print(f"Sampling {per_count} images for each of 1..10 objects ({steps} Euler steps). 'joint': all objects in "
+          "one pass; 'projective': one pass per object, composed. 'perfect' = the detector finds exactly the "
+          "requested objects, each at its place in its colour.\n")
     t_all = time.perf_counter()
     results: dict[str, Any] = {}
     images: dict[str, Tensor] = {}
-    for name, m in models.items():
+    for name, method in runs:
+        key = f"{name} {method}"
         t0 = time.perf_counter()
         keep: list[Tensor] = []
-        res = evaluate_model(m, args.method, counts=counts, per_count=per_count, seed=args.seed, steps=steps,
-                             batch_size=per_count * len(counts), progress=args.progress, meta={"model": name},
-                             keep_images=keep)
-        images[name] = torch.cat(keep)
-        results[name] = {"evaluation": res.to_dict(), "seconds": round(time.perf_counter() - t0, 1),
-                         "meta": m.meta}
+        res = evaluate_model(models[name], method, counts=counts, per_count=per_count, seed=args.seed, steps=steps,
+                             batch_size=per_count * len(counts), progress=args.progress,
+                             meta={"model": name, "method": method}, keep_images=keep)
+        images[key] = torch.cat(keep)
+        results[key] = {"model": name, "method": method, "evaluation": res.to_dict(),
+                        "seconds": round(time.perf_counter() - t0, 1), "meta": models[name].meta}
     total = time.perf_counter() - t_all
-    header = f"{'objects':>7} " + " ".join(f"{n + ' perfect':>26} {'exact count':>11}" for n in models)
-    print(header)
-    print("-" * len(header))
     from .evaluate import EvaluationResult
 
-    evals = {n: EvaluationResult.from_dict(r["evaluation"]) for n, r in results.items()}
+    evals = {k: EvaluationResult.from_dict(r["evaluation"]) for k, r in results.items()}
+    width = max(26, *(len(k) + 8 for k in results))
+    header = f"{'objects':>7} " + " ".join(f"{k + ' perfect':>{width}} {'exact':>5}" for k in results)
+    print(header)
+    print("-" * len(header))
     for c in counts:
         cells = []
-        for n in models:
-            row = evals[n].row(c)
-            cells.append(f"{row.perfect.format(2, True):>26} {row.exact_count.rate:>11.2f}")
+        for k in results:
+            row = evals[k].row(c)
+            cells.append(f"{row.perfect.format(2, True):>{width}} {row.exact_count.rate:>5.2f}")
         print(f"{c:>7} " + " ".join(cells))
-    print(f"\n[lo, hi] = Wilson 95 % interval over {per_count} images. Sampling took {total:.0f} s in all.")
-    for n in models:
-        trained = [evals[n].row(c).perfect.rate for c in counts if c <= 3]
+    print(f"\n[lo, hi] = Wilson 95 % interval over {per_count} images; 'exact' = exact-count accuracy. "
+          f"Sampling took {total:.0f} s in all.")
+    for k in results:
+        trained = [evals[k].row(c).perfect.rate for c in counts if c <= 3]
         if sum(trained) / len(trained) < 0.5:
-            print(f"note: {n} fails already on the trained counts 1-3 (perfect {sum(trained) / len(trained):.2f}): "
-                  f"it is undertrained ({models[n].meta.get('steps', '?')} steps), so its row measures that, not "
+            name = results[k]["model"]
+            print(f"note: {k} fails already on the trained counts 1-3 (perfect {sum(trained) / len(trained):.2f}): "
+                  f"it is undertrained ({models[name].meta.get('steps', '?')} steps), so its row measures that, not "
                   "length generalization.")
     requested = request_scenes(models["local-32"].scene.replace(counts=tuple(counts)), counts, per_count,
                                seed=args.seed)
     payload = {"counts": counts, "per_count": per_count, "steps": steps, "seed": args.seed,
-               "seconds": round(total, 1), "models": results}
+               "seconds": round(total, 1), "runs": results}
     _write_json(out_dir / "demo.json", payload)
     print(f"wrote {out_dir / 'demo.json'}")
     _demo_png(out_dir / "demo.png", images, requested, counts, per_count, evals)
@@ -490,11 +503,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    d = sub.add_parser("demo", help="length generalization: exact oracle scores, or (--trained) the shipped models",
-                       description="Without options: exact per-object scores of an object oracle composed beyond "
-                       "the trained count, sampled with Euler and Heun against exact joint samples. With --trained: "
-                       "the shipped 32x32 models local-32 and baseline-32 (trained on 1-3 objects) sampled for 1..10 "
-                       "objects, with the per-count table. Writes DIR/demo.json and DIR/demo.png.",
+    d = sub.add_parser("demo", help="length generalization of the shipped models (or --oracle: exact scores)",
+                       description="The shipped 32x32 models local-32 (local conditional network) and baseline-32 "
+                       "(U-Net whose object tokens pass through a transformer encoder), both trained on 1-3 objects, "
+                       "sampled for 1..10 objects, with the per-count table. With --oracle: exact per-object scores "
+                       "of an object oracle composed beyond the trained count, sampled with Euler and Heun against "
+                       "exact joint samples. Writes DIR/demo.json and DIR/demo.png.",
                        formatter_class=fmt)
     d.add_argument("--out", default="localscore-demo", help="output folder")
     d.add_argument("--seed", type=int, default=0, help="random seed of the layouts and the samplers")
@@ -503,13 +517,14 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a small, fast run (CI)")
     d.add_argument("--progress", action="store_true", help="progress bars (needs tqdm)")
     d.add_argument("--trained", action="store_true",
-                   help="sample the shipped models local-32 and baseline-32 (see the note on baseline-32 in the docs)")
-    d.add_argument("--oracle", action="store_true", help="the oracle demo (the default)")
+                   help="sample the shipped models local-32 and baseline-32 (the default; kept for old scripts)")
+    d.add_argument("--oracle", action="store_true",
+                   help="instead: exact per-object scores of an object oracle, composed beyond the trained count")
     d.add_argument("--retrain", action="store_true",
-                   help="train local-32 and baseline-32 from scratch first, then run --trained with them (CPU-hours)")
+                   help="train local-32 and baseline-32 from scratch first, then sample them (CPU-hours)")
     d.add_argument("--retrain-steps", type=int, default=None, help="override the training steps of --retrain")
-    d.add_argument("--method", choices=["joint", "projective", "masked", "localized"], default="joint",
-                   help="how --trained models are conditioned: all objects at once, or composed per object")
+    d.add_argument("--method", choices=["joint", "projective", "masked", "localized"], default=None,
+                   help="condition both models this way (default: local-32 joint and projective, baseline-32 joint)")
     d.add_argument("--quiet", action="store_true", help="no training progress bars")
     d.set_defaults(func=_demo)
 

@@ -150,7 +150,7 @@ def test_help_lists_every_command() -> None:
 
 
 def test_demo_oracle(tmp_path: Path) -> None:
-    assert main(["demo", "--quick", "--samples", "8", "--steps", "6", "--out", str(tmp_path)]) == 0   # the default
+    assert main(["demo", "--oracle", "--quick", "--samples", "8", "--steps", "6", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "demo.json").read_text())
     assert data["rows"] and (tmp_path / "demo.png").is_file()
 
@@ -158,12 +158,15 @@ def test_demo_oracle(tmp_path: Path) -> None:
 def test_demo_shipped_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if not all((checkpoint_dir() / f"{n}.pt").is_file() for n in MODEL_NAMES):
         pytest.skip("the shipped checkpoints are not in this checkout")
-    assert main(["demo", "--trained", "--quick", "--samples", "1", "--steps", "2", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--quick", "--samples", "1", "--steps", "2", "--out", str(tmp_path)]) == 0  # the default
     text = capsys.readouterr().out
-    assert "local-32 perfect" in text and "baseline-32 perfect" in text
+    for key in ("local-32 joint", "local-32 projective", "baseline-32 joint"):
+        assert f"{key} perfect" in text
     data = json.loads((tmp_path / "demo.json").read_text())
     assert data["counts"] == list(range(1, 11))
-    for name in MODEL_NAMES:
-        rows = data["models"][name]["evaluation"]["rows"]
+    assert sorted(data["runs"]) == ["baseline-32 joint", "local-32 joint", "local-32 projective"]
+    for run in data["runs"].values():
+        rows = run["evaluation"]["rows"]
         assert [r["count"] for r in rows] == list(range(1, 11)) and all(r["images"] == 1 for r in rows)
+    assert run["model"] in MODEL_NAMES
     assert (tmp_path / "demo.png").stat().st_size > 1000
