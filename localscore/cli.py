@@ -427,10 +427,10 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\n[lo, hi] = Wilson 95 % interval over {per_count} images; 'exact' = exact-count accuracy. "
           f"Sampling took {total:.0f} s in all.")
     for k in results:
-        trained = [evals[k].row(c).perfect.rate for c in counts if c <= 3]
+        trained = [evals[k].row(c).recall.rate for c in counts if c <= 3]
         if sum(trained) / len(trained) < 0.5:
             name = results[k]["model"]
-            print(f"note: {k} fails already on the trained counts 1-3 (perfect {sum(trained) / len(trained):.2f}): "
+            print(f"note: {k} fails already on the trained counts 1-3 (recall {sum(trained) / len(trained):.2f}): "
                   f"it is undertrained ({models[name].meta.get('steps', '?')} steps), so its row measures that, not "
                   "length generalization.")
     requested = request_scenes(models["local-32"].scene.replace(counts=tuple(counts)), counts, per_count,
