@@ -269,6 +269,7 @@ def stage_report(exps: list[ExperimentConfig], header: dict[str, Any], out: Path
                  "| pixel radius r90 (px) | perfect, mean over 4..10 | recall, mean over 4..10 |",
                  "|---|---|---|---|---|---|---|---|"]
     points = []
+    plotted: set[str] = set()
     for r in rows:
         t = tables[r["key"]]
         hi = [row.perfect.rate for row in t.pooled if 4 <= row.count <= 10]
@@ -288,8 +289,9 @@ def stage_report(exps: list[ExperimentConfig], header: dict[str, Any], out: Path
                          f"{'–' if not li else format(li['conditional_index'], '.3f')} | "
                          f"{'–' if not li else format(li['pixel_radius_90'], '.1f')} | {gen:.2f} | "
                          f"{r['recall_4_10']:.2f} |")
-        if li and r["method"] == "joint":
-            points.append((r["key"] + flag, li["conditional_index"], gen, li["pixel_radius_90"]))
+        if li and r["experiment"] not in plotted:  # one point per model: its first test-time method
+            plotted.add(r["experiment"])
+            points.append((r["key"] + flag, li["conditional_index"], r["recall_4_10"], li["pixel_radius_90"]))
     md = "\n".join([
         f"## Length generalization ({header.get('mode', '?')} mode)",
         "",
@@ -350,16 +352,22 @@ def _plot(path: Path, points: list[tuple[str, float, float, float]]) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover
         return
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for name, x, y, r in points:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    markers = "os^vD<>ph*"
+    for i, (name, x, y, r) in enumerate(points):  # a legend, not annotations: the points crowd near (1, 1)
         hollow = "undertrained" in name
-        ax.scatter([x], [y], s=30, facecolors="none" if hollow else None, edgecolors="C0")
-        label = name.split(" / ")[0] + (" (undertrained)" if hollow else "")
-        ax.annotate(f"{label}, r90 {r:.0f} px", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        color = f"C{i % 10}"
+        label = name.replace(" (undertrained)", "") + (" (undertrained)" if hollow else "") + f", r90 {r:.0f} px"
+        ax.scatter([x], [y], s=36, marker=markers[i % len(markers)], facecolors="none" if hollow else color,
+                   edgecolors=color, label=label, alpha=0.85)
+    if points:
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_xlabel("conditional locality index (share of an object's influence near it)")
-    ax.set_ylabel("perfect rate, mean over 4..10 objects")
-    ax.set_xlim(0, 1.05)
-    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("recall, mean over 4..10 objects")
+    xs = [p[1] for p in points] or [1.0]
+    ys = [p[2] for p in points if p[2] == p[2]] or [1.0]
+    ax.set_xlim(min(0.9, min(xs) - 0.02), 1.0)   # the models cluster near 1: zoom to where they are
+    ax.set_ylim(min(0.5, min(ys) - 0.05), 1.03)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save_fig(fig, path)
