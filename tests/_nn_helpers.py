@@ -10,6 +10,9 @@ from torch import Tensor
 
 from localscore import Conditions
 
+# a small local network config shared by the nn tests
+SMALL = {"width": 8, "heads": 2, "token_dim": 8, "sigma_embed_dim": 16, "relative_freqs": 3, "attr_dim": 3}
+
 
 def jacobian_x(D: Callable[..., Tensor], x: Tensor, sigma: float, cond: Conditions | None) -> Tensor:
     """``[H, W, H, W]``: ``sum_{c, c'} |d D(x)[c, p] / d x[c', q]|`` for one image ``x [1, C, H, W]``."""

@@ -168,5 +168,5 @@ def test_demo_shipped_models(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     for run in data["runs"].values():
         rows = run["evaluation"]["rows"]
         assert [r["count"] for r in rows] == list(range(1, 11)) and all(r["images"] == 1 for r in rows)
-    assert run["model"] in MODEL_NAMES
+        assert run["model"] in MODEL_NAMES
     assert (tmp_path / "demo.png").stat().st_size > 1000

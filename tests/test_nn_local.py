@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from _nn_helpers import cheb_grid, cheb_to_points, dilate, jacobian_cond, jacobian_x
+from _nn_helpers import SMALL, cheb_grid, cheb_to_points, dilate, jacobian_cond, jacobian_x
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,8 +23,6 @@ from localscore.nn import (
     RenderedConditioning,
     rotate_features,
 )
-
-SMALL = {"width": 8, "heads": 2, "token_dim": 8, "sigma_embed_dim": 16, "relative_freqs": 3, "attr_dim": 3}
 
 
 def small(**kw: object) -> LocalConditionalDenoiser:

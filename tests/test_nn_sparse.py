@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from _nn_helpers import cheb_to_points, jacobian_cond
+from _nn_helpers import SMALL, cheb_to_points, jacobian_cond
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,7 +26,6 @@ from localscore.nn import (
     neighbor_list,
 )
 
-SMALL = {"width": 8, "heads": 2, "token_dim": 8, "sigma_embed_dim": 16, "relative_freqs": 3, "attr_dim": 3}
 NO_BATCH_RULE = "ignore:There is a performance drop:UserWarning"  # embedding_bag under jacrev's vmap
 
 

@@ -156,6 +156,7 @@ class UNet(nn.Module):
         e    = SigmaEmbedding(c_noise) + PooledSetEmbedding(t)    # if pooled_embedding
         h    = conv_in(x_in)
         down: per level l (stride 2**l): blocks (+ cross-attention to t), keep skips, stride-2 conv
+              (cross-attention: MaskedCrossAttention, with relative offset features if relative_freqs > 0)
         mid:  block, global self-attention, cross-attention, block
         up:   per level l: blocks on [h, skip] (+ cross-attention), nearest 2x upsampling + conv
         F    = conv_out(silu(norm(h)))
