@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,18 +39,40 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask (read from ``/proc`` where possible: setting it to read it is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
     """Write a file atomically: ``write(f)`` fills a temporary file that then replaces ``path``.
 
     The temporary file lives in ``path``'s directory (so ``os.replace`` is a rename on one file
     system); it is flushed and fsynced before the rename and the directory is fsynced after. If
-    ``write`` raises, the temporary file is removed and ``path`` is untouched.
+    ``write`` raises, the temporary file is removed and ``path`` is untouched. The file gets the
+    permissions of the file it replaces, or those of a newly created file (``0o666`` less the umask),
+    not the private ``0o600`` of a temporary file.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -160,13 +160,23 @@ def test_demo_shipped_models(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         pytest.skip("the shipped checkpoints are not in this checkout")
     assert main(["demo", "--quick", "--samples", "1", "--steps", "2", "--out", str(tmp_path)]) == 0  # the default
     text = capsys.readouterr().out
-    for key in ("local-32 joint", "local-32 projective", "baseline-32 joint"):
-        assert f"{key} perfect" in text
+    header = next(line for line in text.splitlines() if line.lstrip().startswith("objects"))
+    assert header.split()[1:] == ["local-32", "joint", "local-32", "projective", "baseline-32", "projective"]
+    assert "labelling 'all'" in text and "labelling 'one'" in text  # local-32 and the paper's failing baseline
     data = json.loads((tmp_path / "demo.json").read_text())
     assert data["counts"] == list(range(1, 11))
-    assert sorted(data["runs"]) == ["baseline-32 joint", "local-32 joint", "local-32 projective"]
+    assert sorted(data["runs"]) == ["baseline-32 projective", "local-32 joint", "local-32 projective"]
     for run in data["runs"].values():
         rows = run["evaluation"]["rows"]
         assert [r["count"] for r in rows] == list(range(1, 11)) and all(r["images"] == 1 for r in rows)
         assert run["model"] in MODEL_NAMES
     assert (tmp_path / "demo.png").stat().st_size > 1000
+
+
+def test_demo_method_masked_samples_both_models_with_the_intervention(tmp_path: Path) -> None:
+    if not all((checkpoint_dir() / f"{n}.pt").is_file() for n in MODEL_NAMES):
+        pytest.skip("the shipped checkpoints are not in this checkout")
+    assert main(["demo", "--method", "masked", "--samples", "1", "--steps", "2", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "demo.json").read_text())
+    assert sorted(data["runs"]) == ["baseline-32 masked", "local-32 masked"]
+    assert all(r["evaluation"]["meta"]["method"] == "masked" for r in data["runs"].values())
