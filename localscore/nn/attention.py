@@ -390,7 +390,7 @@ class MaskedCrossAttention(ConditioningLayer):
     restricts the mask: ``m <- m * rule(cond, (H, W), sigma)`` pooled to this layer's resolution with
     :func:`pool_mask`. :func:`~localscore.nn.enforce_locality` sets it through :meth:`set_locality_rule`.
 
-    Cost: a dense path (``[B, heads, N, 1 + K]`` logits) and, when the context carries a
+    Cost: a dense path (``[B, heads, 1 + K, N]`` logits, slot-major) and, when the context carries a
     :class:`NeighborList` (``ctx.neighbors``, chosen by :func:`choose_sparse`), a sparse one whose softmax
     and value sums cover only the null token and the ``M`` conditioners listed per pixel. Same function;
     see :meth:`forward`.
@@ -474,12 +474,14 @@ class MaskedCrossAttention(ConditioningLayer):
             v = torch.cat([v, phi[:, None].expand(B, nh, K + 1, -1)], dim=-1)  # u comes out of the value sum
         q = q * scale
         if nb is None:
+            # slot-major [B, nh, 1+K, N], as in the sparse path: the softmax over dim -2 keeps the N pixels
+            # contiguous (torch's CPU softmax over a short last dimension is 10-30x slower)
             bias = self._derived("attention_bias", ctx, hh, ww, stride, mask, h.dtype,
-                                 lambda m: _attention_bias(m, ctx.valid, N, h.dtype))  # [B, N, 1+K]
+                                 lambda m: _attention_bias(m, ctx.valid, N, h.dtype))  # [B, 1+K, N]
             if g is not None and phi is not None:
-                bias = bias + g @ phi.transpose(1, 2)
-            a = torch.softmax(q @ k.transpose(-1, -2) + bias[:, None], dim=-1)  # [B, nh, N, 1+K]
-            out = a @ v  # [B, nh, N, d (+ 4F)]
+                bias = bias + phi @ g.transpose(1, 2)
+            a = torch.softmax(k @ q.transpose(-1, -2) + bias[:, None], dim=-2)  # [B, nh, 1+K, N]
+            out = a.transpose(-1, -2) @ v  # [B, nh, N, d (+ 4F)]
         else:
             # slot-major [B, nh, 1+M, N]: the softmax over dim -2 keeps the N pixels contiguous (torch's CPU
             # softmax over a short last dimension is several times slower)
@@ -507,23 +509,23 @@ class MaskedCrossAttention(ConditioningLayer):
 
 
 def _attention_bias(m: Tensor | None, valid: Tensor, N: int, dtype: torch.dtype) -> Tensor:
-    """``[B, N, 1 + K]``: 0 for the null token; ``log m`` (float masks) or 0 where allowed; ``-inf`` elsewhere."""
+    """``[B, 1 + K, N]``: 0 for the null token; ``log m`` (float masks) or 0 where allowed; ``-inf`` elsewhere."""
     B, K = valid.shape
     zero = torch.zeros((), dtype=dtype, device=valid.device)
     ninf = torch.full((), float("-inf"), dtype=dtype, device=valid.device)
     if m is None:
-        allowed = valid[:, None, :].expand(B, N, K)
+        allowed = valid[:, :, None].expand(B, K, N)
         val: Tensor = zero
     else:
-        mk = rearrange(m, "b k y x -> b (y x) k")  # [B, N, K]
-        allowed = valid[:, None, :] & (mk if mk.dtype == torch.bool else mk > 0)
+        mk = rearrange(m, "b k y x -> b k (y x)")  # [B, K, N]
+        allowed = valid[:, :, None] & (mk if mk.dtype == torch.bool else mk > 0)
         if mk.dtype == torch.bool:
             val = zero
         else:
             mk = mk.to(dtype)
             val = torch.log(torch.where(allowed, mk, torch.ones((), dtype=dtype, device=mk.device)))
     bias = torch.where(allowed, val, ninf)
-    return torch.cat([bias.new_zeros(B, N, 1), bias], dim=-1)
+    return torch.cat([bias.new_zeros(B, 1, N), bias], dim=1)
 
 
 @dataclass(frozen=True)
