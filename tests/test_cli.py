@@ -180,3 +180,18 @@ def test_demo_method_masked_samples_both_models_with_the_intervention(tmp_path: 
     data = json.loads((tmp_path / "demo.json").read_text())
     assert sorted(data["runs"]) == ["baseline-32 masked", "local-32 masked"]
     assert all(r["evaluation"]["meta"]["method"] == "masked" for r in data["runs"].values())
+
+
+def test_demo_retrain_trains_both_models_from_their_recorded_configs(tmp_path: Path) -> None:
+    if not all((checkpoint_dir() / f"{n}.pt").is_file() for n in MODEL_NAMES):
+        pytest.skip("the shipped checkpoints are not in this checkout")
+    argv = ["demo", "--retrain", "--retrain-steps", "2", "--quiet", "--samples", "1", "--steps", "2",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    for name in MODEL_NAMES:
+        assert (tmp_path / "retrain" / name / "model.pt").is_file()
+    runs = json.loads((tmp_path / "demo.json").read_text())["runs"]
+    assert {r["model"] for r in runs.values()} == set(MODEL_NAMES)
+    assert all(int(r["meta"]["steps"]) == 2 for r in runs.values())  # the retrained models, not the shipped ones
+    labelling = {r["model"]: r["meta"]["experiment"]["scene"].get("labelling", "all") for r in runs.values()}
+    assert labelling == {"local-32": "all", "baseline-32": "one"}
