@@ -75,10 +75,12 @@ MODEL_NAMES = ("local-32", "baseline-32")
 """Names of the model files shipped in ``localscore/checkpoints/`` (``NAME.pt``)."""
 
 
-DEMO_EXPERIMENTS = {"local-32": "local-all", "baseline-32": "unet-one"}
+DEMO_EXPERIMENTS = {"local-32": "local-all-nodrop", "baseline-32": "unet-one"}
 """The shipped models and the experiments of ``benchmarks/configs/full.json`` they come from (seed 0).
 
-``local-32``: the local conditional network, every object labelled. ``baseline-32``: the failing baseline of
+``local-32``: the local conditional network, every object labelled, trained without conditioner dropout
+(its empty-set prediction, the background of projective composition, is learned from the pixels far from
+every object). ``baseline-32``: the failing baseline of
 the paper's second experiment, a global cross-attention U-Net trained with one labelled object per image
 (the others unlabelled clutter), tested as a projective composition of one-object passes.
 """
