@@ -82,7 +82,10 @@ class TrainConfig:
         sigma_min: smallest sigma (loguniform).
         sigma_max: largest sigma (loguniform).
         sigma_data: data standard deviation in the loss weights.
-        cond_dropout: probability of replacing an image's conditioner set by the empty set.
+        cond_dropout: probability of replacing an image's conditioner set by the empty set (trains the
+            unconditional path of global networks; a conditionally local network trained with every object
+            labelled learns it from pixels far from every object and is better off with 0, see the docs'
+            training page).
         seed: seed of the trainer's generator (noise levels, noise, dropout).
         log_every: steps between JSON-lines log records.
         checkpoint_every: steps between checkpoints (``0``: only at the end).
