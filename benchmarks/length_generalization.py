@@ -270,19 +270,17 @@ def stage_report(exps: list[ExperimentConfig], header: dict[str, Any], out: Path
                  "|---|---|---|---|---|---|---|---|"]
     points = []
     plotted: set[str] = set()
+    def mean_rate(t: Any, metric: str, lo: int, hi: int) -> float:
+        """Mean of the pooled ``metric`` rate over the counts ``lo..hi`` (NaN if none)."""
+        vals = [getattr(row, metric).rate for row in t.pooled if lo <= row.count <= hi]
+        return sum(vals) / len(vals) if vals else float("nan")
+
     for r in rows:
         t = tables[r["key"]]
-        hi = [row.perfect.rate for row in t.pooled if 4 <= row.count <= 10]
-        gen = sum(hi) / len(hi) if hi else float("nan")
-        lo = [row.perfect.rate for row in t.pooled if 1 <= row.count <= 3]
-        trained_rate = sum(lo) / len(lo) if lo else float("nan")
-        rec = [row.recall.rate for row in t.pooled if 4 <= row.count <= 10]
-        r["perfect_4_10"] = gen
-        r["recall_4_10"] = sum(rec) / len(rec) if rec else float("nan")
-        r["perfect_1_3"] = trained_rate
-        rec_lo = [row.recall.rate for row in t.pooled if 1 <= row.count <= 3]
-        recall_trained = sum(rec_lo) / len(rec_lo) if rec_lo else float("nan")
-        flag = " (undertrained)" if recall_trained < 0.5 else ""
+        gen = r["perfect_4_10"] = mean_rate(t, "perfect", 4, 10)
+        trained_rate = r["perfect_1_3"] = mean_rate(t, "perfect", 1, 3)
+        r["recall_4_10"] = mean_rate(t, "recall", 4, 10)
+        flag = " (undertrained)" if mean_rate(t, "recall", 1, 3) < 0.5 else ""
         li = r["locality"]
         loc_lines.append(f"| {r['key']} | {len(r['seeds'])} | {', '.join(map(str, r['train_steps']))} | "
                          f"{trained_rate:.2f}{flag} | "

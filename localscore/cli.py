@@ -370,7 +370,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.oracle:
         return _demo_oracle(args)
     from .evaluate import request_scenes
-    from .experiments import MODEL_NAMES, checkpoint_dir, evaluate_model, load_model
+    from .experiments import MODEL_NAMES, ExperimentConfig, checkpoint_dir, evaluate_model, load_model
 
     out_dir = Path(args.out)
     sources: dict[str, str] = {n: n for n in MODEL_NAMES}
@@ -403,9 +403,9 @@ def _demo(args: argparse.Namespace) -> int:
         key = f"{name} {method}"
         t0 = time.perf_counter()
         keep: list[Tensor] = []
-        exp = models[name].meta.get("experiment", {})
+        exp = ExperimentConfig.from_dict(models[name].meta["experiment"])  # masks as the model was benchmarked
         res = evaluate_model(models[name], method, counts=counts, per_count=per_count, seed=args.seed, steps=steps,
-                             mask_radius=float(exp.get("mask_radius", 6.0)), crop=exp.get("crop"),
+                             mask_radius=exp.mask_radius, crop=exp.crop,
                              batch_size=per_count * len(counts), progress=args.progress,
                              meta={"model": name, "method": method}, keep_images=keep)
         images[key] = torch.cat(keep)

@@ -80,9 +80,9 @@ DEMO_EXPERIMENTS = {"local-32": "local-all-nodrop", "baseline-32": "unet-one"}
 
 ``local-32``: the local conditional network, every object labelled, trained without conditioner dropout
 (its empty-set prediction, the background of projective composition, is learned from the pixels far from
-every object). ``baseline-32``: the failing baseline of
-the paper's second experiment, a global cross-attention U-Net trained with one labelled object per image
-(the others unlabelled clutter), tested as a projective composition of one-object passes.
+every object). ``baseline-32``: the failing baseline of the paper's second experiment, a global
+cross-attention U-Net trained with one labelled object per image (the others unlabelled clutter), tested as
+a projective composition of one-object passes.
 """
 
 
