@@ -6,6 +6,8 @@ Usage (from the repository root)::
     python benchmarks/length_generalization.py --config benchmarks/configs/full.json --out runs/full
     python benchmarks/length_generalization.py ... --stage train --only local-all --seeds 0
     python benchmarks/length_generalization.py ... --stage report --docs docs/results.md
+    python benchmarks/length_generalization.py ... --stage archive          # keep the results in the repository
+    python benchmarks/length_generalization.py ... --out benchmarks/results/full --stage report --docs docs/results.md
 
 Stages (``--stage all`` runs them in order; every stage resumes what an earlier call left):
 
@@ -17,6 +19,13 @@ Stages (``--stage all`` runs them in order; every stage resumes what an earlier 
   (``OUT/<name>/seed<k>/locality.json``);
 * ``report``: the tables (``OUT/results.json``, ``OUT/results.md``), the locality-vs-generalization plot
   (``OUT/locality_vs_generalization.png``) and, with ``--docs PATH``, the docs results page.
+
+Two maintainer stages are not part of ``all``: ``ship`` writes the package's demo checkpoints from seed 0 of
+their experiments, and ``archive`` copies every run's small result files (``experiment.json``, the
+``eval-*.json``, ``locality.json``, the sample grids and the training log, without checkpoints) into
+``--archive`` (default ``benchmarks/results/<mode>``). The archive has the run directory's layout, so the
+report can be regenerated from it alone (``--out ARCHIVE --stage report``) and seeds run in different
+sessions or on different machines add up: runs directories are scratch space, the archive is the record.
 
 Models whose training stopped short of ``train.steps`` (``--max-minutes``) are evaluated as they are and
 reported with the steps they actually ran.
@@ -447,12 +456,41 @@ def stage_ship(exps: list[ExperimentConfig], out: Path) -> None:
              f"({target.stat().st_size / 1e6:.2f} MB)")
 
 
+ARCHIVED = ("experiment.json", "locality.json", "eval-*.json", "grid-*.png")
+"""The files of a run directory that the archive keeps (plus ``log.jsonl``, trimmed)."""
+LOG_KEYS = ("step", "loss", "grad_norm", "lr", "images_per_s")
+"""The fields of ``log.jsonl`` the archive keeps (the report needs ``step`` and ``images_per_s``)."""
+
+
+def stage_archive(runs: list[tuple[ExperimentConfig, int]], out: Path, archive: Path) -> None:
+    """Copy each run's result files from ``out`` into ``archive`` (same layout; no checkpoints), replacing
+    older copies, so that the report can be regenerated from the archive alone."""
+    for exp, seed in runs:
+        src = out / exp.name / f"seed{seed}"
+        files = sorted({f for pattern in ARCHIVED for f in src.glob(pattern)})
+        if not any(f.name.startswith("eval-") for f in files):
+            continue
+        dst = archive / exp.name / f"seed{seed}"
+        for f in files:
+            data = f.read_bytes()
+            atomic_write(dst / f.name, lambda fh, d=data: fh.write(d))
+        log = src / "log.jsonl"
+        if log.is_file():
+            recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            text = "".join(json.dumps({k: r[k] for k in LOG_KEYS if k in r}) + "\n" for r in recs).encode()
+            atomic_write(dst / "log.jsonl", lambda fh, d=text: fh.write(d))
+        _log(f"archive {exp.name} seed {seed}: {len(files) + log.is_file()} files -> {dst}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "benchmarks" / "configs" / "quick.json"))
     ap.add_argument("--out", default="runs/quick")
-    ap.add_argument("--stage", choices=["all", "train", "evaluate", "locality", "report", "ship"], default="all",
-                    help="'ship' writes localscore/checkpoints/ from the trained runs (not part of 'all')")
+    ap.add_argument("--stage", choices=["all", "train", "evaluate", "locality", "report", "ship", "archive"],
+                    default="all", help="'ship' writes localscore/checkpoints/ from the trained runs; 'archive' "
+                    "copies the runs' result files to --archive (neither is part of 'all')")
+    ap.add_argument("--archive", default=None,
+                    help="where 'archive' copies the result files (default benchmarks/results/<mode>)")
     ap.add_argument("--only", nargs="*", help="experiment names to run (default all)")
     ap.add_argument("--seeds", nargs="*", type=int, help="training seeds to run (default the config's)")
     ap.add_argument("--methods", nargs="*", help="evaluate only these test-time methods (default each experiment's)")
@@ -478,6 +516,12 @@ def main(argv: list[str] | None = None) -> int:
         stage_report(exps, header, out, args)
     if args.stage == "ship":
         stage_ship(exps, out)
+    if args.stage == "archive":
+        mode = str(header.get("mode", "run"))
+        archive = Path(args.archive) if args.archive else ROOT / "benchmarks" / "results" / mode
+        if archive.resolve() == out.resolve():
+            raise SystemExit("archive: --archive and --out are the same directory; nothing to copy")
+        stage_archive(runs, out, archive)
     return 0
 
 
