@@ -321,6 +321,8 @@ def stage_report(exps: list[ExperimentConfig], header: dict[str, Any], out: Path
         "With labelling `one` the training images hold unlabelled objects (clutter) besides the labelled one, "
         "so the learned conditional distributions draw extra objects too and the composed samples keep some: "
         "exact count and perfect rate are not the goal there, recall is (each requested object present). "
+        "An exact sampler of the training distribution given one labelled object draws 1, 2 or 3 objects with "
+        "equal probability, so even it is perfect on 1 requested object only a third of the time. "
         "Recall counts per object, pooled over images.",
         "",
         recall,
