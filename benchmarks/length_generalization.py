@@ -20,12 +20,14 @@ Stages (``--stage all`` runs them in order; every stage resumes what an earlier 
 * ``report``: the tables (``OUT/results.json``, ``OUT/results.md``), the locality-vs-generalization plot
   (``OUT/locality_vs_generalization.png``) and, with ``--docs PATH``, the docs results page.
 
-Two maintainer stages are not part of ``all``: ``ship`` writes the package's demo checkpoints from seed 0 of
-their experiments, and ``archive`` copies every run's small result files (``experiment.json``, the
-``eval-*.json``, ``locality.json``, the sample grids and the training log, without checkpoints) into
-``--archive`` (default ``benchmarks/results/<mode>``). The archive has the run directory's layout, so the
-report can be regenerated from it alone (``--out ARCHIVE --stage report``) and seeds run in different
-sessions or on different machines add up: runs directories are scratch space, the archive is the record.
+``status`` lists, per experiment and seed, the steps trained, the methods evaluated and whether locality
+was measured. Two maintainer stages are not part of ``all`` either: ``ship`` writes the package's demo
+checkpoints from seed 0 of their experiments, and ``archive`` copies every run's small result files
+(``experiment.json``, the ``eval-*.json``, ``locality.json``, the sample grids and the training log,
+without checkpoints) into ``--archive`` (default ``benchmarks/results/<mode>``). The archive has the run
+directory's layout, so the report can be regenerated from it alone (``--out ARCHIVE --stage report``) and
+seeds run in different sessions or on different machines add up: runs directories are scratch space, the
+archive is the record.
 
 Models whose training stopped short of ``train.steps`` (``--max-minutes``) are evaluated as they are and
 reported with the steps they actually ran.
@@ -144,7 +146,8 @@ def stage_evaluate(runs: list[tuple[ExperimentConfig, int]], out: Path, args: ar
                                  steps=exp.sampling_steps, solver=exp.sampler, mask_radius=exp.mask_radius,
                                  crop=exp.crop, batch_size=args.batch_size, progress=args.progress, keep_images=keep,
                                  meta={"experiment": exp.name, "train_seed": seed, "train_steps": steps_trained,
-                                       "model": exp.model})
+                                       "model": exp.model, "torch": torch.__version__,
+                                       "threads": torch.get_num_threads()})
             d = res.to_dict()
             d["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
             _write_json(target, d)
@@ -458,6 +461,24 @@ def stage_ship(exps: list[ExperimentConfig], out: Path) -> None:
              f"({target.stat().st_size / 1e6:.2f} MB)")
 
 
+def stage_status(runs: list[tuple[ExperimentConfig, int]], out: Path) -> None:
+    """Print what each experiment and seed of the config has in ``out``: steps trained (of planned), the
+    methods evaluated (with their test images per count) and whether locality was measured."""
+    print(f"{'experiment':<28} {'seed':>4} {'steps':>11}  evaluated (images per count)  locality")
+    for exp, seed in runs:
+        run_dir = out / exp.name / f"seed{seed}"
+        planned = exp.train_config(seed).steps
+        evals, steps = [], _done(run_dir)   # the log's last step, or (no log: a copied model) the evaluations'
+        for method in exp.methods:
+            f = run_dir / f"eval-{method}.json"
+            if f.is_file():
+                meta = json.loads(f.read_text()).get("meta", {})
+                evals.append(f"{method} ({meta.get('per_count', '?')})")
+                steps = max(steps, int(meta.get("train_steps", 0)))
+        loc = "yes" if (run_dir / "locality.json").is_file() else "-"
+        print(f"{exp.name:<28} {seed:>4} {f'{steps}/{planned}':>11}  {', '.join(evals) or '-':<28}  {loc}")
+
+
 ARCHIVED = ("experiment.json", "locality.json", "eval-*.json", "grid-*.png")
 """The files of a run directory that the archive keeps (plus ``log.jsonl``, trimmed)."""
 LOG_KEYS = ("step", "loss", "grad_norm", "lr", "images_per_s")
@@ -488,9 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "benchmarks" / "configs" / "quick.json"))
     ap.add_argument("--out", default="runs/quick")
-    ap.add_argument("--stage", choices=["all", "train", "evaluate", "locality", "report", "ship", "archive"],
+    ap.add_argument("--stage", choices=["all", "train", "evaluate", "locality", "report", "ship", "archive",
+                                        "status"],
                     default="all", help="'ship' writes localscore/checkpoints/ from the trained runs; 'archive' "
-                    "copies the runs' result files to --archive (neither is part of 'all')")
+                    "copies the runs' result files to --archive; 'status' lists what is done (none is part of "
+                    "'all')")
     ap.add_argument("--archive", default=None,
                     help="where 'archive' copies the result files (default benchmarks/results/<mode>)")
     ap.add_argument("--only", nargs="*", help="experiment names to run (default all)")
@@ -518,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         stage_report(exps, header, out, args)
     if args.stage == "ship":
         stage_ship(exps, out)
+    if args.stage == "status":
+        stage_status(runs, out)
     if args.stage == "archive":
         mode = str(header.get("mode", "run"))
         archive = Path(args.archive) if args.archive else ROOT / "benchmarks" / "results" / mode

@@ -268,3 +268,9 @@ def test_benchmark_end_to_end_tiny(tmp_path: Path) -> None:
     again = json.loads((archive / "results.json").read_text())
     assert again["rows"] == results["rows"] and again["reference"] == results["reference"]
     assert (archive / "results.md").read_text() == (out / "results.md").read_text()
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "length_generalization.py"), "--config", str(path),
+                        "--out", str(archive), "--stage", "status"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert lines[1].split() == ["tiny-local", "0", "2/2", "joint", "(2)", "yes"]
+    assert lines[2].split()[:5] == ["tiny-unet", "0", "2/2", "joint", "(2),"]
