@@ -464,7 +464,7 @@ def stage_ship(exps: list[ExperimentConfig], out: Path) -> None:
 def stage_status(runs: list[tuple[ExperimentConfig, int]], out: Path) -> None:
     """Print what each experiment and seed of the config has in ``out``: steps trained (of planned), the
     methods evaluated (with their test images per count) and whether locality was measured."""
-    print(f"{'experiment':<28} {'seed':>4} {'steps':>11}  evaluated (images per count)  locality")
+    print(f"{'experiment':<28} {'seed':>4} {'steps':>11}  evaluated (images per count)                    locality")
     for exp, seed in runs:
         run_dir = out / exp.name / f"seed{seed}"
         planned = exp.train_config(seed).steps
@@ -476,7 +476,7 @@ def stage_status(runs: list[tuple[ExperimentConfig, int]], out: Path) -> None:
                 evals.append(f"{method} ({meta.get('per_count', '?')})")
                 steps = max(steps, int(meta.get("train_steps", 0)))
         loc = "yes" if (run_dir / "locality.json").is_file() else "-"
-        print(f"{exp.name:<28} {seed:>4} {f'{steps}/{planned}':>11}  {', '.join(evals) or '-':<28}  {loc}")
+        print(f"{exp.name:<28} {seed:>4} {f'{steps}/{planned}':>11}  {', '.join(evals) or '-':<46}  {loc}")
 
 
 ARCHIVED = ("experiment.json", "locality.json", "eval-*.json", "grid-*.png")
