@@ -54,7 +54,12 @@ def _check_finite_param(t: Tensor, where: str, name: str) -> None:
 
 
 def _eig_of_cov(cov: Tensor, d: int, where: str, name: str) -> tuple[Tensor, Tensor]:
-    """Eigenvalues ``[..., D]`` (clamped at 0) and eigenvectors ``[..., D, D]`` of symmetric PSD matrices."""
+    """Eigenvalues ``[..., D]`` and eigenvectors ``[..., D, D]`` of symmetric PSD matrices.
+
+    Eigenvalues within round-off of zero, ``lam <= D * eps * max(lam)`` (the usual numerical-rank tolerance,
+    ``eps`` of the dtype), are set to exactly 0: a singular covariance stays exactly singular (samples on
+    its support, exact ``lam = 0`` directions) whatever the eigensolver's last digits are.
+    """
     if cov.shape[-2:] != (d, d):
         raise fail(where, f"argument `{name}` has shape {tuple(cov.shape)}, expected [..., D, D] with D = C*H*W "
                    f"= {d}.", "pass the covariance of the flattened image (x.flatten(1)).")
@@ -70,7 +75,8 @@ def _eig_of_cov(cov: Tensor, d: int, where: str, name: str) -> tuple[Tensor, Ten
     if float(lam.min()) < -tol:
         raise fail(where, f"argument `{name}` is not positive semi-definite (smallest eigenvalue "
                    f"{float(lam.min()):.3g}).", "a covariance is A @ A.T for some A; check how it was built.")
-    return lam.clamp_min(0), vec
+    rank_tol = d * torch.finfo(lam.dtype).eps * lam.amax(-1, keepdim=True).clamp_min(0)
+    return torch.where(lam <= rank_tol, torch.zeros_like(lam), lam), vec
 
 
 class _GaussianFamily(AnalyticDistribution):
