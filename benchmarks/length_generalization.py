@@ -97,12 +97,16 @@ def _steps_within(exp: ExperimentConfig, seed: int, run_dir: Path, minutes: floa
     return min(exp.train_config(seed).steps, probe + int(minutes * 60 / max(per_step, 1e-3)))
 
 
-def _done(run_dir: Path) -> int:
+def _log_records(run_dir: Path) -> list[dict[str, Any]] | None:
+    """The records of ``run_dir/log.jsonl`` (``None`` if there is no log)."""
     log = run_dir / "log.jsonl"
-    if not log.exists():
-        return 0
-    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if line.strip()]
-    return max(steps, default=0)
+    if not log.is_file():
+        return None
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def _done(run_dir: Path) -> int:
+    return max((r["step"] for r in _log_records(run_dir) or []), default=0)
 
 
 EVAL_SEED = 1000
@@ -244,9 +248,8 @@ def stage_report(exps: list[ExperimentConfig], header: dict[str, Any], out: Path
                 lf = run_dir / "locality.json"
                 if lf.exists():
                     loc.append(json.loads(lf.read_text()))
-                log = run_dir / "log.jsonl"
-                if log.exists():
-                    recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+                recs = _log_records(run_dir)
+                if recs is not None:
                     tc = exp.train_config(seed)
                     seconds.append(sum(tc.log_every * tc.batch_size / x["images_per_s"]
                                        for x in recs if x.get("images_per_s")))
@@ -497,12 +500,11 @@ def stage_archive(runs: list[tuple[ExperimentConfig, int]], out: Path, archive: 
         for f in files:
             data = f.read_bytes()
             atomic_write(dst / f.name, lambda fh, d=data: fh.write(d))
-        log = src / "log.jsonl"
-        if log.is_file():
-            recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        recs = _log_records(src)
+        if recs is not None:
             text = "".join(json.dumps({k: r[k] for k in LOG_KEYS if k in r}) + "\n" for r in recs).encode()
             atomic_write(dst / "log.jsonl", lambda fh, d=text: fh.write(d))
-        _log(f"archive {exp.name} seed {seed}: {len(files) + log.is_file()} files -> {dst}")
+        _log(f"archive {exp.name} seed {seed}: {len(files) + (recs is not None)} files -> {dst}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -239,10 +239,14 @@ def test_benchmark_end_to_end_tiny(tmp_path: Path) -> None:
     path.write_text(json.dumps(cfg))
     out = tmp_path / "runs"
     docs = tmp_path / "docs" / "results.md"
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "length_generalization.py"), "--config", str(path),
-                        "--out", str(out), "--docs", str(docs), "--locality-images", "1"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+
+    def bench(*args: str) -> str:
+        r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "length_generalization.py"), "--config",
+                            str(path), *args], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout
+
+    bench("--out", str(out), "--docs", str(docs), "--locality-images", "1")
     results = json.loads((out / "results.json").read_text())
     keys = [row["key"] for row in results["rows"]]
     assert keys == ["tiny-local / joint", "tiny-unet / joint", "tiny-unet / localized"]
@@ -254,23 +258,15 @@ def test_benchmark_end_to_end_tiny(tmp_path: Path) -> None:
 
     # The archive keeps the result files only, and the report regenerated from it alone is the same report.
     archive = tmp_path / "archive"
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "length_generalization.py"), "--config", str(path),
-                        "--out", str(out), "--stage", "archive", "--archive", str(archive)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    bench("--out", str(out), "--stage", "archive", "--archive", str(archive))
     kept = sorted(p.name for p in (archive / "tiny-unet" / "seed0").iterdir())
     assert kept == ["eval-joint.json", "eval-localized.json", "experiment.json", "grid-joint.png",
                     "grid-localized.png", "locality.json", "log.jsonl"]
     assert not list(archive.rglob("*.pt"))
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "length_generalization.py"), "--config", str(path),
-                        "--out", str(archive), "--stage", "report"], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    bench("--out", str(archive), "--stage", "report")
     again = json.loads((archive / "results.json").read_text())
     assert again["rows"] == results["rows"] and again["reference"] == results["reference"]
     assert (archive / "results.md").read_text() == (out / "results.md").read_text()
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "length_generalization.py"), "--config", str(path),
-                        "--out", str(archive), "--stage", "status"], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    lines = r.stdout.splitlines()
+    lines = bench("--out", str(archive), "--stage", "status").splitlines()
     assert lines[1].split() == ["tiny-local", "0", "2/2", "joint", "(2)", "yes"]
     assert lines[2].split()[:5] == ["tiny-unet", "0", "2/2", "joint", "(2),"]
