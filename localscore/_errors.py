@@ -13,7 +13,7 @@ class LocalScoreError(ValueError):
     Messages name the argument, what was given, what was expected, and how to fix it.
     It subclasses :class:`ValueError`, so ``except ValueError`` keeps working.
 
-    Example:
+    Examples:
         >>> import torch, localscore
         >>> try:
         ...     localscore.Conditions(torch.zeros(2, 3))

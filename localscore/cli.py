@@ -602,7 +602,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``localscore`` command line; returns the exit code (0 ok, 2 usage or input error).
 
-    Example:
+    Examples:
         >>> main(["evaluate", "--checkpoint", "no-such-model"])  # doctest: +SKIP
         2
     """

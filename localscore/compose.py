@@ -89,7 +89,7 @@ class WeightSchedule:
         sigmas: increasing positive knots ``[N]`` (``N >= 1``; a sequence of floats or a tensor).
         values: the weights at the knots ``[N]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> w = WeightSchedule([0.1, 10.0], [0.0, 2.0])
         >>> w(torch.tensor([0.01, 1.0, 100.0])).tolist()
@@ -568,7 +568,7 @@ class Composition:
             levels, masks or weights of the wrong shape, or ``strategy="crop"`` when a component declares
             no receptive radius or has no bounded support.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore.compose import Composition
         >>> bg = lambda x, s, c=None: torch.zeros_like(x)
@@ -664,7 +664,7 @@ class Composition:
         Returns:
             ``[B, C, H, W]``, the composed denoiser output.
 
-        Example:
+        Examples:
             >>> import torch
             >>> from localscore import Conditions
             >>> D = lambda x, s, c=None: x + (0 if c is None else c.counts().view(-1, 1, 1, 1).to(x.dtype))
@@ -697,7 +697,7 @@ class Composition:
     def plan(self, x: Tensor, sigma: Any) -> str:
         """The strategy a call would use for these inputs: ``self.strategy``, or what ``auto`` resolves to.
 
-        Example:
+        Examples:
             >>> import torch
             >>> from localscore import Conditions
             >>> D = lambda x, s, c=None: x                       # declares no receptive radius: no crops
@@ -960,7 +960,7 @@ def projective(background: Any, components: Sequence[Any], weights: WeightSpec =
     Returns:
         A :class:`Composition`, itself a denoiser ``D_hat(x [B, C, H, W], sigma [B]) -> [B, C, H, W]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions, bind
         >>> D = lambda x, s, c=None: x + (0 if c is None else c.counts().view(-1, 1, 1, 1))  # adds #objects
@@ -1003,7 +1003,7 @@ def projective_from(denoiser: Any, cond: Conditions, weights: WeightSpec = None,
     Returns:
         A :class:`Composition` with ``K`` components.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> D = lambda x, s, c=None: x + (0 if c is None else c.counts().view(-1, 1, 1, 1).to(x.dtype))
@@ -1039,7 +1039,7 @@ def masked(background: Any, components: Sequence[Any], masks: MaskSpec, weights:
     Returns:
         A :class:`Composition`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> bg = lambda x, s, c=None: torch.zeros_like(x)
         >>> fg = lambda x, s, c=None: torch.ones_like(x)
@@ -1073,7 +1073,7 @@ def masked_from(denoiser: Any, cond: Conditions, rule: MaskRule, weights: Weight
     Returns:
         A :class:`Composition` with ``K`` masked components.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> from localscore.masks import BoxRule
@@ -1113,7 +1113,7 @@ def guidance(cond: Any, uncond: Any, w: WeightSpec, *, window: Window | None = N
     Returns:
         A :class:`Composition` with one component.
 
-    Example:
+    Examples:
         >>> import torch
         >>> Dc = lambda x, s, c=None: torch.ones_like(x)
         >>> Du = lambda x, s, c=None: torch.zeros_like(x)
@@ -1183,7 +1183,7 @@ def residual(denoiser: Any, x: Tensor, sigma: Any, cond: Conditions, *,
     Returns:
         A :class:`CompositionResidual`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> D = lambda x, s, c=None: x + (0 if c is None else c.counts().view(-1, 1, 1, 1).to(x.dtype) ** 2)

@@ -38,7 +38,7 @@ class Conditions:
     Raises:
         LocalScoreError: on wrong ranks, shapes, dtypes, devices, or non-finite valid entries.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> c = Conditions.from_lists([[(3.0, 4.0), (10.0, 2.0)], [(7.5, 7.5)]])
@@ -152,7 +152,7 @@ class Conditions:
         Returns:
             Conditions with ``K = max(k)``; shorter images are padded with invalid slots.
 
-        Example:
+        Examples:
             >>> c = Conditions.from_lists([[(1, 2)], []], attrs=[[[1.0, 0.0]], []])
             >>> c.pos.shape, c.attr.shape, c.counts().tolist()
             (torch.Size([2, 1, 2]), torch.Size([2, 1, 2]), [1, 0])
@@ -235,7 +235,7 @@ class Conditions:
     ) -> Conditions:
         """The unconditional set ``none`` for ``batch_size`` images (``K = 0``).
 
-        Example:
+        Examples:
             >>> Conditions.empty(3).pos.shape
             torch.Size([3, 0, 2])
         """
@@ -306,7 +306,7 @@ class Conditions:
 
         Images whose slot ``j`` is padding get an empty set (their single slot is invalid).
 
-        Example:
+        Examples:
             >>> c = Conditions.from_lists([[(0, 0), (5, 5)]])
             >>> c.select(1).pos.tolist()
             [[[5.0, 5.0]]]
@@ -318,7 +318,7 @@ class Conditions:
     def drop(self, j: int) -> Conditions:
         """The conditioner set without slot ``j`` (``K - 1`` slots): an ablation of object ``j``.
 
-        Example:
+        Examples:
             >>> Conditions.from_lists([[(0, 0), (5, 5)]]).drop(0).pos.tolist()
             [[[5.0, 5.0]]]
         """
@@ -384,7 +384,7 @@ class Conditions:
             LocalScoreError: for a tuple (slot indexing: use :meth:`select` / :meth:`drop`), a float or bool,
                 an out-of-range index, or a selection of no image.
 
-        Example:
+        Examples:
             >>> c = Conditions.from_lists([[(0, 0)], [(1, 1), (2, 2)], []])
             >>> c[1].counts().tolist(), c[[2, 0]].counts().tolist(), c[torch.tensor([True, False, True])].batch_size
             ([2], [0, 1], 2)
@@ -429,7 +429,7 @@ class Conditions:
 
         All items must agree on having attributes (and on ``A``), dtype and device.
 
-        Example:
+        Examples:
             >>> a = Conditions.from_lists([[(1, 1)]]); b = Conditions.from_lists([[(2, 2), (3, 3)]])
             >>> Conditions.cat([a, b]).valid.tolist()
             [[True, False], [True, True]]

@@ -106,7 +106,7 @@ def receptive_radius(denoiser: Any) -> int | None:
     Looks for an integer ``receptive_radius`` attribute on the denoiser, then on the model it wraps
     (the ``inner`` attribute of every adapter), and so on down.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = torch.nn.Conv2d(3, 3, 5, padding=2); net.receptive_radius = 2
         >>> receptive_radius(EDMPreconditioner(lambda x, t, c: net(x)))
@@ -146,7 +146,7 @@ def score(denoiser: Any) -> ScoreFunction:
     Returns:
         A callable ``s(x [B, C, H, W], sigma [B] or float, cond=None) -> [B, C, H, W]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)   # data = a point mass at 0
         >>> s = score(D)
@@ -206,7 +206,7 @@ class EpsilonDenoiser(_Adapter):
         noise_input: maps ``sigma [B]`` to what the network takes as its noise input
             (default: ``sigma`` itself).
 
-    Example:
+    Examples:
         >>> import torch
         >>> eps_net = lambda x, s, c: torch.zeros_like(x)       # predicts no noise
         >>> D = EpsilonDenoiser(eps_net)
@@ -238,7 +238,7 @@ class VDenoiser(_Adapter):
     ``c_in = 1 / sqrt(sigma**2 + sigma_data**2)``.
     With ``sigma_data = 1`` this is diffusers' ``v_prediction`` in VE variables.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = VDenoiser(lambda x, s, c: torch.zeros_like(x))
         >>> D(torch.ones(1, 1, 1, 1), 1.0).item()   # c_skip = 1 / 2
@@ -268,7 +268,7 @@ class X0Denoiser(_Adapter):
 
     ``c_in = 1 / sqrt(sigma**2 + 1)`` when ``vp_input`` (default), else 1.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = X0Denoiser(lambda x, s, c: 2 * x, vp_input=False)
         >>> D(torch.ones(1, 1, 1, 1), 3.0).item()
@@ -294,7 +294,7 @@ class ScoreDenoiser(_Adapter):
 
     The inverse of :func:`score`. The score network sees ``x`` unscaled.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = ScoreDenoiser(lambda x, s, c: -x / (1 + s.view(-1, 1, 1, 1) ** 2))  # N(0, I) data
         >>> D(torch.ones(1, 1, 1, 1), 1.0).item()     # x / (1 + sigma^2)
@@ -319,7 +319,7 @@ class EDMPreconditioner(_Adapter):
     The matching training loss weight is ``lambda(sigma) = 1 / c_out**2``
     (see :meth:`loss_weight`).
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = EDMPreconditioner(lambda x, t, c: torch.zeros_like(x), sigma_data=0.5)
         >>> D(torch.ones(1, 1, 1, 1), 0.5).item()    # c_skip = 0.25 / 0.5
@@ -375,7 +375,7 @@ class DiscreteDDPMDenoiser(_Adapter):
         prediction: what the network predicts.
         quantize: round ``t`` to the nearest integer timestep (as the network was trained).
 
-    Example:
+    Examples:
         >>> import torch
         >>> ac = torch.linspace(0.999, 0.01, 1000)
         >>> D = DiscreteDDPMDenoiser(lambda x, t, c: torch.zeros_like(x), ac)
@@ -508,7 +508,7 @@ def bind(denoiser: Any, cond: Conditions | None) -> BoundDenoiser:
     ``bind(D, None)`` is the unconditional model. Bound denoisers are the components of
     compositions and can be passed to every sampler (with ``cond=None``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> D = lambda x, s, c: x * (0 if c is None else c.counts().view(-1, 1, 1, 1))

@@ -121,7 +121,7 @@ class ExperimentConfig:
         seeds: training seeds (one model each).
         note: free text shown in the results.
 
-    Example:
+    Examples:
         >>> cfg = ExperimentConfig(name="local", model="local", network={"width": 16}, scene={"resolution": 16})
         >>> ExperimentConfig.from_dict(cfg.to_dict()) == cfg
         True
@@ -302,7 +302,7 @@ def build_denoiser(kind: str, network: LocalNetConfig | UNetConfig | Mapping[str
             (:func:`localscore.nn.enforce_locality` with ``DiscRule(enforce_radius)``, patched in place; the
             result is a :class:`~localscore.nn.LocalityEnforced` whose ``inner`` is the network).
 
-    Example:
+    Examples:
         >>> D = build_denoiser("local", {"width": 8, "depth": 1})
         >>> type(D).__name__, D.receptive_radius
         ('LocalConditionalDenoiser', 4)
@@ -542,7 +542,7 @@ def sampler(
     and the result is mapped from ``[-1, 1]`` to ``[0, 1]``: ``images = clamp((x + 1) / 2, 0, 1)``.
     The composed methods need a model trained with conditioner dropout (its unconditional path).
 
-    Example:
+    Examples:
         >>> from localscore import Conditions
         >>> D = build_denoiser("local", {"width": 8, "depth": 1, "attr_dim": 0})
         >>> f = sampler(D, "projective", steps=2)

@@ -74,7 +74,7 @@ def pixel_grid(size: tuple[int, int], *, device: torch.device | str | None = Non
                dtype: torch.dtype | None = None) -> Tensor:
     """``[H, W, 2]`` pixel positions ``(row, col)``; ``grid[i, j] = (i, j)``.
 
-    Example:
+    Examples:
         >>> pixel_grid((2, 3))[1, 2].tolist()
         [1.0, 2.0]
     """
@@ -134,7 +134,7 @@ def distances(cond: Conditions, size: tuple[int, int], metric: Metric = "euclide
     Padding slots get ``+inf``. Both are computed separably (per-axis offsets ``[B, K, H]`` and
     ``[B, K, W]``, one broadcast), and the Euclidean distance has gradient 0 (not NaN) where it is 0.
 
-    Example:
+    Examples:
         >>> c = Conditions.from_lists([[(0.0, 0.0)]])
         >>> distances(c, (2, 2), "chebyshev")[0, 0].tolist()
         [[0.0, 1.0], [1.0, 1.0]]
@@ -158,7 +158,7 @@ def distances(cond: Conditions, size: tuple[int, int], metric: Metric = "euclide
 def resolve_radius(spec: RadiusSpec, cond: Conditions, sigma: Any, where: str, name: str = "radius") -> Tensor:
     """Turn a radius spec into a ``[B, K]`` tensor of non-negative sizes (pixels).
 
-    Example:
+    Examples:
         >>> c = Conditions.from_lists([[(0, 0), (1, 1)]])
         >>> resolve_radius(lambda s: 2 * s, c, 1.5, "demo").tolist()
         [[3.0, 3.0]]
@@ -200,7 +200,7 @@ def disc_masks(cond: Conditions, size: tuple[int, int], radius: RadiusSpec, *, s
     Returns:
         bool ``[B, K, H, W]``.
 
-    Example:
+    Examples:
         >>> c = Conditions.from_lists([[(1.0, 1.0)]])
         >>> disc_masks(c, (3, 3), 1.0)[0, 0].int().tolist()
         [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
@@ -217,7 +217,7 @@ def box_masks(cond: Conditions, size: tuple[int, int], half_size: RadiusSpec, *,
     Returns:
         bool ``[B, K, H, W]``.
 
-    Example:
+    Examples:
         >>> c = Conditions.from_lists([[(1.0, 1.0)]])
         >>> int(box_masks(c, (4, 4), 1.0).sum())
         9
@@ -238,7 +238,7 @@ def gaussian_masks(cond: Conditions, size: tuple[int, int], std: RadiusSpec, *, 
     Returns:
         float ``[B, K, H, W]`` in ``[0, 1]`` (the dtype of ``cond``).
 
-    Example:
+    Examples:
         >>> c = Conditions.from_lists([[(0.0, 0.0)]])
         >>> round(gaussian_masks(c, (1, 2), 1.0)[0, 0, 0, 1].item(), 4)   # exp(-1/2)
         0.6065
@@ -265,7 +265,7 @@ def nearest_conditioner(cond: Conditions, size: tuple[int, int], *, max_distance
     With ``max_distance``, pixels farther than it from their nearest conditioner get ``-1``. Ties go to
     the lower slot index.
 
-    Example:
+    Examples:
         >>> c = Conditions.from_lists([[(0.0, 0.0), (0.0, 3.0)]])
         >>> nearest_conditioner(c, (1, 4))[0].tolist()
         [[0, 0, 1, 1]]
@@ -302,7 +302,7 @@ def voronoi_masks(cond: Conditions, size: tuple[int, int], *, max_distance: Radi
 def union(masks: Tensor) -> Tensor:
     """``[B, 1, H, W]``: the union (max over ``K``) of a mask batch ``[B, K, H, W]``; zero when ``K = 0``.
 
-    Example:
+    Examples:
         >>> m = torch.tensor([[[[1, 0]], [[0, 1]]]]).bool()   # [1, 2, 1, 2]
         >>> union(m).int().tolist()
         [[[[1, 1]]]]
@@ -364,7 +364,7 @@ class DiscRule:
     ``bound`` (optional) caps the radius for every sigma, ``radius <- min(radius, bound)``, so a
     sigma-dependent rule still declares a finite :meth:`support_radius` (networks need one).
 
-    Example:
+    Examples:
         >>> rule = DiscRule(2.0)
         >>> rule(Conditions.from_lists([[(4.0, 4.0)]]), (9, 9)).sum().item()
         13

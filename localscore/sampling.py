@@ -191,7 +191,7 @@ def sample_euler(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | No
     Raises:
         LocalScoreError: on bad shapes, devices, grids, conditions, or a denoiser returning bad output.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)      # data: a point mass at 0
         >>> sigmas = torch.tensor([2.0, 1.0, 0.5])
@@ -250,7 +250,7 @@ def sample_heun(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
     Raises:
         LocalScoreError: on bad shapes, devices, grids, churn parameters, or bad denoiser output.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)      # point mass: the ODE is x ∝ sigma
         >>> sample_heun(D, torch.full((1, 1, 1, 1), 4.0), torch.tensor([2.0, 1.0, 0.5])).item()
@@ -317,7 +317,7 @@ def sample_ddpm(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
     Raises:
         LocalScoreError: on bad shapes, devices, grids, conditions, or a denoiser returning bad output.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)
         >>> g = torch.Generator().manual_seed(0)
@@ -370,7 +370,7 @@ def sample_ddim(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
     Raises:
         LocalScoreError: on bad shapes, devices, grids, ``eta`` outside ``[0, 1]``, or bad denoiser output.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = lambda x, sigma, cond=None: 0.5 * x
         >>> sigmas = torch.tensor([2.0, 1.0, 0.0])
@@ -428,7 +428,7 @@ def sample_euler_maruyama(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Condit
     Raises:
         LocalScoreError: on bad shapes, devices, grids, conditions, or a denoiser returning bad output.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)
         >>> sample_euler_maruyama(D, torch.ones(1, 1, 1, 1), torch.tensor([1.0, 0.0])).item()
@@ -503,7 +503,7 @@ def log_prob_difference(denoiser: Any, x: Tensor, x_new: Tensor, sigma: Any, con
     Returns:
         ``[B]`` the estimated log-density differences.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)      # p_sigma = N(0, sigma^2 I)
         >>> x, y = torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
@@ -579,7 +579,7 @@ def langevin_correct(denoiser: Any, x: Tensor, sigma: Any, cond: Conditions | No
     Raises:
         LocalScoreError: on bad shapes, devices, noise levels, step parameters, or bad model outputs.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)     # p_sigma = N(0, sigma^2 I)
         >>> g = torch.Generator().manual_seed(0)
@@ -668,7 +668,7 @@ def mala_correct(denoiser: Any, x: Tensor, sigma: Any, cond: Conditions | None =
     Returns:
         ``[B, C, H, W]`` the samples after ``n_steps`` steps.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)
         >>> rates = []

@@ -119,7 +119,7 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
     Returns:
         ``[n + 1]`` (``[n]`` without the zero) strictly decreasing noise levels.
 
-    Example:
+    Examples:
         >>> karras_sigmas(3, 0.1, 10.0, rho=1.0).tolist()
         [10.0, 5.050000190734863, 0.10000000149011612, 0.0]
     """
@@ -156,7 +156,7 @@ def loguniform_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
     Returns:
         ``[n + 1]`` (``[n]`` without the zero) strictly decreasing noise levels.
 
-    Example:
+    Examples:
         >>> [round(v, 12) for v in loguniform_sigmas(3, 0.01, 1.0, dtype=torch.float64).tolist()]
         [1.0, 0.1, 0.01, 0.0]
     """
@@ -187,7 +187,7 @@ def vp_linear_t_to_sigma(t: Any, beta_min: float = 0.1, beta_max: float = 20.0) 
     Returns:
         ``sigma(t)``: a float for a float, else a tensor of ``t``'s shape and dtype.
 
-    Example:
+    Examples:
         >>> round(vp_linear_t_to_sigma(1.0), 3)
         152.167
         >>> round(vp_linear_sigma_to_t(vp_linear_t_to_sigma(0.3)), 12)
@@ -216,7 +216,7 @@ def vp_linear_sigma_to_t(sigma: Any, beta_min: float = 0.1, beta_max: float = 20
     Returns:
         ``t(sigma)``: a float for a float, else a tensor of ``sigma``'s shape and dtype.
 
-    Example:
+    Examples:
         >>> round(vp_linear_sigma_to_t(0.0), 6)
         0.0
     """
@@ -251,7 +251,7 @@ def vp_linear_sigmas(n: int, *, beta_min: float = 0.1, beta_max: float = 20.0, t
     Returns:
         ``[n + 1]`` (``[n]`` without the zero) strictly decreasing noise levels.
 
-    Example:
+    Examples:
         >>> [round(s, 4) for s in vp_linear_sigmas(2, t_min=0.5).tolist()]
         [152.167, 3.4129, 0.0]
     """
@@ -281,7 +281,7 @@ def vp_cosine_t_to_sigma(t: Any, s: float = 0.008) -> Any:
     Returns:
         ``sigma(t)``: a float for a float, else a tensor of ``t``'s shape and dtype.
 
-    Example:
+    Examples:
         >>> round(vp_cosine_t_to_sigma(0.5), 4)
         1.0124
         >>> round(vp_cosine_sigma_to_t(vp_cosine_t_to_sigma(0.9)), 12)
@@ -314,7 +314,7 @@ def vp_cosine_sigma_to_t(sigma: Any, s: float = 0.008) -> Any:
     Returns:
         ``t(sigma)`` in ``[0, 1)``: a float for a float, else a tensor of ``sigma``'s shape and dtype.
 
-    Example:
+    Examples:
         >>> round(vp_cosine_sigma_to_t(80.0), 4)
         0.992
     """
@@ -349,7 +349,7 @@ def vp_cosine_sigmas(n: int, *, sigma_min: float = 0.002, sigma_max: float = 80.
     Returns:
         ``[n + 1]`` (``[n]`` without the zero) strictly decreasing noise levels.
 
-    Example:
+    Examples:
         >>> [round(v, 4) for v in vp_cosine_sigmas(3, sigma_min=0.01, sigma_max=10.0).tolist()]
         [10.0, 0.9195, 0.01, 0.0]
     """
@@ -379,7 +379,7 @@ def alphas_cumprod_to_sigmas(alphas_cumprod: Tensor) -> Tensor:
         ``[T]`` noise levels, in ``alphas_cumprod``'s dtype (computed in float64), increasing where the
         table decreases. Flip it (``.flip(0)``) for a sampler grid.
 
-    Example:
+    Examples:
         >>> alphas_cumprod_to_sigmas(torch.tensor([1.0, 0.5, 0.2])).tolist()
         [0.0, 1.0, 2.0]
     """
@@ -404,7 +404,7 @@ def sigmas_to_alphas_cumprod(sigmas: Tensor) -> Tensor:
     Returns:
         A tensor of the same shape and dtype, values in ``(0, 1]``.
 
-    Example:
+    Examples:
         >>> sigmas_to_alphas_cumprod(torch.tensor([0.0, 1.0, 2.0])).tolist()
         [1.0, 0.5, 0.20000000298023224]
     """
@@ -436,7 +436,7 @@ def ddpm_alphas_cumprod(num_timesteps: int = 1000, beta_start: float = 1e-4, bet
     Returns:
         ``[T]`` strictly decreasing values in ``(0, 1)``.
 
-    Example:
+    Examples:
         >>> ac = ddpm_alphas_cumprod(1000)
         >>> round(float(ac[0]), 6), round(float(alphas_cumprod_to_sigmas(ac)[-1]), 2)
         (0.9999, 157.41)

@@ -127,7 +127,7 @@ class PromptConditions:
     Raises:
         LocalScoreError: on wrong shapes, dtypes, devices, out-of-range or overlapping token groups.
 
-    Example:
+    Examples:
         >>> import torch
         >>> e = torch.randn(1, 6, 4)
         >>> p = PromptConditions(e, [[1, 2], [4]])          # two concepts: tokens 1-2 and token 4
@@ -464,7 +464,7 @@ def vp_to_ve(latents: Tensor, sigma: Any) -> Tensor:
         latents: ``[B, C, H, W]`` latents at noise level ``sigma``.
         sigma: ``[B]`` or a float, ``sigma = sqrt((1 - alphas_cumprod[t]) / alphas_cumprod[t])``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> round(vp_to_ve(torch.ones(1, 1, 1, 1), 1.0).item(), 4)      # sqrt(2)
         1.4142
@@ -477,7 +477,7 @@ def vp_to_ve(latents: Tensor, sigma: Any) -> Tensor:
 def ve_to_vp(x: Tensor, sigma: Any) -> Tensor:
     r"""The inverse of :func:`vp_to_ve`: ``x_vp = x / sqrt(1 + sigma**2)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.randn(2, 3, 4, 4)
         >>> torch.allclose(ve_to_vp(vp_to_ve(x, 3.0), 3.0), x)
@@ -602,7 +602,7 @@ class DiffusersDenoiser(DiscreteDDPMDenoiser):
             ``cond`` is required.
         quantize: round timesteps to integers (as the model was trained); default fractional.
 
-    Example:
+    Examples:
         >>> import torch
         >>> class Eps(torch.nn.Module):            # a stand-in with diffusers' UNet signature
         ...     def forward(self, sample, timestep, encoder_hidden_states, return_dict=False):
@@ -692,7 +692,7 @@ class PromptBound(nn.Module):
 def bind_prompt(denoiser: Any, prompt: PromptConditions) -> PromptBound:
     """Fix the prompt of a denoiser: ``bind_prompt(D, p)(x, sigma) == D(x, sigma, p)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = lambda x, s, p: x * p.counts().view(-1, 1, 1, 1)
         >>> p = PromptConditions(torch.zeros(1, 3, 2), [[0], [2]])
@@ -776,7 +776,7 @@ def scheduler_sigmas(scheduler: Any, num_inference_steps: int | None = None, *,
     deterministic DDIM in diffusers and :func:`localscore.sampling.sample_ddim` on
     :class:`DiffusersDenoiser` take the same steps.
 
-    Example:
+    Examples:
         >>> from diffusers import DDIMScheduler
         >>> s = scheduler_sigmas(DDIMScheduler(), 4)          # timesteps 750, 500, 250, 0
         >>> [round(v, 3) for v in s.tolist()]
@@ -803,7 +803,7 @@ def scheduler_start(scheduler: Any, latents: Tensor, num_inference_steps: int) -
     Returns:
         ``(x [B, C, H, W], sigmas [N + 1])`` in ``latents``' dtype and device.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from diffusers import EulerDiscreteScheduler
         >>> sched = EulerDiscreteScheduler(timestep_spacing="leading")
@@ -933,7 +933,7 @@ def resize_regions(regions: Tensor, size: Sequence[int], *, coarse: Coarse = "ma
     ``"majority"``: ``f >= 1/2``; ``"any"``: ``f > 0``; ``"all"``: ``f == 1``. The result has the input's
     kind (bool stays bool).
 
-    Example:
+    Examples:
         >>> import torch
         >>> m = torch.zeros(1, 1, 4, 4, dtype=torch.bool); m[..., :2, :3] = True
         >>> resize_regions(m, (2, 2))[0, 0].tolist(), resize_regions(m, (2, 2), coarse="all")[0, 0].tolist()
@@ -1142,7 +1142,7 @@ def install_regional_attention(model: nn.Module, *, coarse: Coarse = "majority")
     Raises:
         LocalScoreError: if the model has no attention layer or already has regional attention.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from diffusers.models.attention_processor import Attention
         >>> layer = Attention(query_dim=4, cross_attention_dim=3, heads=1, dim_head=4)
@@ -1197,7 +1197,7 @@ def list_blocks(model: nn.Module, *, max_depth: int = 2, types: Sequence[str] | 
     Returns:
         ``[(name, class name), ...]`` in module order.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Sequential(torch.nn.ReLU()))
         >>> list_blocks(net)
@@ -1242,7 +1242,7 @@ class FeatureRecorder:
         names: submodule names (see :func:`list_blocks`).
         detach: store ``output.detach()`` instead.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU())
         >>> with FeatureRecorder(net, ["0"]) as rec:
@@ -1341,7 +1341,7 @@ def math_attention() -> Any:
     other forward-mode tools (e.g. ``localscore.metrics.pixel_locality(..., method="probes")``) can be
     wrapped in it.
 
-    Example:
+    Examples:
         >>> import torch
         >>> with math_attention():
         ...     q = torch.randn(1, 1, 3, 2)
@@ -1405,7 +1405,7 @@ def ablation_influence(
     Returns:
         ``[B, G, h, w]`` non-negative influence, in ``x``'s dtype.
 
-    Example:
+    Examples:
         >>> import torch
         >>> def D(x, s, p):       # concept g writes its embedding's first entry into column g
         ...     e = p.effective_embeds()[:, 1:3, 0]                     # tokens 1, 2 -> [B, 2]
@@ -1501,7 +1501,7 @@ def gradient_influence(
     Returns:
         ``[B, G, h, w]`` non-negative influence, in ``x``'s dtype.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = lambda x, s, p: x * 0 + 3 * p.effective_embeds()[:, 1:2, :1, None]   # token 1, entry 0
         >>> p = PromptConditions(torch.ones(1, 3, 2), [[1], [2]])
@@ -1578,7 +1578,7 @@ def concept_feature_means(
     Returns:
         ``(means [K, F], mean_background [F])`` with ``F`` the number of features.
 
-    Example:
+    Examples:
         >>> import torch
         >>> fn = lambda x, s, p: x + p.effective_embeds()[:, :1, :, None]       # shifts channel-wise
         >>> e = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])                          # tokens 0 and 1
@@ -1655,7 +1655,7 @@ def concept_locality(
     Returns:
         :class:`localscore.metrics.LocalityIndex` (``inside``, ``on_others``, ``index``, ...).
 
-    Example:
+    Examples:
         >>> import torch
         >>> p = PromptConditions(torch.zeros(1, 3, 2), [[1], [2]])
         >>> regions = torch.zeros(1, 2, 4, 4, dtype=torch.bool); regions[:, 0, :, :2] = True

@@ -81,7 +81,7 @@ def _index(name: Any, names: Sequence[str], kind: str, where: str) -> int:
 def color_index(name: str) -> int:
     """Index of a colour name in :data:`COLORS` (case-insensitive).
 
-    Example:
+    Examples:
         >>> color_index("cyan")
         6
     """
@@ -91,7 +91,7 @@ def color_index(name: str) -> int:
 def shape_index(name: str) -> int:
     """Index of a shape name in :data:`SHAPES` (case-insensitive).
 
-    Example:
+    Examples:
         >>> shape_index("triangle")
         2
     """
@@ -101,7 +101,7 @@ def shape_index(name: str) -> int:
 def size_index(name: str) -> int:
     """Index of a size name in :data:`SIZES` (case-insensitive).
 
-    Example:
+    Examples:
         >>> size_index("large")
         1
     """
@@ -136,7 +136,7 @@ def encode_attributes(color: Any, shape: Any, size: Any, *, dtype: torch.dtype =
     Returns:
         ``[..., 13]`` tensor on the indices' device.
 
-    Example:
+    Examples:
         >>> a = encode_attributes(torch.tensor([1]), torch.tensor([0]), torch.tensor([-1]))
         >>> a.tolist()
         [[0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]]
@@ -161,7 +161,7 @@ def decode_attributes(attr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     Each block is decoded by its argmax; a block whose entries are all ``<= 0`` decodes to ``-1``
     (unspecified). Inverse of :func:`encode_attributes`.
 
-    Example:
+    Examples:
         >>> c, s, z = decode_attributes(encode_attributes(torch.tensor([7]), torch.tensor([2]), torch.tensor([1])))
         >>> COLORS[c[0]], SHAPES[s[0]], SIZES[z[0]]
         ('yellow', 'triangle', 'large')

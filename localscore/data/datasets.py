@@ -109,7 +109,7 @@ class SceneStream(_Sharded, IterableDataset):
         value_range: ``(lo, hi)`` of the images; ``(-1, 1)`` suits EDM with ``sigma_data = 0.5``.
         device: where images and conditions are put.
 
-    Example:
+    Examples:
         >>> stream = SceneStream(SceneConfig(resolution=16), batch_size=4, seed=0)
         >>> batch = next(stream)
         >>> batch.images.shape, batch.cond.batch_size
@@ -211,7 +211,7 @@ def write_dataset(path: str | os.PathLike[str], config: SceneConfig, n: int, *, 
     Returns:
         The path written.
 
-    Example:
+    Examples:
         >>> import tempfile, os
         >>> d = tempfile.mkdtemp()
         >>> p = write_dataset(os.path.join(d, "train.pt"), SceneConfig(resolution=16), 10, seed=1)
@@ -284,7 +284,7 @@ class DatasetStream(_Sharded):
         value_range: ``(lo, hi)`` of the images.
         device: where batches are put.
 
-    Example:
+    Examples:
         >>> import tempfile, os
         >>> p = write_dataset(os.path.join(tempfile.mkdtemp(), "d.pt"), SceneConfig(resolution=16), 6)
         >>> stream = DatasetStream(read_dataset(p), batch_size=4, seed=0)

@@ -63,7 +63,7 @@ def parse_layout(
         LocalScoreError: on malformed JSON, missing or unknown keys, unknown colour/shape/size
             names, positions that are not two finite numbers inside the image, too many objects.
 
-    Example:
+    Examples:
         >>> s = parse_layout({"size": 32, "images": [[{"pos": [4, 5.5], "color": "red"}], []]},
         ...                  default_shape="disc", default_size="small")
         >>> s.pos.tolist(), s.counts().tolist(), s.color.tolist()
@@ -152,7 +152,7 @@ def load_layout(path: str | os.PathLike[str], **kwargs: Any) -> Scene:
 def layout_to_dict(scene: Scene) -> dict[str, Any]:
     """The layout dict of a Scene (inverse of :func:`parse_layout`; unspecified fields are omitted).
 
-    Example:
+    Examples:
         >>> d = {"size": 16, "images": [[{"pos": [3.0, 4.0], "color": "blue", "shape": "square"}]]}
         >>> layout_to_dict(parse_layout(d)) == d
         True

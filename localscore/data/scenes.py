@@ -81,7 +81,7 @@ class SceneConfig:
             object is; the others are unlabelled clutter).
         max_rounds: placement rounds before giving up on a crowded configuration.
 
-    Example:
+    Examples:
         >>> cfg = SceneConfig(resolution=32, counts=(1, 2, 3))
         >>> cfg.object_radii()
         (1.92, 2.88)
@@ -286,7 +286,7 @@ def bounding_radius(shape: Tensor, size: Tensor, radii: tuple[float, float]) -> 
 
     ``b = r`` (disc), ``0.85 sqrt(2) r`` (square), ``1.25 r`` (triangle), with ``r = radii[size]``.
 
-    Example:
+    Examples:
         >>> bounding_radius(torch.tensor([0, 2]), torch.tensor([1, 1]), (2.0, 4.0)).tolist()
         [4.0, 5.0]
     """
@@ -331,7 +331,7 @@ def coverage(pos: Tensor, shape: Tensor, radius: Tensor, height: int, width: int
     Returns:
         ``[N, height, width]`` coverage in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> a = coverage(torch.tensor([[2.0, 2.0]]), torch.tensor([1]), torch.tensor([1.0]), 5, 5)
         >>> a[0, 2].tolist()   # half side 0.85: full inside, 0.35 at the edge pixels, 0 beyond
         [0.0, 0.3500000238418579, 1.0, 0.3500000238418579, 0.0]
@@ -382,7 +382,7 @@ def sample_scenes(
     Raises:
         LocalScoreError: if the objects cannot be placed (too many for the resolution and sizes).
 
-    Example:
+    Examples:
         >>> g = torch.Generator().manual_seed(0)
         >>> s = sample_scenes(SceneConfig(resolution=32, counts=(3,)), 4, generator=g)
         >>> s.pos.shape, s.counts().tolist()
@@ -484,7 +484,7 @@ def render_scene(scene: Scene, config: SceneConfig | None = None, *, dtype: torc
     Returns:
         ``[B, 3, H, W]`` images on the scene's device.
 
-    Example:
+    Examples:
         >>> g = torch.Generator().manual_seed(0)
         >>> cfg = SceneConfig(resolution=16, counts=(2,))
         >>> img = render_scene(sample_scenes(cfg, 2, generator=g), cfg)
@@ -563,7 +563,7 @@ def label_scene(
       ``K = 1``; images without objects get an empty set. The other objects stay in the image as
       unlabelled clutter.
 
-    Example:
+    Examples:
         >>> g = torch.Generator().manual_seed(1)
         >>> s = sample_scenes(SceneConfig(counts=(3,)), 2, generator=g)
         >>> label_scene(s, "one", generator=g).pos.shape

@@ -69,7 +69,7 @@ def detect_objects(
         A :class:`~localscore.data.Scene` of the detections (``K`` = the most detections in an image),
         positions in pixels, colour/shape/size indices classified as above.
 
-    Example:
+    Examples:
         >>> from localscore.data import SceneConfig, sample_scenes, render_scene
         >>> cfg = SceneConfig(resolution=32, counts=(4,))
         >>> truth = sample_scenes(cfg, 2, generator=torch.Generator().manual_seed(0))

@@ -94,7 +94,7 @@ def locality_profile(
     Returns:
         A :class:`LocalityProfile`.
 
-    Example:
+    Examples:
         >>> from localscore.testing import LocalConvDenoiser
         >>> D = LocalConvDenoiser(3, radius=1, cond_radius=1.0)
         >>> p = locality_profile(D, SceneConfig(resolution=16), sigmas=[1.0], n_images=1, count=2, region_radius=2.0)
@@ -142,7 +142,7 @@ def locality_table(
     and the share on other objects there, the median influence radius there, and the perfect rate at
     each of ``counts`` (pooled over seeds for a :class:`~localscore.evaluate.SeedTable`).
 
-    Example:
+    Examples:
         >>> from localscore.evaluate import CountResult, Proportion
         >>> p = LocalityProfile((1.0,), (0.97,), (0.01,), (2.0,), 4.8)
         >>> r = EvaluationResult((CountResult(8, 10, *(Proportion(9, 10),) * 4),))

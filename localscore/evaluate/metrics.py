@@ -54,7 +54,7 @@ def wilson_interval(successes: int, trials: int, z: float = _Z95) -> tuple[float
 
     ``(p + z^2/(2n) -+ z sqrt(p(1-p)/n + z^2/(4n^2))) / (1 + z^2/n)``; ``(0, 1)`` when ``trials == 0``.
 
-    Example:
+    Examples:
         >>> [round(v, 4) for v in wilson_interval(8, 10)]
         [0.4902, 0.9433]
     """
@@ -75,7 +75,7 @@ def wilson_interval(successes: int, trials: int, z: float = _Z95) -> tuple[float
 class Proportion:
     """``successes`` out of ``trials``, with its rate and Wilson interval.
 
-    Example:
+    Examples:
         >>> Proportion(9, 10).rate, Proportion(0, 0).format()
         (0.9, '–')
     """
@@ -240,7 +240,7 @@ def match_objects(
         One ``(req_idx, det_idx, correct)`` triple of arrays per image: the slot indices of the pairs
         within ``max_distance`` and whether each pair is correct.
 
-    Example:
+    Examples:
         >>> req = Conditions.from_lists([[(5.0, 5.0), (20.0, 20.0)]])
         >>> det = Scene(torch.tensor([[[19.5, 20.0], [9.0, 9.0]]]), torch.zeros(1, 2, dtype=torch.long),
         ...             torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long),
@@ -313,7 +313,7 @@ def evaluate_counts(
     Returns:
         An :class:`EvaluationResult` with one row per requested count present.
 
-    Example:
+    Examples:
         >>> from localscore.data import SceneConfig, sample_scenes, render_scene
         >>> from localscore.evaluate import detect_objects
         >>> cfg = SceneConfig(resolution=32)
@@ -362,7 +362,7 @@ class SeedTable:
     def from_results(cls, results: Sequence[EvaluationResult]) -> SeedTable:
         """Pool ``results`` (one per seed) count by count.
 
-        Example:
+        Examples:
             >>> a = EvaluationResult((CountResult(2, 10, *(Proportion(9, 10),) * 4),))
             >>> b = EvaluationResult((CountResult(2, 10, *(Proportion(7, 10),) * 4),))
             >>> t = SeedTable.from_results([a, b])
@@ -430,7 +430,7 @@ def comparison_table(
 ) -> str:
     """A markdown table of one metric: one row per model, one column per requested count.
 
-    Example:
+    Examples:
         >>> r = EvaluationResult((CountResult(4, 10, *(Proportion(10, 10),) * 4),))
         >>> print(comparison_table({"local": r}))
         | model | 4 |

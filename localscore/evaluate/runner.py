@@ -25,7 +25,7 @@ def request_scenes(config: SceneConfig, counts: Sequence[int], per_count: int, *
     Drawn with :func:`~localscore.data.sample_scenes` (the config's sizes, separation and margin) from
     a generator seeded with ``seed``: image ``i`` requests ``counts[i // per_count]`` objects.
 
-    Example:
+    Examples:
         >>> s = request_scenes(SceneConfig(resolution=32), [0, 5], 2, seed=3)
         >>> s.counts().tolist()
         [0, 0, 5, 5]
@@ -78,7 +78,7 @@ def evaluate_sampler(
         meta: metadata stored in the result (the seed is added).
         progress: show a tqdm progress bar (if tqdm is installed).
 
-    Example:
+    Examples:
         >>> from localscore.data import render_scene, parse_layout
         >>> cfg = SceneConfig(resolution=32)
         >>> def oracle(cond, generator):   # a perfect "sampler": render the requested scene

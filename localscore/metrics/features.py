@@ -57,7 +57,7 @@ def feature_orthogonality(
     Returns:
         :class:`~localscore.metrics.FeatureOrthogonality`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> bg = torch.zeros(2, 2)
         >>> a = bg.clone(); a[0, 0] = 1.0          # object in the top-left corner

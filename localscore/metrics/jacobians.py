@@ -81,7 +81,7 @@ def jvp_batch(fn: ImageMap, x: Tensor, tangents: Tensor, *, chunk_size: int | No
     Returns:
         ``[N, B, *out]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> fn = lambda z: 3 * z ** 2
         >>> x = torch.ones(1, 1, 1, 2)
@@ -114,7 +114,7 @@ def vjp_batch(fn: ImageMap, x: Tensor, cotangents: Tensor, *, chunk_size: int | 
     Returns:
         ``[N, B, C, H, W]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[[[1.0, 2.0]]]])
         >>> vjp_batch(lambda z: z ** 2, x, torch.ones(1, 1, 1, 1, 2)).flatten().tolist()   # 2 x
@@ -222,7 +222,7 @@ class BandedJacobian:
     def to_dense(self) -> Tensor:
         """``[B, C', H, W, C, H, W]``: the full Jacobian (zeros outside the windows).
 
-        Example:
+        Examples:
             >>> import torch
             >>> x = torch.randn(1, 1, 5, 5)
             >>> Jb = jacobian(lambda z: 2 * z, x, method="colored", radius=0)
@@ -252,7 +252,7 @@ class BandedJacobian:
     def from_dense(J: Tensor, radius: int) -> BandedJacobian:
         """Keep the ``(2R + 1)^2`` windows of a dense ``[B, C', H, W, C, H, W]`` Jacobian (drops the rest).
 
-        Example:
+        Examples:
             >>> import torch
             >>> J = torch.randn(1, 2, 4, 4, 3, 4, 4)
             >>> torch.equal(BandedJacobian.from_dense(J, 3).to_dense(), J)   # R = 3 covers 4 x 4
@@ -572,7 +572,7 @@ def jacobian(
         LocalScoreError: bad arguments; a dense Jacobian over ``max_memory``; a map less local than the
             declared ``radius``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
         >>> x = torch.randn(1, 1, 12, 12)

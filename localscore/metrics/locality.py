@@ -168,12 +168,15 @@ def pixel_locality(
         metric: ``"chebyshev"`` or ``"euclidean"``.
         quantiles: mass quantiles of the effective radii.
         target: ``"denoiser"`` or ``"score"``.
-        chunk_size, max_memory, n_rows, generator: passed to :func:`~localscore.metrics.jacobian`.
+        chunk_size: passed to :func:`~localscore.metrics.jacobian`.
+        max_memory: passed to :func:`~localscore.metrics.jacobian`.
+        n_rows: passed to :func:`~localscore.metrics.jacobian`.
+        generator: passed to :func:`~localscore.metrics.jacobian`.
 
     Returns:
         :class:`~localscore.metrics.PixelLocality`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
         >>> with torch.no_grad():
@@ -307,7 +310,7 @@ def locality_index(
     Returns:
         :class:`~localscore.metrics.LocalityIndex`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> I = torch.zeros(1, 2, 1, 4); I[0, 0, 0, :2] = 1.0; I[0, 1, 0, 3] = 1.0; I[0, 1, 0, 0] = 1.0
         >>> m = torch.tensor([[[[1, 1, 0, 0]], [[0, 0, 1, 1]]]]).bool()
@@ -359,7 +362,7 @@ def influence_radius(influence: Tensor, cond: Conditions, *, quantile: float = 0
     ``r[b, k] = min{ d(i*) : sum_{i: d(i) <= d(i*)} I[b, k, i] >= quantile * sum_i I[b, k, i] }`` with
     ``d(i)`` the distance of pixel ``i`` to ``pos[b, k]``; NaN for padding slots or zero influence.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> I = torch.zeros(1, 1, 1, 6); I[0, 0, 0, 1] = 1.0; I[0, 0, 0, 4] = 9.0
@@ -480,7 +483,7 @@ def conditional_locality(
     Returns:
         :class:`~localscore.metrics.ConditionalLocality`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> from localscore.testing import LocalConvDenoiser

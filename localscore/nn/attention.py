@@ -60,7 +60,7 @@ class CondContext:
             attention biases, float weights) here, so the layers of one forward pass derive it once.
             Build a new context for every forward pass (networks do).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> c = Conditions.from_lists([[(1.0, 2.0)]])
@@ -93,7 +93,7 @@ class NeighborList:
     ``weight`` is differentiable with respect to a float mask (gathered from it). Build it with
     :func:`neighbor_list`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> m = torch.tensor([[[[0.5, 0.0]], [[0.25, 1.0]]]])        # [B=1, K=2, H=1, W=2], soft
         >>> nb = neighbor_list(m, torch.tensor([[True, True]]))
@@ -139,7 +139,7 @@ def neighbor_list(mask: Tensor, valid: Tensor) -> NeighborList:
         mask: ``[B, K, H, W]`` bool or float in ``[0, 1]``.
         valid: ``[B, K]`` bool (False: padding, never allowed).
 
-    Example:
+    Examples:
         >>> import torch
         >>> m = torch.zeros(1, 3, 1, 2, dtype=torch.bool)
         >>> m[0, 0, 0, 0] = m[0, 2, 0, 0] = m[0, 2, 0, 1] = True
@@ -223,7 +223,7 @@ def choose_sparse(mask: Tensor | None, valid: Tensor, mode: SparseMode = "auto",
     differentiable (no double backward through ``embedding_bag``): for second derivatives (gradient
     penalties, ``create_graph=True``) use ``mode="dense"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> valid = torch.ones(1, 64, dtype=torch.bool)
         >>> m = torch.zeros(1, 64, 8, 8, dtype=torch.bool); m[0, :4] = True   # each pixel sees 4 of 64
@@ -268,7 +268,7 @@ def pool_mask(mask: Tensor, stride: int) -> Tensor:
     ``out[b, k, i, j] = max_{0 <= u, v < s} mask[b, k, s i + u, s j + v]``. ``H`` and ``W`` must be
     divisible by ``s``. Bool masks stay bool.
 
-    Example:
+    Examples:
         >>> import torch
         >>> m = torch.zeros(1, 1, 4, 4, dtype=torch.bool); m[0, 0, 3, 0] = True
         >>> pool_mask(m, 2)[0, 0].int().tolist()
@@ -402,7 +402,7 @@ class MaskedCrossAttention(ConditioningLayer):
         head_dim: ``d`` (default ``max(1, C // heads)``).
         relative: Fourier features for relative offsets, or ``None``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> from localscore.masks import disc_masks
@@ -591,7 +591,7 @@ class RenderedConditioning(ConditioningLayer):
     With ``ctx.neighbors`` (a :class:`NeighborList`) the sums run over the listed conditioners only
     (see :meth:`forward`); the function is the same.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> from localscore.masks import disc_masks
@@ -692,7 +692,7 @@ class NeighborhoodSelfAttention(nn.Module):
     Unlike fixed (Swin-style) windows, the window moves with the pixel, so the layer is translation
     equivariant and its receptive radius is exactly ``radius``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> NeighborhoodSelfAttention(8, radius=1, heads=2)(torch.randn(1, 8, 5, 5)).shape
         torch.Size([1, 8, 5, 5])
@@ -735,7 +735,7 @@ class GlobalSelfAttention(nn.Module):
 
     ``out_q = W_o sum_n softmax_n(W_q h_q . W_k h_n / sqrt(d)) W_v h_n`` over all pixels ``n``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> GlobalSelfAttention(8, heads=2)(torch.randn(1, 8, 4, 4)).shape
         torch.Size([1, 8, 4, 4])

@@ -27,7 +27,7 @@ class ChannelNorm(nn.Module):
     ``y[:, :, i, j] = (h - mean_c h) / sqrt(var_c h + eps) * weight + bias`` with the mean and (biased)
     variance over the ``C`` channels of pixel ``(i, j)`` only: no pixel sees another (receptive radius 0).
 
-    Example:
+    Examples:
         >>> import torch
         >>> y = ChannelNorm(4)(torch.randn(2, 4, 3, 3))
         >>> torch.allclose(y.mean(1), torch.zeros(2, 3, 3), atol=1e-6)
@@ -51,7 +51,7 @@ class ChannelNorm(nn.Module):
 def make_norm(kind: str, channels: int, *, groups: int = 8) -> nn.Module:
     """``"channel"`` → :class:`ChannelNorm`, ``"group"`` → ``nn.GroupNorm(groups, channels)``, ``"none"`` → identity.
 
-    Example:
+    Examples:
         >>> type(make_norm("channel", 8)).__name__
         'ChannelNorm'
     """
@@ -90,7 +90,7 @@ class LocalResBlock(nn.Module):
         heads: its heads.
         groups: GroupNorm groups.
 
-    Example:
+    Examples:
         >>> import torch
         >>> blk = LocalResBlock(8, 16, kernel_size=3)
         >>> blk.receptive_radius, blk(torch.randn(1, 8, 5, 5), torch.randn(1, 16)).shape

@@ -90,7 +90,7 @@ class LocalNetConfig(_ConfigBase):
         head_kernel_size: odd size of the output convolution (default ``kernel_size``); lets
             :meth:`for_receptive_radius` reach odd radii.
 
-    Example:
+    Examples:
         >>> cfg = LocalNetConfig(width=32)
         >>> LocalNetConfig.from_dict(cfg.to_dict()) == cfg
         True
@@ -157,7 +157,7 @@ class LocalNetConfig(_ConfigBase):
         ``size <= 16``: depth 2 (receptive radius 6), ``cond_radius`` 3.5. ``size`` 32 (and above):
         depth 4 (receptive radius 10), ``cond_radius`` 6.0. Other fields from ``changes``.
 
-        Example:
+        Examples:
             >>> LocalNetConfig.for_image_size(32).receptive_radius
             10
         """
@@ -173,7 +173,7 @@ class LocalNetConfig(_ConfigBase):
         With ``p = kernel_size // 2``: ``radius = p + depth * 2p + head_radius``; the depth is the largest
         that leaves ``head_radius >= p`` (at least 1 block), the head kernel takes the rest.
 
-        Example:
+        Examples:
             >>> cfg = LocalNetConfig.for_receptive_radius(7, cond_radius=2.0)
             >>> cfg.receptive_radius, cfg.depth, cfg.head_kernel_size
             (7, 2, 5)
@@ -262,7 +262,7 @@ class UNetConfig(_ConfigBase):
         sigma_embed_dim: noise-level embedding length.
         sigma_data: EDM's data standard deviation.
 
-    Example:
+    Examples:
         >>> UNetConfig(token_encoder_layers=2).downsampling
         4
     """
@@ -326,7 +326,7 @@ class UNetConfig(_ConfigBase):
 def config_to_dict(config: LocalNetConfig | UNetConfig) -> dict[str, Any]:
     """``{"kind": "local" | "global", **fields}``: a config as a tagged plain dict, for checkpoints.
 
-    Example:
+    Examples:
         >>> config_to_dict(UNetConfig())["kind"]
         'global'
     """
@@ -340,7 +340,7 @@ def config_to_dict(config: LocalNetConfig | UNetConfig) -> dict[str, Any]:
 def config_from_dict(data: dict[str, Any]) -> LocalNetConfig | UNetConfig:
     """The inverse of :func:`config_to_dict`.
 
-    Example:
+    Examples:
         >>> config_from_dict(config_to_dict(LocalNetConfig(width=16))) == LocalNetConfig(width=16)
         True
     """

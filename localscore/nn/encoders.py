@@ -43,7 +43,7 @@ class FourierFeatures(nn.Module):
         min_wavelength: shortest wavelength in pixels (> 0).
         max_wavelength: longest wavelength in pixels (>= min_wavelength).
 
-    Example:
+    Examples:
         >>> import torch
         >>> ff = FourierFeatures(2, min_wavelength=4.0, max_wavelength=8.0)
         >>> ff(torch.tensor([[1.0, 0.0]])).shape
@@ -97,7 +97,7 @@ def rotate_features(feat: Tensor, angles: Tensor, *, inverse: bool = False) -> T
         angles: ``[..., 2, F]`` angles, broadcastable against ``feat``'s leading dimensions.
         inverse: apply ``Rot(x)^T`` (the rotation by ``+theta``) instead.
 
-    Example:
+    Examples:
         >>> import torch
         >>> ff = FourierFeatures(3)
         >>> p, x = torch.tensor([[5.0, 2.0]]), torch.tensor([[1.0, 7.0]])
@@ -119,7 +119,7 @@ class SigmaEmbedding(nn.Module):
     ``w_i`` geometric from ``pi / 8`` to ``min(1000, pi * 2**(num_freqs / 4))``. One vector per image:
     conditioning on the noise level is global but carries no pixel information, so it never breaks locality.
 
-    Example:
+    Examples:
         >>> import torch
         >>> SigmaEmbedding(32)(torch.zeros(3)).shape
         torch.Size([3, 32])
@@ -157,7 +157,7 @@ class ConditionerEncoder(nn.Module):
         dim: token length ``D``.
         fourier: the :class:`FourierFeatures` for absolute positions, or ``None`` for none.
 
-    Example:
+    Examples:
         >>> import torch
         >>> enc = ConditionerEncoder(13, 32, fourier=FourierFeatures(4))
         >>> enc(torch.zeros(2, 5, 2), torch.zeros(2, 5, 13)).shape

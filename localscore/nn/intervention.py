@@ -59,7 +59,7 @@ def register_locality_patch(module_type: type, patch: PatchFn) -> None:
     Layers you can modify can instead implement the protocol directly: an attribute ``locality_rule`` and
     a method ``set_locality_rule(rule_or_None)``, as :class:`~localscore.nn.ConditioningLayer` does.
 
-    Example:
+    Examples:
         >>> import torch
         >>> class MyAttention(torch.nn.Module):
         ...     rule = None
@@ -90,7 +90,7 @@ class LocalityReport:
         nonlocal_pathways: ``(name, reason)`` for modules that still carry information across the image.
         support: the rule's support radius (pixels, Chebyshev), or ``None`` if unbounded.
 
-    Example:
+    Examples:
         >>> from localscore.masks import DiscRule
         >>> from localscore.nn import LocalConditionalDenoiser
         >>> report = enforce_locality(LocalConditionalDenoiser(width=8, heads=2), DiscRule(2.0)).report
@@ -164,7 +164,7 @@ def share_weights_copy(model: nn.Module) -> nn.Module:
     Changing the copy's module attributes (e.g. a layer's ``locality_rule``) leaves the original alone;
     training either one changes both, since they share the weight tensors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> m = torch.nn.Linear(2, 2); c = share_weights_copy(m)
         >>> c is m, c.weight is m.weight
@@ -186,7 +186,7 @@ class LocalityEnforced(nn.Module):
         inner: the patched model (a weight-sharing copy unless ``copy=False``).
         report: a :class:`LocalityReport`.
 
-    Example:
+    Examples:
         >>> from localscore.masks import DiscRule
         >>> from localscore.nn import LocalConditionalDenoiser
         >>> D = LocalConditionalDenoiser(width=8, heads=2)           # disc radius 3.5: conditioner radius 9
@@ -255,7 +255,7 @@ def enforce_locality(model: nn.Module, rule: MaskRule, *, copy: bool = True) -> 
         :class:`LocalityEnforced`: call it like the model; ``.report`` says what was done; ``.restore()``
         or a ``with`` block reverts it.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> from localscore.masks import DiscRule
@@ -333,7 +333,7 @@ class LocalizedDenoiser(nn.Module):
 
     Cost: ``K + 1`` passes of ``D`` (batched into one call).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> from localscore.masks import DiscRule
@@ -445,7 +445,7 @@ def localize(denoiser: Any, rule: MaskRule, *, crop: int | None = None) -> Local
     exactly conditionally local with ``conditioner_radius = ceil(support)``, which
     :func:`enforce_locality` cannot promise for models with global pathways.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> from localscore.masks import DiscRule

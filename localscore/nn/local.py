@@ -102,7 +102,7 @@ class LocalScoreNet(nn.Module):
             function (to float round-off); the attribute ``sparse`` may be changed at any time. It is
             not part of the config (a runtime choice, not an architecture).
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = LocalScoreNet(LocalNetConfig(width=8, heads=2, attr_dim=0))
         >>> net(torch.randn(2, 3, 7, 9), torch.zeros(2), None).shape      # any image size
@@ -266,7 +266,7 @@ class LocalConditionalDenoiser(EDMPreconditioner):
         sparse: ``"auto"``, ``"sparse"`` or ``"dense"``: how conditioning reads the mask (see
             :class:`LocalScoreNet`; same function, different cost). Change it later via ``D.inner.sparse``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> D = LocalConditionalDenoiser(width=16, attr_dim=0)

@@ -48,7 +48,7 @@ class UNetResBlock(nn.Module):
     ``(a, b) = W_e e`` from the noise embedding ``e [B, E]``; ``skip`` is a 1x1 convolution when the
     channel count changes, else the identity.
 
-    Example:
+    Examples:
         >>> import torch
         >>> UNetResBlock(8, 16, 4, groups=4)(torch.randn(1, 8, 4, 4), torch.randn(1, 4)).shape
         torch.Size([1, 16, 4, 4])
@@ -92,7 +92,7 @@ class TokenEncoder(nn.Module):
     ``layers`` pre-norm ``nn.TransformerEncoderLayer`` run with padding masked; the global token is
     dropped from the output: ``[B, K, D] -> [B, K, D]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> enc = TokenEncoder(8, layers=1, heads=2)
         >>> enc(torch.randn(2, 3, 8), torch.tensor([[True, True, False], [False, False, False]])).shape
@@ -123,7 +123,7 @@ class PooledSetEmbedding(nn.Module):
     ``p = W (sum_k valid_k t_k / max(1, sum_k valid_k)) + [no valid token] e_empty`` with a learned
     ``e_empty`` for the empty set.
 
-    Example:
+    Examples:
         >>> import torch
         >>> pool = PooledSetEmbedding(4, 6)
         >>> torch.equal(pool(torch.randn(1, 2, 4), torch.zeros(1, 2, dtype=torch.bool))[0],
@@ -164,7 +164,7 @@ class UNet(nn.Module):
     ``H`` and ``W`` must be multiples of ``config.downsampling``. Not translation equivariant (tokens carry
     absolute positions; downsampling aligns to a grid): ``translation_equivariant = False``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = UNet(UNetConfig(base_width=8, channel_mult=(1, 2), attention_levels=(1,), heads=2, groups=4,
         ...                       token_dim=8, attr_dim=0))
@@ -290,7 +290,7 @@ class GlobalConditionalDenoiser(EDMPreconditioner):
         config: a :class:`~localscore.nn.UNetConfig` (default: the 16x16 U-Net of REFERENCES.md); or pass its
             fields as keyword arguments.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> D = GlobalConditionalDenoiser(base_width=8, channel_mult=(1, 2), attention_levels=(1,), attr_dim=0,
@@ -333,7 +333,7 @@ def build_denoiser(
 ) -> LocalConditionalDenoiser | GlobalConditionalDenoiser:
     """The denoiser a config describes: a config object, or a dict from :func:`~localscore.nn.config_to_dict`.
 
-    Example:
+    Examples:
         >>> from localscore.nn import LocalNetConfig, config_to_dict
         >>> type(build_denoiser(config_to_dict(LocalNetConfig(width=8, heads=2)))).__name__
         'LocalConditionalDenoiser'

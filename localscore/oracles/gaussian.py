@@ -210,7 +210,7 @@ class _GaussianFamily(AnalyticDistribution):
 
         ``mean = sum_m w_m mu_m``; ``cov = sum_m w_m (Sigma_m + mu_m mu_m^T) - mean mean^T + sigma**2 I``.
 
-        Example:
+        Examples:
             >>> import torch
             >>> gm = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1), std=0.5)
             >>> mean, cov = gm.moments(sigma=1.0)      # 0.25 + 1 (between modes) + 1 (noise)
@@ -280,7 +280,7 @@ class Gaussian(_GaussianFamily):
         LocalScoreError: on bad shapes, non-finite values, a non-symmetric or indefinite covariance, or
             both ``cov`` and ``std`` given.
 
-    Example:
+    Examples:
         >>> import torch
         >>> g = Gaussian(torch.zeros(1, 1, 2), std=1.0)
         >>> g(torch.full((1, 1, 1, 2), 2.0), 1.0).flatten().tolist()   # x * 1 / (1 + 1)
@@ -342,7 +342,7 @@ class Gaussian(_GaussianFamily):
         Returns:
             ``[B, C, H, W]`` the states at ``sigma_to``, in ``x``'s dtype.
 
-        Example:
+        Examples:
             >>> import torch
             >>> g = Gaussian(torch.zeros(1, 1, 1), std=0.0)          # point mass: x ∝ sigma
             >>> g.probability_flow(torch.full((1, 1, 1, 1), 4.0), 2.0, 0.5).item()
@@ -380,7 +380,7 @@ class GaussianMixture(_GaussianFamily):
         LocalScoreError: on bad shapes, non-finite or negative values, non-PSD covariances, or both
             ``covs`` and ``std`` given.
 
-    Example:
+    Examples:
         >>> import torch
         >>> gm = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([-2.0, 2.0]).view(2, 1, 1, 1), std=0.5)
         >>> x = torch.zeros(3, 1, 1, 1); x[0] = -2.0; x[2] = 2.0

@@ -413,7 +413,7 @@ class _GaussianObjects(AnalyticDistribution):
         ``False``. Raises like :meth:`denoise` for off-image positions, wrong attributes and (for
         :class:`FactorizedObjects`) overlapping regions.
 
-        Example:
+        Examples:
             >>> from localscore import Conditions
             >>> from localscore.oracles import FactorizedObjects
             >>> oracle = FactorizedObjects(1, 8, 8, object_radius=1.0)
@@ -432,7 +432,7 @@ class _GaussianObjects(AnalyticDistribution):
         ``mu_J[c, p] = background_mean[c] + sum_j colour_j[c] * profile_j(p) * [p in M_j]``; ``size = (H', W')``
         picks another canvas (default: this oracle's ``(H, W)``).
 
-        Example:
+        Examples:
             >>> from localscore import Conditions
             >>> from localscore.oracles import FactorizedObjects
             >>> oracle = FactorizedObjects(1, 5, 5, object_radius=1.0, object_mean=2.0, background_mean=0.5)
@@ -457,7 +457,7 @@ class _GaussianObjects(AnalyticDistribution):
         ``D(x) = x - sigma**2 (Sigma_J + sigma**2 I)^{-1} (x - mu_J)`` (module docstring), solved block by
         block in the oracle's dtype. ``cond=None`` (or an empty set) is the background-only model.
 
-        Example:
+        Examples:
             >>> import torch
             >>> from localscore.oracles import FactorizedObjects
             >>> oracle = FactorizedObjects(1, 4, 4, object_radius=1.0, background_std=1.0)
@@ -477,7 +477,7 @@ class _GaussianObjects(AnalyticDistribution):
         ``log p = -1/2 [ r^T A^{-1} r + log det A + C H W log(2 pi) ]`` with ``r = x - mu_J`` and
         ``A = Sigma_J + sigma**2 I``. Differentiable in ``x``: its gradient is :meth:`score`.
 
-        Example:
+        Examples:
             >>> import math, torch
             >>> from localscore.oracles import FactorizedObjects
             >>> oracle = FactorizedObjects(1, 2, 2, object_radius=1.0, background_std=1.0)
@@ -510,7 +510,7 @@ class _GaussianObjects(AnalyticDistribution):
             ``[B, C, H, W]``: ``mu_J + sqrt(v_b) z_b + sum_j L_j z_j + g 1 + sigma * eps`` with
             ``L_j L_j^T = K_j``.
 
-        Example:
+        Examples:
             >>> import torch
             >>> from localscore import Conditions
             >>> from localscore.oracles import FactorizedObjects
@@ -576,7 +576,7 @@ class _GaussianObjects(AnalyticDistribution):
         to round-off for :class:`FactorizedObjects`; for :class:`OverlappingObjects` it is the residual a
         composition operator must reproduce.
 
-        Example:
+        Examples:
             >>> import torch
             >>> from localscore import Conditions
             >>> from localscore.oracles import OverlappingObjects
@@ -628,7 +628,9 @@ class FactorizedObjects(_GaussianObjects):
     (Chebyshev, see :func:`localscore.denoisers.receptive_radius`).
 
     Args:
-        channels, height, width: the image shape ``C, H, W``.
+        channels: the image's channel count ``C``.
+        height: the image height ``H`` in pixels.
+        width: the image width ``W`` in pixels.
         object_radius: region radius in pixels (Euclidean), ``>= sqrt(1/2)``.
         object_mean: ``[C]`` (or a float) base colour of the objects' mean.
         attr_map: optional ``[C, A]``; an object's colour is ``object_mean + attr_map @ attr_j``, with
@@ -637,10 +639,11 @@ class FactorizedObjects(_GaussianObjects):
         length_scale: correlation length of the object field, in pixels.
         channel_corr: ``[C, C]`` PSD channel correlation of the object field (default identity).
         mean_width: ``None`` for flat patches; else ``profile_j(p) = exp(-|p - pos_j|**2 / (2 mean_width**2))``.
-        background_mean, background_std: ``[C]`` (or floats), the background's per-pixel mean and std (``> 0``).
+        background_mean: ``[C]`` (or a float), the background's per-pixel mean.
+        background_std: ``[C]`` (or a float), the background's per-pixel std (``> 0``).
         dtype: compute dtype (float64 by default); results of ``denoise``/``log_prob`` come back in ``x``'s dtype.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> from localscore.oracles import FactorizedObjects
@@ -715,11 +718,22 @@ class OverlappingObjects(_GaussianObjects):
     oracle equals :class:`FactorizedObjects` with the same parameters.
 
     Args:
-        channels, height, width, object_radius, object_mean, attr_map, object_std, length_scale,
-        channel_corr, mean_width, background_mean, background_std, dtype: as :class:`FactorizedObjects`.
+        channels: as in :class:`FactorizedObjects`.
+        height: as in :class:`FactorizedObjects`.
+        width: as in :class:`FactorizedObjects`.
+        object_radius: as in :class:`FactorizedObjects`.
+        object_mean: as in :class:`FactorizedObjects`.
+        attr_map: as in :class:`FactorizedObjects`.
+        object_std: as in :class:`FactorizedObjects`.
+        length_scale: as in :class:`FactorizedObjects`.
+        channel_corr: as in :class:`FactorizedObjects`.
+        mean_width: as in :class:`FactorizedObjects`.
+        background_mean: as in :class:`FactorizedObjects`.
+        background_std: as in :class:`FactorizedObjects`.
+        dtype: as in :class:`FactorizedObjects`.
         global_std: std of the per-image, per-channel offset shared by all pixels (``>= 0``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> from localscore.oracles import OverlappingObjects

@@ -71,7 +71,7 @@ class PatchLocalEmpirical:
         conditioner_radius: ``ceil(r)`` (only with ``cond``).
         shape: ``(C, H, W)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> data = torch.randn(20, 1, 8, 8, generator=torch.Generator().manual_seed(0))
         >>> D = PatchLocalEmpirical(data, radius=1)
@@ -270,7 +270,9 @@ class PatchLocalEmpirical:
 
         Args:
             n: number of images, or a ``Conditions`` batch (one image per set; conditional variant).
-            steps, sigma_min, sigma_max: the grid.
+            steps: number of grid steps.
+            sigma_min: the grid's smallest positive noise level.
+            sigma_max: the grid's largest noise level (the initial noise's scale).
             generator: source of the initial noise.
 
         Returns:

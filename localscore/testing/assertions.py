@@ -108,7 +108,7 @@ def assert_pixel_local(
     Raises:
         AssertionError: naming the output pixel, the input it depends on, the distance, sigma and the size.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore.testing import LocalConvDenoiser
         >>> assert_pixel_local(LocalConvDenoiser(1, 2), torch.randn(1, 1, 10, 10), [0.1, 10.0], radius=2)
@@ -203,7 +203,7 @@ def assert_conditionally_local(
     Raises:
         AssertionError: naming the conditioner, its position, the output pixel, the distance, sigma and the size.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> from localscore.testing import LocalConvDenoiser
@@ -290,7 +290,7 @@ def assert_projective(
     Raises:
         AssertionError: naming the pixel, the difference, sigma and the closest pair of conditioners.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> from localscore.testing import LocalConvDenoiser
@@ -361,7 +361,7 @@ def assert_permutation_invariant(
     Raises:
         AssertionError: naming the permutation, the pixel, sigma and the difference.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore import Conditions
         >>> first_only = lambda x, s, c: x + c.pos[:, :1, :1, None]     # looks at slot 0 only

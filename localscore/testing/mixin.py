@@ -57,7 +57,7 @@ class LocalScoreTesterMixin:
     * ``atol``: tolerance of the assertions (``None``: scaled by dtype).
     * ``hypothesis_examples``: examples of the property-based test.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore.testing import LocalConvDenoiser
         >>> class TestLocalConv(LocalScoreTesterMixin):

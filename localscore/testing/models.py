@@ -34,7 +34,7 @@ def render_conditions(cond: Conditions | None, size: tuple[int, int], radius: fl
     position inside the window, so gradients with respect to positions exist). Pixel ``(i, j)`` thus
     sees exactly the conditioners within ``r`` of it. ``cond=None`` (or empty) renders zeros.
 
-    Example:
+    Examples:
         >>> c = Conditions.from_lists([[(1.0, 1.0)]])
         >>> render_conditions(c, (1, 4), 1.0, 0, dtype=torch.float32, device=torch.device("cpu"))[0, 0].tolist()
         [[0.5, 0.5, 0.5, 0.0]]
@@ -76,7 +76,7 @@ class LocalConvDenoiser(nn.Module):
         receptive_radius: ``R`` (declared, read by :func:`localscore.denoisers.receptive_radius`).
         conditioner_radius: ``r + R``, the radius of conditioner influence on an output pixel.
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = LocalConvDenoiser(3, radius=2, cond_radius=1.5)
         >>> D(torch.randn(2, 3, 8, 8), 0.5, Conditions.from_lists([[(2, 2)], []])).shape
@@ -134,7 +134,7 @@ class GlobalConvDenoiser(LocalConvDenoiser):
     the sum over conditioners of an embedding of their normalised position and attributes (nonlinear, so
     projective composition fails too).
 
-    Example:
+    Examples:
         >>> import torch
         >>> D = GlobalConvDenoiser(1, radius=1)
         >>> x = torch.zeros(1, 1, 6, 6); y0 = D(x, 1.0)

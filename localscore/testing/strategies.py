@@ -4,7 +4,7 @@ Images are generated from a drawn seed and a drawn distribution (fast, reproduci
 through the seed, the sizes and the distribution), not element by element. Positions are ``(row, col)``
 in pixels; ``min_separation`` is a Chebyshev distance unless ``metric="euclidean"``.
 
-Example:
+Examples:
     >>> from hypothesis import given, settings
     >>> from localscore.testing import strategies as lst
     >>> @settings(max_examples=5, derandomize=True, deadline=None)
@@ -44,7 +44,7 @@ def _ints(spec: IntSpec, name: str) -> st.SearchStrategy[int]:
 def sigmas(min_value: float = 0.01, max_value: float = 80.0) -> st.SearchStrategy[float]:
     """Noise levels, log-uniform in ``[min_value, max_value]``.
 
-    Example:
+    Examples:
         >>> from hypothesis import find
         >>> find(sigmas(0.1, 10.0), lambda s: s > 5.0) <= 10.0
         True
@@ -77,7 +77,7 @@ def images(
     checkerboard, from a drawn seed. Each of ``batch``, ``channels``, ``height``, ``width`` is an int or a
     ``(lo, hi)`` range.
 
-    Example:
+    Examples:
         >>> from hypothesis import find
         >>> find(images(batch=2, channels=3), lambda x: True).shape
         torch.Size([2, 3, 8, 8])
@@ -130,7 +130,7 @@ def conditions(
     ``valid`` or assumes valid slots come first fails). Draws that cannot place ``min_objects``
     separated objects are rejected (``assume``).
 
-    Example:
+    Examples:
         >>> from hypothesis import find
         >>> c = find(conditions(2, min_objects=2, max_objects=2, min_separation=5.0), lambda c: True)
         >>> c.counts().tolist()
@@ -197,7 +197,7 @@ def masks(
 ) -> torch.Tensor:
     """Locality masks ``[B, K, H, W]``: bool (``soft=False``) with a drawn density, or floats in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> from hypothesis import find
         >>> m = find(masks(slots=3, soft=True), lambda m: True)
         >>> m.shape, bool(((m >= 0) & (m <= 1)).all())

@@ -37,7 +37,7 @@ SigmaSampling = Literal["lognormal", "loguniform", "discrete"]
 def loss_weight(sigma: Tensor, objective: Objective = "edm", sigma_data: float = 0.5) -> Tensor:
     """The weight ``w(sigma)`` of an objective (see the module docstring), for ``sigma [B]``.
 
-    Example:
+    Examples:
         >>> loss_weight(torch.tensor([0.5]), "edm", 0.5).item()    # (0.25 + 0.25) / 0.0625
         8.0
         >>> loss_weight(torch.tensor([2.0]), "epsilon").item()
@@ -53,7 +53,7 @@ def loss_weight(sigma: Tensor, objective: Objective = "edm", sigma_data: float =
 def drop_conditions(cond: Conditions | None, drop: Tensor) -> Conditions | None:
     """Conditioner dropout: images where ``drop [B]`` is True get the empty set (all slots invalid).
 
-    Example:
+    Examples:
         >>> c = Conditions.from_lists([[(1, 1)], [(2, 2)]])
         >>> drop_conditions(c, torch.tensor([True, False])).counts().tolist()
         [0, 1]
@@ -97,7 +97,7 @@ def sample_sigmas(
     * ``"discrete"``: ``sigma = sigmas[t]``, ``t ~ U{0..T-1}``, from the ``sigmas`` table of ``model``
       (a :class:`~localscore.denoisers.DiscreteDDPMDenoiser`, found through ``.inner``/``.module``).
 
-    Example:
+    Examples:
         >>> s = sample_sigmas(1000, torch.Generator().manual_seed(0))
         >>> round(float(s.log().mean()), 1), round(float(s.log().std()), 1)
         (-1.2, 1.2)
@@ -144,7 +144,7 @@ def denoising_loss(
         sigma_data: the data standard deviation of the weights.
         reduction: ``"mean"`` (a scalar) or ``"none"`` (``[B]``, one ``L_i`` per image).
 
-    Example:
+    Examples:
         >>> D = lambda x, s, c=None: torch.zeros_like(x)        # predicts 0: error = -x0
         >>> x0 = torch.ones(2, 1, 2, 2)
         >>> denoising_loss(D, x0, torch.tensor([0.5, 0.5]), torch.zeros_like(x0)).item()   # w = 8

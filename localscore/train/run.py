@@ -46,7 +46,7 @@ _TOP_KEYS = {"name", "model", "scenes", "train", "data"}
 class RunConfig:
     """A parsed run configuration (see the module docstring).
 
-    Example:
+    Examples:
         >>> cfg = RunConfig.from_dict({"model": {"kind": "local", "width": 16, "conditioning": "render"},
         ...                            "scenes": {"resolution": 16}, "train": {"steps": 10, "batch_size": 8}})
         >>> cfg.build_model().receptive_radius, cfg.train.steps

@@ -91,7 +91,7 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints (``0``: only at the end).
         progress: show a tqdm progress bar (if tqdm is installed; process 0 only).
 
-    Example:
+    Examples:
         >>> TrainConfig(steps=100, lr=1e-3).to_dict()["objective"]
         'edm'
     """
@@ -199,7 +199,7 @@ def setup_distributed(backend: str | None = None) -> tuple[int, int, torch.devic
     Returns:
         ``(rank, world_size, device)``: the device to train on (``cuda:LOCAL_RANK`` or ``cpu``).
 
-    Example:
+    Examples:
         >>> setup_distributed()[:2]      # a plain process
         (0, 1)
     """
@@ -565,7 +565,7 @@ def train(
     Returns:
         The :class:`Trainer` (``.ema_model`` is the model to sample from).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from localscore.denoisers import EDMPreconditioner
         >>> net = torch.nn.Conv2d(1, 1, 3, padding=1)
