@@ -48,7 +48,7 @@ def main() -> None:
 
     if args.quick:  # receptive radius 4, conditioner radius 5
         local = LocalConditionalDenoiser(width=16, depth=1, cond_radius=1.5, attr_dim=0).eval()
-    else:  # the depth and radii of the 16x16 model of REFERENCES.md: receptive radius 6, conditioner radius 9
+    else:  # the 16x16 model of the earlier study (docs/experiments.md): receptive radius 6, conditioner radius 9
         local = LocalConditionalDenoiser(width=16, attr_dim=0).eval()
     glob = GlobalConditionalDenoiser(base_width=8, channel_mult=(1, 2),
                                      attention_levels=(1,), attr_dim=0, token_dim=16, heads=2, groups=4).eval()

@@ -368,7 +368,7 @@ def test_tagged_config_dicts_build_the_right_denoiser() -> None:
 
 def test_defaults_for_clevr_like_scenes() -> None:
     c16, c32 = LocalNetConfig.for_image_size(16), LocalNetConfig.for_image_size(32)
-    assert c16.attr_dim == 13 and c16.receptive_radius == 6  # 13x13 field (REFERENCES.md)
+    assert c16.attr_dim == 13 and c16.receptive_radius == 6  # 13x13 field (the earlier 16x16 study)
     assert c32.receptive_radius is not None and c32.receptive_radius > c16.receptive_radius  # type: ignore[operator]
     D = LocalConditionalDenoiser(c32)
     cond = Conditions.from_lists([[(5.0, 5.0), (20.0, 25.0)]], attrs=[[[0.0] * 12 + [1.0]] * 2])
@@ -504,7 +504,7 @@ def test_one_pass_identity_for_any_well_separated_objects(cells: list, offsets: 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_metrics_colored_jacobian_agrees_with_the_declared_radius() -> None:
     """Dogfood localscore.metrics: the compressed Jacobian at the declared radius equals the dense one, and a
-    radius one smaller is detected as wrong (DESIGN invariant 5)."""
+    radius one smaller is detected as wrong (an invariant of docs/design.md)."""
     from localscore.metrics import jacobian
 
     torch.manual_seed(15)

@@ -6,7 +6,7 @@ A run configuration names the model, the scenes, the training hyper-parameters a
       "name": "local-32",
       "model": {"kind": "local", "width": 48, "conditioning": "render", "cond_radius": 4.8},
       "scenes": {"resolution": 32, "counts": [1, 2, 3], "labelling": "all"},
-      "train": {"steps": 3000, "batch_size": 64, "lr": 0.002, "cond_dropout": 0.1},
+      "train": {"steps": 3000, "batch_size": 64, "lr": 0.002, "cond_dropout": 0.0},
       "data": {"seed": 0, "dataset": null}
     }
 
