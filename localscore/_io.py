@@ -1,4 +1,4 @@
-"""Atomic file writes and safe ``torch.load`` (private; shared by data, train and evaluate).
+"""Atomic file writes, output path checks and safe ``torch.load`` (private; shared by data, train, evaluate, cli).
 
 A file is written to a temporary file in the destination's directory, flushed and fsynced, moved
 over the destination with ``os.replace`` (atomic on POSIX and Windows) and the directory is
@@ -15,7 +15,7 @@ import io
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,7 +23,7 @@ import torch
 
 from ._errors import fail
 
-__all__ = ["atomic_write", "load_payload", "payload_digest", "save_payload"]
+__all__ = ["atomic_write", "check_output", "load_payload", "payload_digest", "save_payload"]
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -84,6 +84,71 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
         raise
     _fsync_dir(target.parent)
     return target
+
+
+def check_output(path: str | os.PathLike[str], *, where: str, flag: str = "--out",
+                 suffixes: Mapping[str, str] | None = None, folder: bool = False) -> Path:
+    """Check, before any work, that :func:`atomic_write` will be able to write ``path``; return it as a Path.
+
+    A file (``folder=False``) must not be an existing folder or special file (a device, a pipe), and its
+    suffix must be one of ``suffixes`` (a mapping suffix -> what it holds, for the message), where given. A
+    folder (``folder=True``) must not be an existing file. The nearest existing folder on the way (the
+    parent, or the first ancestor that exists: missing folders are created when the file is written) must
+    be a folder in which a file can be created; that is checked by creating and removing an empty probe
+    file there, which also holds for root (for whom permission bits say little) and for ``/proc``.
+
+    Raises:
+        LocalScoreError: naming ``flag``, the problem and the fix.
+
+    Examples:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> check_output(f"{d}/sub/x.npz", where="localscore sample", suffixes={".npz": "arrays"}).name
+        'x.npz'
+        >>> try:
+        ...     check_output("x.txt", where="localscore sample", suffixes={".npz": "arrays"})
+        ... except ValueError as e:
+        ...     print(str(e).splitlines()[0])
+        localscore sample: --out 'x.txt' ends in '.txt'; this command writes .npz (arrays).
+    """
+    p = Path(path)
+    shown = str(p)
+    if not os.fspath(path):
+        raise fail(where, f"{flag} is empty.", f"pass a {'folder' if folder else 'file'} name to {flag}.")
+    if folder:
+        if p.exists() and not p.is_dir():
+            raise fail(where, f"{flag} {shown!r} is a file, not a folder.",
+                       f"pass a folder name to {flag} (it is created if missing).")
+    else:
+        if p.is_dir():
+            example = p / ("result" + next(iter(suffixes)) if suffixes else "result")
+            raise fail(where, f"{flag} {shown!r} is a folder; expected a file name.",
+                       f"name a file in it, e.g. {flag} {example}")
+        if suffixes is not None and p.suffix.lower() not in suffixes:
+            kinds = " or ".join(f"{s} ({what})" for s, what in suffixes.items())
+            got = f"ends in {p.suffix!r}" if p.suffix else "has no suffix"
+            raise fail(where, f"{flag} {shown!r} {got}; this command writes {kinds}.",
+                       f"use a name ending in {' or '.join(suffixes)}, e.g. {flag} "
+                       f"{p.with_suffix(next(iter(suffixes)))}")
+        if p.exists() and not p.is_file():
+            raise fail(where, f"{flag} {shown!r} exists and is not a regular file (a device, pipe or socket).",
+                       f"pass the name of a regular file to {flag}.")
+    folder_path = p if folder else p.parent
+    existing = folder_path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise fail(where, f"{flag} {shown!r} lies under {str(existing)!r}, which is a file, not a folder.",
+                   f"choose a {'folder' if folder else 'file'} path whose parents are folders.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".localscore-probe.", dir=existing)
+    except OSError as e:
+        raise fail(where, f"{flag} {shown!r}: cannot create a file in {str(existing)!r} ({e.strerror or e}).",
+                   f"choose a writable folder for {flag}.") from e
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return p
 
 
 def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:

@@ -1,34 +1,41 @@
-"""The ``localscore`` command line: train, sample, evaluate, measure locality, and the demo.
+"""The `localscore` command line: train, sample, evaluate, measure locality, and the demo.
 
-Subcommands (``localscore COMMAND --help`` for each):
+Subcommands (`localscore COMMAND --help` for each):
 
-* ``localscore demo [--out DIR]``: the main job. The shipped 32x32 models, trained on 1-3 objects, sampled
-  for 1..10 objects: ``local-32`` (local conditional network, every object labelled; sampled with all objects
-  in one pass, and as a projective composition of one-object passes) and ``baseline-32`` (the failing
+* `localscore demo [--out DIR]`: the main job. The shipped 32x32 models, trained on 1-3 objects, sampled
+  for 1..10 objects: `local-32` (local conditional network, every object labelled; sampled with all objects
+  in one pass, and as a projective composition of one-object passes) and `baseline-32` (the failing
   baseline: a global cross-attention U-Net trained with one labelled object per image, the others unlabelled
-  clutter; sampled as a projective composition of one-object passes; ``--method masked`` adds the
+  clutter; sampled as a projective composition of one-object passes; `--method masked` adds the
   sampling-time locality intervention); prints the length-generalization table and writes
-  ``DIR/demo.json`` and ``DIR/demo.png`` (sample grid, requested positions marked). ``--retrain`` trains
-  both from scratch first. ``localscore demo --oracle``: the closed-form demo, exact per-object scores of
-  :class:`~localscore.oracles.FactorizedObjects` composed projectively beyond the trained count, sampled
-  with Euler and Heun, against exact joint samples.
-* ``localscore train CONFIG``: train the experiments of a JSON config (a benchmark config with an
-  ``experiments`` list, or one experiment); resumable.
-* ``localscore sample --checkpoint PATH_OR_NAME --layout LAYOUT.json --seed S --out FILE.npz``: draw one
-  image per layout image; ``FILE.npz`` holds ``images`` ``[N, 3, H, W]`` float32 in ``[0, 1]``.
-* ``localscore evaluate --checkpoint PATH_OR_NAME``: per-count perfect rate / exact-count accuracy with
+  `DIR/demo.json` and `DIR/demo.png` (sample grid, requested positions marked). `--retrain` trains
+  both from scratch first. `localscore demo --oracle`: the closed-form demo, exact per-object scores of
+  an object oracle (`localscore.oracles.FactorizedObjects`) composed projectively beyond the trained
+  count, sampled with Euler and Heun, against exact joint samples.
+* `localscore train CONFIG`: train the experiments of a JSON config (one experiment, or a `defaults`
+  object and an `experiments` list); resumable. `localscore train --print-config local-32` prints the
+  config that trained a shipped model, a starting point to edit.
+* `localscore sample --checkpoint PATH_OR_NAME --layout LAYOUT.json --seed S --out FILE.npz [FILE.png]`:
+  draw one image per layout image; `FILE.npz` holds `images` `[N, 3, H, W]` float32 in `[0, 1]`,
+  `FILE.png` is a grid of the images with the requested positions marked `+`.
+* `localscore evaluate --checkpoint PATH_OR_NAME`: per-count perfect rate / exact-count accuracy with
   Wilson intervals over counts 0..10.
-* ``localscore locality --checkpoint PATH_OR_NAME``: conditional locality index and effective pixel
+* `localscore locality --checkpoint PATH_OR_NAME`: conditional locality index and effective pixel
   radius across noise levels.
 
-A layout file is JSON::
+A layout file is JSON:
 
     {"size": 32, "images": [[{"pos": [row, col], "color": "red", "shape": "disc", "size": "small"}, ...], ...]}
 
 positions in pixels (row, col from the top-left pixel centre), colours gray, red, blue, green, brown,
-purple, cyan, yellow; ``shape`` (disc / square / triangle) and ``size`` (small / large) optional
-(default: the first of the model's training shapes and sizes). Every output file is written atomically
-(temporary file, fsync, rename): an interrupted command leaves no half-written file.
+purple, cyan, yellow; `shape` (disc / square / triangle) and `size` (small / large) optional
+(default: the first of the model's training shapes and sizes). Objects whose outlines would overlap are
+refused; objects closer than any pair of the training scenes are sampled with a warning.
+
+Output paths are checked before any work starts. The long commands (demo, evaluate, locality, sample,
+train) show progress on stderr (a tqdm bar on a terminal when tqdm is installed, otherwise a line every
+10 s); `--no-progress` turns it off. Every output file is written atomically (temporary file, fsync,
+rename): an interrupted command leaves no half-written file.
 """
 
 from __future__ import annotations
@@ -37,26 +44,37 @@ import argparse
 import io
 import json
 import math
+import re
 import sys
+import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._errors import LocalScoreError
-from ._io import atomic_write
+from ._errors import LocalScoreError, fail
+from ._io import atomic_write, check_output
 from .conditions import Conditions
 
 __all__ = ["main"]
+
+_SAMPLE_OUTPUTS = {".npz": "arrays", ".png": "an image grid"}
+_JSON_OUTPUT = {".json": "the result as JSON"}
+_PROGRESS_EVERY = 10.0
+"""Seconds between two progress lines when there is no tqdm bar (read when a progress starts)."""
 
 
 # ----------------------------------------------------------------------------- helpers
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
     atomic_write(path, lambda f: f.write(data))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
 def _grid_layout(n: int, size: int, spacing: float) -> list[tuple[float, float]]:
@@ -76,130 +94,182 @@ def _moment_errors(samples: Tensor, reference: Tensor, mean: Tensor) -> dict[str
     }
 
 
-# ----------------------------------------------------------------------------- demo
-def _demo_oracle(args: argparse.Namespace) -> int:
-    """The interim demo: exact per-object oracle scores composed beyond the trained count."""
-    import importlib
+def _span(counts: Sequence[int]) -> str:
+    """``[1, 2, 3]`` -> ``"1-3"``; a set with gaps is listed (``"1, 3"``).
 
-    from . import sampling
-    from .denoisers import bind
-    from .oracles import FactorizedObjects
-    from .schedules import karras_sigmas
+    Examples:
+        >>> _span([3, 1, 2]), _span([1, 3]), _span([4])
+        ('1-3', '1, 3', '4')
+    """
+    c = sorted(set(counts))
+    if len(c) > 1 and c == list(range(c[0], c[-1] + 1)):
+        return f"{c[0]}-{c[-1]}"
+    return ", ".join(str(v) for v in c)
 
-    compose_mod: Any
-    try:
-        compose_mod = importlib.import_module("localscore.compose")
-    except ImportError:  # pragma: no cover - compose ships with the package
-        compose_mod = None
 
-    size = 16 if args.quick else 24
-    counts = [1, 2, 4] if args.quick else [1, 2, 4, 6, 8, 10]
-    n_samples = args.samples or (64 if args.quick else 256)
-    steps = args.steps or (24 if args.quick else 48)
-    radius, spacing = 2.0, 6.0
-    oracle = FactorizedObjects(3, size, size, object_radius=radius, object_mean=[0.9, 0.3, -0.4],
-                               object_std=0.25, length_scale=1.5, background_std=0.15)
-    sigmas = karras_sigmas(steps, 0.002, 80.0, dtype=torch.float64)
-    samplers: dict[str, Callable[..., Tensor]] = {"euler": sampling.sample_euler, "heun": sampling.sample_heun}
-    gen = torch.Generator().manual_seed(args.seed)
+class _Progress:
+    """Progress of a long command, on stderr.
 
-    rows: list[dict[str, Any]] = []
-    grids: list[Tensor] = []
-    print(f"localscore demo: FactorizedObjects {size}x{size} RGB, objects of radius {radius} px; "
-          f"{n_samples} samples per count, {steps}-step Karras grid.")
-    how = "projective composition of single-object denoisers" if compose_mod else "exact joint denoiser"
-    print(f"Sampled model: the {how}; reference: exact samples of the joint.\n")
-    header = f"{'objects':>7} {'sampler':>7} {'NFE':>5} {'mean err':>9} {'std err':>8} {'floor':>7} {'s':>6}"
-    print(header)
-    print("-" * len(header))
-    t_all = time.perf_counter()
-    for n in counts:
-        layout = _grid_layout(n, size, spacing)
-        cond = Conditions.from_lists([layout] * n_samples, dtype=torch.float64)
-        if compose_mod is not None:
-            model: Any = compose_mod.projective_from(oracle, cond)
-        else:  # pragma: no cover
-            model = bind(oracle, cond)
-        exact_mean = oracle.mean(cond[0])[0]
-        reference = oracle.sample(cond, generator=gen)
-        reference2 = oracle.sample(cond, generator=gen)
-        floor = _moment_errors(reference2, reference, exact_mean)
-        for name, fn in samplers.items():
-            nfe = [0]
+    A tqdm bar where tqdm is installed and stderr is a terminal; otherwise (tqdm missing, or output to a
+    file or a pipe) a plain line at most every ``every`` seconds (default ``_PROGRESS_EVERY``), and a last
+    one at the end if any was printed (a command shorter than ``every`` prints none), so logs stay
+    readable; nothing when ``enabled`` is false. ``step`` fits the ``callback`` of the samplers.
 
-            def counted(x: Tensor, sigma: Tensor, c: Conditions | None = None, _m: Any = model,
-                        _nfe: list[int] = nfe) -> Tensor:
-                _nfe[0] += 1
-                return _m(x, sigma, c)
+    Examples:
+        >>> with _Progress(3, "demo", enabled=False) as p:
+        ...     for _ in range(3):
+        ...         p.update()
+        >>> p.n
+        3
+    """
 
-            x0 = torch.randn(n_samples, 3, size, size, generator=gen, dtype=torch.float64) * sigmas[0]
-            t0 = time.perf_counter()
-            out = fn(counted, x0, sigmas, generator=gen, progress=args.progress)
-            dt = time.perf_counter() - t0
-            err = _moment_errors(out, reference, exact_mean)
-            rows.append({"objects": n, "sampler": name, "nfe": nfe[0], **err,
-                         "floor_mean_error": floor["mean_error"], "floor_std_error": floor["std_error"],
-                         "seconds": round(dt, 3)})
-            print(f"{n:>7} {name:>7} {nfe[0]:>5} {err['mean_error']:>9.4f} {err['std_error']:>8.4f} "
-                  f"{floor['std_error']:>7.4f} {dt:>6.1f}")
-            if name == "heun":
-                grids.append(out[:4])
-    total = time.perf_counter() - t_all
-    worst = max(r["std_error"] / max(r["floor_std_error"], 1e-12) for r in rows)
-    print("\nfloor = the same std error between two independent exact sample sets (pure sampling noise).")
-    print(f"Worst std error / floor: {worst:.2f} (about 1-2 means indistinguishable from exact). "
-          f"Total {total:.1f} s.")
-    out_dir = Path(args.out)
-    payload = {"oracle": {"size": size, "object_radius": radius, "channels": 3},
-               "samples_per_count": n_samples, "steps": steps, "seed": args.seed,
-               "model": how, "rows": rows}
-    _atomic_write_bytes(out_dir / "demo.json", json.dumps(payload, indent=2).encode())
-    print(f"Wrote {out_dir / 'demo.json'}")
+    def __init__(self, total: int, desc: str, *, enabled: bool = True, unit: str = "step",
+                 every: float | None = None) -> None:
+        self.total, self.desc, self.unit = max(int(total), 1), desc, unit
+        self.every = _PROGRESS_EVERY if every is None else every
+        self.enabled = enabled
+        self.printed = False
+        self.shown = 0
+        self.n = 0
+        self.t0 = self.last = time.perf_counter()
+        self.bar: Any = None
+        isatty = getattr(sys.stderr, "isatty", None)
+        if enabled and callable(isatty) and isatty():
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                pass
+            else:
+                self.bar = tqdm(total=self.total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stage(self, desc: str) -> None:
+        """Name what runs now (the bar's label, or the label of the next line)."""
+        self.desc = desc
+        if self.bar is not None:
+            self.bar.set_description(desc)
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more units done."""
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled and time.perf_counter() - self.last >= self.every:
+            self._line()
+
+    def print(self, text: str) -> None:
+        """Print a line on stdout without breaking the bar."""
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
+
+    def step(self, info: Any = None) -> None:
+        """One unit done (the signature of a sampler ``callback``; ``info`` is ignored)."""
+        self.update()
+
+    def close(self) -> None:
+        """End the bar, or print the last line."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif self.enabled and self.printed:
+            if self.shown != min(self.n, self.total):
+                self._line()
+            self.enabled = False
+
+    def _line(self) -> None:
+        now = time.perf_counter()
+        self.last = now
+        self.printed = True
+        done = self.shown = min(self.n, self.total)
+        spent = now - self.t0
+        left = f", about {spent * (self.total - done) / done:.0f} s left" if 0 < done < self.total else ""
+        print(f"{self.desc}: {done}/{self.total} {self.unit}s ({100 * done / self.total:.0f} %), {spent:.0f} s"
+              f"{left}", file=sys.stderr, flush=True)
+
+
+def _pyplot(*, required: bool, what: str, where: str) -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, or ``None`` (with a note) where it is optional and missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: skipped demo.png (pip install 'localscore[plot]').")
-        return 0
-    lo = min(float(g.min()) for g in grids)
-    hi = max(float(g.max()) for g in grids)
-    fig, axes = plt.subplots(len(grids), 4, figsize=(6, 1.6 * len(grids)), squeeze=False)
-    for i, (n, g) in enumerate(zip(counts, grids)):
-        for j in range(4):
-            t = g[j].permute(1, 2, 0).float()
-            axes[i, j].imshow(((t - lo) / (hi - lo + 1e-8)).clamp(0, 1).numpy(), interpolation="nearest")
-            axes[i, j].set_xticks([])
-            axes[i, j].set_yticks([])
-            for r, c in _grid_layout(n, size, spacing):
-                axes[i, j].plot(c, r, "w+", ms=4)
-        axes[i, 0].set_ylabel(f"{n} obj.")
-    fig.suptitle("Heun samples of the composed score (+ requested positions)", fontsize=9)
+        if required:
+            raise fail(where, f"writing {what} needs matplotlib, which is not installed.",
+                       "pip install 'localscore[plot]', or write only .npz files.") from None
+        print(f"matplotlib is not installed: skipped {what} (pip install 'localscore[plot]').")
+        return None
+    return plt
+
+
+def _write_png_grid(plt: Any, path: Path, images: Sequence[Sequence[Tensor]], marks: Sequence[Sequence[Tensor]], *,
+                    title: str, row_labels: Sequence[str] | None = None,
+                    col_titles: Sequence[str | None] | None = None, cell: float = 1.2, dpi: int = 100) -> None:
+    """A PNG grid of images with positions marked ``+`` (the demo's figure and ``sample --out FILE.png``).
+
+    ``images[i][j]`` is ``[3, H, W]`` in ``[0, 1]`` (row ``i``, column ``j``; rows may be shorter, their last
+    cells stay empty), ``marks[i][j]`` its ``[n, 2]`` ``(row, col)`` positions in pixels.
+    """
+    rows = len(images)
+    cols = max(len(r) for r in images)
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols + 0.4, cell * rows + 0.5), squeeze=False)
+    for i in range(rows):
+        for j in range(cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(images[i]):
+                ax.axis("off")
+                continue
+            ax.imshow(images[i][j].permute(1, 2, 0).float().clamp(0, 1).numpy(), interpolation="nearest")
+            pos = marks[i][j]
+            if pos.numel():
+                ax.plot(pos[:, 1].numpy(), pos[:, 0].numpy(), "+", color="white", ms=3, mew=0.6)
+            if i == 0 and col_titles is not None and j < len(col_titles) and col_titles[j]:
+                ax.set_title(col_titles[j], fontsize=8, loc="left")
+        if row_labels is not None:
+            axes[i, 0].set_ylabel(row_labels[i], fontsize=8)
+    fig.suptitle(title, fontsize=9, wrap=True)
     fig.tight_layout()
-    png = out_dir / "demo.png"
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
-    _atomic_write_bytes(png, buf.getvalue())
-    print(f"Wrote {png}")
-    return 0
+    _atomic_write_bytes(path, buf.getvalue())
 
 
+# ----------------------------------------------------------------------------- argument types
+def _int_at_least(lo: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected {what}, an int >= {lo}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{text} is too small; expected {what}, an int >= {lo}")
+        return v
 
-# ----------------------------------------------------------------------------- shared
-def _progress_iter(items: Sequence[Any], show: bool, desc: str) -> Any:
-    if not show:
-        return items
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return items
-    return tqdm(items, desc=desc, unit="run")
+    return parse
 
 
-def _write_json(path: Path, data: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
+def _positive_float(what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected {what} > 0") from None
+        if not (math.isfinite(v) and v > 0):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number > 0; expected {what}")
+        return v
+
+    return parse
 
 
 def _counts_arg(text: str) -> list[int]:
@@ -223,135 +293,103 @@ def _load(checkpoint: str) -> Any:
     return load_model(checkpoint)
 
 
-# ----------------------------------------------------------------------------- train
-def _train(args: argparse.Namespace) -> int:
-    from .experiments import ExperimentConfig, load_experiments, train_experiment
-
-    path = Path(args.config)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise LocalScoreError(f"localscore train: cannot read the config {str(path)!r} ({e.strerror or e}).\n"
-                              "  Fix: check the path.") from e
-    except json.JSONDecodeError as e:
-        raise LocalScoreError(f"localscore train: {str(path)!r} is not valid JSON ({e.msg} at line {e.lineno}, "
-                              f"column {e.colno}).") from e
-    if isinstance(raw, dict) and "experiments" in raw:
-        _, exps = load_experiments(path)
-    else:
-        exps = [ExperimentConfig.from_dict(raw)]
-    if args.only:
-        names = [e.name for e in exps]
-        missing = sorted(set(args.only) - set(names))
-        if missing:
-            raise LocalScoreError(f"localscore train: --only names {missing} are not in the config; it has "
-                                  f"{names}.")
-        exps = [e for e in exps if e.name in args.only]
-    out = Path(args.out)
-    for exp in exps:
-        seeds = [args.seed] if args.seed is not None else list(exp.seeds)
-        for seed in seeds:
-            run_dir = out / exp.name / f"seed{seed}"
-            print(f"training {exp.name} (seed {seed}) -> {run_dir}", flush=True)
-            model = train_experiment(exp, run_dir, seed=seed, steps=args.steps, progress=not args.quiet)
-            print(f"  done: {model.meta['steps']} steps; model file {run_dir / 'model.pt'}", flush=True)
-    return 0
-
-
-# ----------------------------------------------------------------------------- sample
-def _sample(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .data import SHAPES, SIZES, load_layout
-    from .experiments import sampler
-
-    model = _load(args.checkpoint)
-    scene_cfg = model.scene
-    layout = load_layout(args.layout, max_objects=args.max_objects, default_shape=scene_cfg.shapes[0],
-                         default_size=scene_cfg.sizes[0], where="localscore sample")
-    if model.kind != "local" and layout.resolution != model.resolution:
-        raise LocalScoreError(
-            f"localscore sample: the layout's size is {layout.resolution} but the model {args.checkpoint!r} "
-            f"draws {model.resolution}x{model.resolution} images (a global U-Net works at its training size only).\n"
-            f"  Fix: set \"size\": {model.resolution} in the layout.")
-    if model.kind == "local" and layout.resolution != model.resolution:
-        print(f"note: the local network was trained at {model.resolution}x{model.resolution}; sampling "
-              f"{layout.resolution}x{layout.resolution} (it is translation equivariant, any size works).",
-              file=sys.stderr)
-    shapes_used = {SHAPES[int(v)] for v in layout.shape[layout.valid].tolist()}
-    sizes_used = {SIZES[int(v)] for v in layout.size[layout.valid].tolist()}
-    unseen = sorted((shapes_used - set(scene_cfg.shapes)) | (sizes_used - set(scene_cfg.sizes)))
-    if unseen:
-        print(f"warning: the model never saw {unseen} in training (it saw shapes {list(scene_cfg.shapes)}, sizes "
-              f"{list(scene_cfg.sizes)}).", file=sys.stderr)
-    fn = sampler(model, args.method, steps=args.steps, solver=args.solver, mask_radius=args.mask_radius,
-                 crop=args.crop, progress=not args.quiet)
-    res = layout.resolution
-    if res != model.resolution:
-        fn = _sized_sampler(model, res, args)
-    cond = layout.conditions()
-    g = torch.Generator().manual_seed(args.seed)
-    images = fn(cond, g)
-    arr = images.numpy().astype(np.float32)
-    buf = io.BytesIO()
-    np.savez(buf, images=arr, positions=layout.pos.numpy(), valid=layout.valid.numpy())
-    _atomic_write_bytes(Path(args.out), buf.getvalue())
-    print(f"wrote {args.out}: images {list(arr.shape)} in [0, 1] ({args.method} sampling, {args.steps} "
-          f"{args.solver} steps, seed {args.seed})")
-    return 0
-
-
-def _sized_sampler(model: Any, res: int, args: argparse.Namespace) -> Callable[..., Tensor]:
-    """A sampler at another image size (local networks only)."""
-    import dataclasses
-
-    from .experiments import sampler
-
-    resized = dataclasses.replace(model, scene=model.scene.replace(resolution=res))
-    return sampler(resized, args.method, steps=args.steps, solver=args.solver, mask_radius=args.mask_radius,
-                   crop=args.crop, progress=not args.quiet)
-
-
-# ----------------------------------------------------------------------------- evaluate
-def _evaluate(args: argparse.Namespace) -> int:
-    from .experiments import evaluate_model
-
-    model = _load(args.checkpoint)
-    t0 = time.perf_counter()
-    res = evaluate_model(model, args.method, counts=args.counts, per_count=args.per_count, seed=args.seed,
-                         steps=args.steps, solver=args.solver, mask_radius=args.mask_radius, crop=args.crop,
-                         batch_size=args.batch_size, progress=not args.quiet,
-                         meta={"checkpoint": str(args.checkpoint)})
-    print(f"{args.checkpoint} ({model.kind}, {args.method} sampling), {args.per_count} images per count, "
-          f"{time.perf_counter() - t0:.0f} s:\n")
-    print(res.to_markdown(ci=True))
-    if args.out:
-        _write_json(Path(args.out), res.to_dict())
-        print(f"\nwrote {args.out}")
-    return 0
-
-
-# ----------------------------------------------------------------------------- locality
-def _locality(args: argparse.Namespace) -> int:
-    from .experiments import measure_locality
-
-    model = _load(args.checkpoint)
-    out = measure_locality(model, sigmas=args.sigmas, count=args.count, images=args.images, radius=args.radius,
-                           seed=args.seed)
-    print(f"{args.checkpoint} ({model.kind}): {args.images} images with {args.count} objects; conditional index "
-          f"= share of an object's influence within {out['radius']:.1f} px of it (Chebyshev).\n")
-    print(f"{'sigma':>7} {'cond. index':>11} {'on others':>9} {'infl. r90':>9} {'pixel r90':>9}")
-    for i, s in enumerate(out["sigmas"]):
-        print(f"{s:>7.3f} {out['conditional_index'][i]:>11.3f} {out['on_others'][i]:>9.3f} "
-              f"{out['influence_radius'][i]:>9.1f} {out['pixel_radius_90'][i]:>9.1f}")
-    if args.out:
-        _write_json(Path(args.out), out)
-        print(f"\nwrote {args.out}")
-    return 0
-
-
 # ----------------------------------------------------------------------------- demo
+def _demo_oracle(args: argparse.Namespace) -> int:
+    """The interim demo: exact per-object oracle scores composed beyond the trained count."""
+    import importlib
+
+    from . import sampling
+    from .denoisers import bind
+    from .oracles import FactorizedObjects
+    from .schedules import karras_sigmas
+
+    compose_mod: Any
+    try:
+        compose_mod = importlib.import_module("localscore.compose")
+    except ImportError:  # pragma: no cover - compose ships with the package
+        compose_mod = None
+
+    out_dir = check_output(args.out, where="localscore demo", folder=True)
+    size = 16 if args.quick else 24
+    counts = [1, 2, 4] if args.quick else [1, 2, 4, 6, 8, 10]
+    n_samples = args.samples or (64 if args.quick else 256)
+    steps = args.steps or (24 if args.quick else 48)
+    radius, spacing = 2.0, 6.0
+    oracle = FactorizedObjects(3, size, size, object_radius=radius, object_mean=[0.9, 0.3, -0.4],
+                               object_std=0.25, length_scale=1.5, background_std=0.15)
+    sigmas = karras_sigmas(steps, 0.002, 80.0, dtype=torch.float64)
+    samplers: dict[str, Callable[..., Tensor]] = {"euler": sampling.sample_euler, "heun": sampling.sample_heun}
+    gen = torch.Generator().manual_seed(args.seed)
+
+    rows: list[dict[str, Any]] = []
+    grids: list[Tensor] = []
+    print(f"localscore demo: FactorizedObjects {size}x{size} RGB, objects of radius {radius} px; "
+          f"{n_samples} samples per count, {steps}-step Karras grid.")
+    how = "projective composition of single-object denoisers" if compose_mod else "exact joint denoiser"
+    print(f"Sampled model: the {how}; reference: exact samples of the joint.\n")
+    header = f"{'objects':>7} {'sampler':>7} {'NFE':>5} {'mean err':>9} {'std err':>8} {'floor':>7} {'s':>6}"
+    print(header)
+    print("-" * len(header))
+    t_all = time.perf_counter()
+    with _Progress(len(counts) * len(samplers) * steps, "localscore demo", enabled=args.progress) as bar:
+        for n in counts:
+            layout = _grid_layout(n, size, spacing)
+            cond = Conditions.from_lists([layout] * n_samples, dtype=torch.float64)
+            if compose_mod is not None:
+                model: Any = compose_mod.projective_from(oracle, cond)
+            else:  # pragma: no cover
+                model = bind(oracle, cond)
+            exact_mean = oracle.mean(cond[0])[0]
+            reference = oracle.sample(cond, generator=gen)
+            reference2 = oracle.sample(cond, generator=gen)
+            floor = _moment_errors(reference2, reference, exact_mean)
+            for name, fn in samplers.items():
+                nfe = [0]
+
+                def counted(x: Tensor, sigma: Tensor, c: Conditions | None = None, _m: Any = model,
+                            _nfe: list[int] = nfe) -> Tensor:
+                    _nfe[0] += 1
+                    return _m(x, sigma, c)
+
+                bar.stage(f"localscore demo ({n} objects, {name})")
+                x0 = torch.randn(n_samples, 3, size, size, generator=gen, dtype=torch.float64) * sigmas[0]
+                t0 = time.perf_counter()
+                out = fn(counted, x0, sigmas, generator=gen, callback=bar.step)
+                dt = time.perf_counter() - t0
+                err = _moment_errors(out, reference, exact_mean)
+                rows.append({"objects": n, "sampler": name, "nfe": nfe[0], **err,
+                             "floor_mean_error": floor["mean_error"], "floor_std_error": floor["std_error"],
+                             "seconds": round(dt, 3)})
+                bar.print(f"{n:>7} {name:>7} {nfe[0]:>5} {err['mean_error']:>9.4f} {err['std_error']:>8.4f} "
+                          f"{floor['std_error']:>7.4f} {dt:>6.1f}")
+                if name == "heun":
+                    grids.append(out[:4])
+    total = time.perf_counter() - t_all
+    worst = max(r["std_error"] / max(r["floor_std_error"], 1e-12) for r in rows)
+    print("\nfloor = the same std error between two independent exact sample sets (pure sampling noise).")
+    print(f"Worst std error / floor: {worst:.2f} (about 1-2 means indistinguishable from exact). "
+          f"Total {total:.1f} s.")
+    payload = {"oracle": {"size": size, "object_radius": radius, "channels": 3},
+               "samples_per_count": n_samples, "steps": steps, "seed": args.seed,
+               "model": how, "rows": rows}
+    _write_json(out_dir / "demo.json", payload)
+    print(f"wrote {out_dir / 'demo.json'}")
+    plt = _pyplot(required=False, what="demo.png", where="localscore demo")
+    if plt is None:
+        return 0
+    lo = min(float(g.min()) for g in grids)
+    hi = max(float(g.max()) for g in grids)
+    images = [[((t - lo) / (hi - lo + 1e-8)) for t in g] for g in grids]
+    marks = [[torch.tensor(_grid_layout(n, size, spacing))] * len(g) for n, g in zip(counts, grids)]
+    _write_png_grid(plt, out_dir / "demo.png", images, marks, row_labels=[f"{n} obj." for n in counts],
+                    title="Heun samples of the composed score (+ requested positions)", cell=1.4)
+    print(f"wrote {out_dir / 'demo.png'}")
+    return 0
+
+
 _DEMO_MODELS = ("local-32", "baseline-32")
+_GAP = 0.1
+"""How far (as a rate) two numbers of the demo's footer must differ before it calls them different."""
 
 
 def _demo_runs(method: str | None) -> list[tuple[str, str]]:
@@ -366,26 +404,75 @@ def _demo_runs(method: str | None) -> list[tuple[str, str]]:
     return [("local-32", "joint"), ("local-32", "projective"), ("baseline-32", "projective")]
 
 
+def _demo_footer(evals: Mapping[str, Any], results: Mapping[str, Any], models: Mapping[str, Any],
+                 counts: Sequence[int]) -> list[str]:
+    """The demo's closing lines, every claim computed from the table's numbers.
+
+    Per run: the mean perfect rate and recall over the model's training counts and over the counts beyond,
+    then a note where the recall falls beyond the training counts, where the perfect rate on the training
+    counts is well below the recall (extra objects drawn), and where the model fails its training counts.
+    """
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+    width = max(len(k) for k in results)
+    width = max(width, len("mean over the counts"))
+    lines = [f"{'mean over the counts':<{width}} {'trained':>8} {'perfect':>8} {'recall':>7} {'beyond':>8} "
+             f"{'perfect':>8} {'recall':>7}"]
+    notes: list[str] = []
+    for k in results:
+        model = models[results[k]["model"]]
+        trained = set(model.scene.counts)
+        inside = [c for c in counts if c in trained]
+        beyond = [c for c in counts if c > max(trained)]
+        rows = {c: evals[k].row(c) for c in counts}
+        p_in = mean([rows[c].perfect.rate for c in inside])
+        r_in = mean([rows[c].recall.rate for c in inside])
+        p_out = mean([rows[c].perfect.rate for c in beyond])
+        r_out = mean([rows[c].recall.rate for c in beyond])
+        prec_in = mean([rows[c].precision.rate for c in inside])
+        lines.append(f"{k:<{width}} {_span(inside):>8} {p_in:>8.2f} {r_in:>7.2f} {_span(beyond):>8} {p_out:>8.2f} "
+                     f"{r_out:>7.2f}")
+        if r_in < 0.5:
+            notes.append(f"{k} fails already on its training counts {_span(inside)} (recall {r_in:.2f}): it is "
+                         f"undertrained ({model.meta.get('steps', '?')} steps), so its row measures that, not "
+                         "length generalization.")
+            continue
+        if r_out < r_in - _GAP:
+            notes.append(f"{k}: recall falls from {r_in:.2f} on the training counts to {r_out:.2f} beyond them.")
+        else:
+            notes.append(f"{k}: recall holds beyond the training counts ({r_in:.2f} -> {r_out:.2f}).")
+        if p_in < r_in - _GAP:
+            text = f"{k}: on its training counts, perfect {p_in:.2f} is below recall {r_in:.2f}"
+            if prec_in < 1:
+                text += f": it draws objects that were not requested (precision {prec_in:.2f})"
+                if model.scene.labelling == "one":
+                    text += ", as its training images held unlabelled objects (one labelled object per image)"
+            notes.append(text + "; its recall measures the requested objects.")
+    return lines + [""] + [f"note: {n}" for n in notes]
+
+
 def _demo(args: argparse.Namespace) -> int:
     if args.oracle:
         return _demo_oracle(args)
-    from .evaluate import request_scenes
+    from .evaluate import EvaluationResult, request_scenes
     from .experiments import MODEL_NAMES, ExperimentConfig, checkpoint_dir, evaluate_model, load_model
 
-    out_dir = Path(args.out)
+    out_dir = check_output(args.out, where="localscore demo", folder=True)
     sources: dict[str, str] = {n: n for n in MODEL_NAMES}
     if args.retrain:
         sources = _retrain(args, out_dir)
     missing = [n for n, src in sources.items() if src in MODEL_NAMES and not (checkpoint_dir() / f"{src}.pt").is_file()]
     if missing:
-        raise LocalScoreError(f"localscore demo: the shipped models {missing} are not in {str(checkpoint_dir())!r}.\n"
-                              "  Fix: run `localscore demo --retrain` to train them, or `localscore demo --oracle`.")
+        raise fail("localscore demo", f"the shipped models {missing} are not in {str(checkpoint_dir())!r}.",
+                   "run `localscore demo --retrain` to train them, or `localscore demo --oracle`.")
     counts = list(range(1, 11))
     per_count = args.samples or (2 if args.quick else 8)
     steps = args.steps or (12 if args.quick else 24)
     models = {name: load_model(src) for name, src in sources.items()}
     runs = _demo_runs(args.method)
-    print("localscore demo: length generalization of two 32x32 models trained on scenes with 1-3 objects.")
+    trained = _span(sorted({c for m in models.values() for c in m.scene.counts}))
+    print(f"localscore demo: length generalization of two 32x32 models trained on scenes with {trained} objects.")
     for name, m in models.items():
         meta = m.meta
         print(f"  {name}: {m.kind} network, labelling {m.scene.labelling!r}, {meta.get('parameters', '?')} "
@@ -394,25 +481,26 @@ def _demo(args: argparse.Namespace) -> int:
             "masked": "one pass per object, each acting only near its object (sampling-time locality)",
             "localized": "one pass per object on a window around it, acting only near it (sampling-time locality)"}
     methods = dict.fromkeys(m for _, m in runs)
-    print(f"Sampling {per_count} images for each of 1..10 objects ({steps} Euler steps). "
-          + "; ".join(f"'{m}': {said[m]}" for m in methods) + ".\n")
+    print(f"Sampling {per_count} images for each of {_span(counts)} objects ({steps} Euler steps). "
+          + "; ".join(f"'{m}': {said[m]}" for m in methods) + ".\n", flush=True)
     t_all = time.perf_counter()
     results: dict[str, Any] = {}
     images: dict[str, Tensor] = {}
-    for name, method in runs:
-        key = f"{name} {method}"
-        t0 = time.perf_counter()
-        keep: list[Tensor] = []
-        exp = ExperimentConfig.from_dict(models[name].meta["experiment"])  # masks as the model was benchmarked
-        res = evaluate_model(models[name], method, counts=counts, per_count=per_count, seed=args.seed, steps=steps,
-                             mask_radius=exp.mask_radius, crop=exp.crop,
-                             batch_size=per_count * len(counts), progress=args.progress,
-                             meta={"model": name, "method": method}, keep_images=keep)
-        images[key] = torch.cat(keep)
-        results[key] = {"model": name, "method": method, "evaluation": res.to_dict(),
-                        "seconds": round(time.perf_counter() - t0, 1), "meta": models[name].meta}
+    with _Progress(len(runs) * steps, "localscore demo", enabled=args.progress) as bar:
+        for name, method in runs:
+            key = f"{name} {method}"
+            bar.stage(f"localscore demo ({key})")
+            t0 = time.perf_counter()
+            keep: list[Tensor] = []
+            exp = ExperimentConfig.from_dict(models[name].meta["experiment"])  # masks as the model was benchmarked
+            res = evaluate_model(models[name], method, counts=counts, per_count=per_count, seed=args.seed,
+                                 steps=steps, mask_radius=exp.mask_radius, crop=exp.crop,
+                                 batch_size=per_count * len(counts), callback=bar.step,
+                                 meta={"model": name, "method": method}, keep_images=keep)
+            images[key] = torch.cat(keep)
+            results[key] = {"model": name, "method": method, "evaluation": res.to_dict(),
+                            "seconds": round(time.perf_counter() - t0, 1), "meta": models[name].meta}
     total = time.perf_counter() - t_all
-    from .evaluate import EvaluationResult
 
     evals = {k: EvaluationResult.from_dict(r["evaluation"]) for k, r in results.items()}
     width = max(12, *(len(k) for k in results))
@@ -427,62 +515,34 @@ def _demo(args: argparse.Namespace) -> int:
             cells.append(f"{f'{row.perfect.rate:.2f}   {row.recall.rate:.2f}':>{width}}")
         print(f"{c:>7} " + " ".join(cells))
     print(f"\n'perfect': share of the {per_count} images per count with exactly the requested objects, each at its "
-          "place in its colour; 'recall': share of the requested objects drawn at their place. A model trained with "
-          "one labelled object (baseline-32) learned to draw unlabelled extra objects too, so its perfect rate is low "
-          "at 1-3 objects by design: read its recall. Wilson intervals and exact-count accuracy are in demo.json. "
-          f"Sampling took {total:.0f} s in all.")
-    for k in results:
-        trained = [evals[k].row(c).recall.rate for c in counts if c <= 3]
-        if sum(trained) / len(trained) < 0.5:
-            name = results[k]["model"]
-            print(f"note: {k} fails already on the trained counts 1-3 (recall {sum(trained) / len(trained):.2f}): "
-                  f"it is undertrained ({models[name].meta.get('steps', '?')} steps), so its row measures that, not "
-                  "length generalization.")
+          "place in its colour; 'recall': share of the requested objects drawn at their place. Wilson intervals "
+          f"and exact-count accuracy are in demo.json. Sampling took {total:.0f} s in all.\n")
+    print("\n".join(_demo_footer(evals, results, models, counts)))
     requested = request_scenes(models["local-32"].scene.replace(counts=tuple(counts)), counts, per_count,
                                seed=args.seed)
     payload = {"counts": counts, "per_count": per_count, "steps": steps, "seed": args.seed,
                "seconds": round(total, 1), "runs": results}
     _write_json(out_dir / "demo.json", payload)
     print(f"wrote {out_dir / 'demo.json'}")
-    _demo_png(out_dir / "demo.png", images, requested, counts, per_count, evals)
+    plt = _pyplot(required=False, what="demo.png", where="localscore demo")
+    if plt is not None:
+        _demo_png(plt, out_dir / "demo.png", images, requested, counts, per_count, trained)
     return 0
 
 
-def _demo_png(path: Path, images: dict[str, Tensor], requested: Any, counts: list[int], per_count: int,
-              evals: dict[str, Any]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: skipped demo.png (pip install 'localscore[plot]').")
-        return
+def _demo_png(plt: Any, path: Path, images: dict[str, Tensor], requested: Any, counts: list[int], per_count: int,
+              trained: str) -> None:
     show = min(per_count, 3)
     names = list(images)
-    fig, axes = plt.subplots(len(counts), show * len(names), figsize=(1.2 * show * len(names), 1.25 * len(counts)),
-                             squeeze=False)
-    for i, c in enumerate(counts):
-        for j, name in enumerate(names):
-            for k in range(show):
-                idx = i * per_count + k
-                ax = axes[i, j * show + k]
-                ax.imshow(images[name][idx].permute(1, 2, 0).numpy(), interpolation="nearest")
-                v = requested.valid[idx]
-                pos = requested.pos[idx][v]
-                ax.plot(pos[:, 1].numpy(), pos[:, 0].numpy(), "+", color="white", ms=3, mew=0.6)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if i == 0 and k == 0:
-                    ax.set_title(name, fontsize=8, loc="left")
-            if j == 0:
-                axes[i, 0].set_ylabel(f"{c} obj.", fontsize=8)
-    fig.suptitle("Requested positions marked +; trained on 1-3 objects", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    _atomic_write_bytes(path, buf.getvalue())
+    grid: list[list[Tensor]] = []
+    marks: list[list[Tensor]] = []
+    for i in range(len(counts)):
+        grid.append([images[name][i * per_count + k] for name in names for k in range(show)])
+        marks.append([requested.pos[i * per_count + k][requested.valid[i * per_count + k]]
+                      for _ in names for k in range(show)])
+    titles = [name if k == 0 else None for name in names for k in range(show)]
+    _write_png_grid(plt, path, grid, marks, row_labels=[f"{c} obj." for c in counts], col_titles=titles,
+                    title=f"Requested positions marked +; trained on {trained} objects")
     print(f"wrote {path}")
 
 
@@ -496,111 +556,451 @@ def _retrain(args: argparse.Namespace, out_dir: Path) -> dict[str, str]:
         exp = exps[name]
         run_dir = out_dir / "retrain" / name
         print(f"training {name} ({DEMO_EXPERIMENTS[name]}, {exp.train.get('steps')} steps) -> {run_dir}", flush=True)
-        train_experiment(exp, run_dir, seed=exp.seeds[0], steps=args.retrain_steps, progress=not args.quiet)
+        train_experiment(exp, run_dir, seed=exp.seeds[0], steps=args.retrain_steps, progress=args.progress)
         sources[name] = str(run_dir / "model.pt")
     return sources
 
 
+# ----------------------------------------------------------------------------- train
+def _train(args: argparse.Namespace) -> int:
+    from .experiments import ExperimentConfig, demo_experiments, load_experiments, train_experiment
+
+    if args.print_config:
+        print(json.dumps(demo_experiments()[args.print_config].to_dict(), indent=1))
+        return 0
+    if args.config is None:
+        raise fail("localscore train", "no CONFIG file given.",
+                   "pass a JSON config, or start from a shipped model's: "
+                   "`localscore train --print-config local-32 > local.json`.")
+    out = check_output(args.out, where="localscore train", folder=True)
+    path = Path(args.config)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise fail("localscore train", f"cannot read the config {str(path)!r} ({e.strerror or e}).",
+                   "check the path.") from e
+    except json.JSONDecodeError as e:
+        raise fail("localscore train", f"{str(path)!r} is not valid JSON ({e.msg} at line {e.lineno}, "
+                   f"column {e.colno}).") from e
+    if isinstance(raw, dict) and "experiments" in raw:
+        _, exps = load_experiments(path)
+    else:
+        exps = [ExperimentConfig.from_dict(raw)]
+    if args.only:
+        names = [e.name for e in exps]
+        missing = sorted(set(args.only) - set(names))
+        if missing:
+            raise fail("localscore train", f"--only names {missing} are not in the config; it has {names}.")
+        exps = [e for e in exps if e.name in args.only]
+    for exp in exps:
+        seeds = [args.seed] if args.seed is not None else list(exp.seeds)
+        for seed in seeds:
+            run_dir = out / exp.name / f"seed{seed}"
+            print(f"training {exp.name} (seed {seed}) -> {run_dir}", flush=True)
+            model = train_experiment(exp, run_dir, seed=seed, steps=args.steps, progress=args.progress)
+            print(f"  done: {model.meta['steps']} steps; model file {run_dir / 'model.pt'}", flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------- sample
+def _check_spacing(layout: Any, cfg: Any, where: str) -> list[str]:
+    """Refuse objects whose outlines overlap; return warnings for objects closer than any training pair.
+
+    With ``b`` the bounding radius of an object as the model's renderer draws it (its shape and size, see
+    `localscore.data.bounding_radius`), objects ``i`` and ``j`` overlap when ``|c_i - c_j| < b_i + b_j``; the
+    training scenes keep ``|c_i - c_j| >= b_i + b_j + min_gap`` (``SceneConfig.min_gap``).
+    """
+    from .data import bounding_radius
+
+    b = bounding_radius(layout.shape.clamp(min=0), layout.size.clamp(min=0), cfg.object_radii())
+    gap = cfg.gap
+    warnings = []
+    for img in range(layout.batch_size):
+        idx = layout.valid[img].nonzero().flatten().tolist()
+        for a, i in enumerate(idx):
+            for j in idx[a + 1:]:
+                d = float(torch.linalg.vector_norm(layout.pos[img, i] - layout.pos[img, j]))
+                touch = float(b[img, i] + b[img, j])
+                if d < touch:
+                    raise fail(where, f"image {img}: objects {i} and {j} are {d:.1f} px apart; drawn by this model "
+                               f"(bounding radii {float(b[img, i]):.1f} and {float(b[img, j]):.1f} px) they would "
+                               "overlap, which it never saw in training.",
+                               f"move them at least {touch + gap:.1f} px apart (the closest a training scene "
+                               "places two such objects).")
+                if d < touch + gap:
+                    warnings.append(f"image {img}: objects {i} and {j} are {d:.1f} px apart, closer than the "
+                                    f"{touch + gap:.1f} px of any such pair in the training scenes; they may merge.")
+    return warnings
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .data import SHAPES, SIZES, load_layout
+    from .experiments import sampler
+
+    where = "localscore sample"
+    outs = [check_output(o, where=where, suffixes=_SAMPLE_OUTPUTS) for o in args.out]
+    if len({o.resolve() for o in outs}) < len(outs):
+        raise fail(where, f"--out names the same file twice ({[str(o) for o in outs]}).",
+                   "give one .npz and/or one .png file.")
+    plt = None
+    if any(o.suffix.lower() == ".png" for o in outs):
+        plt = _pyplot(required=True, what="a .png file", where=where)
+    model = _load(args.checkpoint)
+    scene_cfg = model.scene
+    layout = load_layout(args.layout, max_objects=args.max_objects, default_shape=scene_cfg.shapes[0],
+                         default_size=scene_cfg.sizes[0], where=where)
+    res = layout.resolution
+    if model.kind != "local" and res != model.resolution:
+        raise fail(where, f"the layout's size is {res} but the model {args.checkpoint!r} draws "
+                   f"{model.resolution}x{model.resolution} images (a global U-Net works at its training size only).",
+                   f"set \"size\": {model.resolution} in the layout.")
+    if res != model.resolution:
+        print(f"note: the local network was trained at {model.resolution}x{model.resolution}; sampling "
+              f"{res}x{res} (it is translation equivariant, any size works).", file=sys.stderr)
+        model = _resized(model, res)
+    for w in _check_spacing(layout, model.scene, where):
+        print(f"warning: {w}", file=sys.stderr)
+    shapes_used = {SHAPES[int(v)] for v in layout.shape[layout.valid].tolist()}
+    sizes_used = {SIZES[int(v)] for v in layout.size[layout.valid].tolist()}
+    unseen = sorted((shapes_used - set(scene_cfg.shapes)) | (sizes_used - set(scene_cfg.sizes)))
+    if unseen:
+        print(f"warning: the model never saw {unseen} in training (it saw shapes {list(scene_cfg.shapes)}, sizes "
+              f"{list(scene_cfg.sizes)}).", file=sys.stderr)
+    cond = layout.conditions()
+    g = torch.Generator().manual_seed(args.seed)
+    with _Progress(args.steps, "localscore sample", enabled=args.progress) as bar:
+        fn = sampler(model, args.method, steps=args.steps, solver=args.solver, mask_radius=args.mask_radius,
+                     crop=args.crop, callback=bar.step)
+        images = fn(cond, g)
+    how = f"{args.method} sampling, {args.steps} {args.solver} steps, seed {args.seed}"
+    for out in outs:
+        if out.suffix.lower() == ".npz":
+            arr = images.numpy().astype(np.float32)
+            buf = io.BytesIO()
+            np.savez(buf, images=arr, positions=layout.pos.numpy(), valid=layout.valid.numpy())
+            _atomic_write_bytes(out, buf.getvalue())
+            print(f"wrote {out}: images {list(arr.shape)} in [0, 1] ({how})")
+        else:
+            n = images.shape[0]
+            cols = min(n, 8)
+            grid = [[images[i] for i in range(r, min(r + cols, n))] for r in range(0, n, cols)]
+            marks = [[layout.pos[i][layout.valid[i]] for i in range(r, min(r + cols, n))] for r in range(0, n, cols)]
+            _write_png_grid(plt, out, grid, marks, col_titles=[f"image {i}" for i in range(cols)],
+                            row_labels=[f"images {r}-{min(r + cols, n) - 1}" for r in range(0, n, cols)]
+                            if n > cols else None,
+                            title=f"{Path(args.layout).name}, seed {args.seed}: requested positions marked +")
+            print(f"wrote {out}: a grid of {n} images, requested positions marked + ({how})")
+    return 0
+
+
+def _resized(model: Any, res: int) -> Any:
+    """The same model with its scene at another image size (local networks only)."""
+    import dataclasses
+
+    return dataclasses.replace(model, scene=model.scene.replace(resolution=res))
+
+
+# ----------------------------------------------------------------------------- evaluate
+def _evaluate(args: argparse.Namespace) -> int:
+    from .experiments import evaluate_model
+
+    out = None if args.out is None else check_output(args.out, where="localscore evaluate", suffixes=_JSON_OUTPUT)
+    model = _load(args.checkpoint)
+    t0 = time.perf_counter()
+    batches = math.ceil(len(args.counts) * args.per_count / args.batch_size)
+    with _Progress(batches * args.steps, "localscore evaluate", enabled=args.progress) as bar:
+        res = evaluate_model(model, args.method, counts=args.counts, per_count=args.per_count, seed=args.seed,
+                             steps=args.steps, solver=args.solver, mask_radius=args.mask_radius, crop=args.crop,
+                             batch_size=args.batch_size, callback=bar.step,
+                             meta={"checkpoint": str(args.checkpoint)})
+    print(f"{args.checkpoint} ({model.kind}, {args.method} sampling), {args.per_count} images per count, "
+          f"{time.perf_counter() - t0:.0f} s:\n")
+    print(res.to_markdown(ci=True))
+    if out is not None:
+        _write_json(out, res.to_dict())
+        print(f"\nwrote {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- locality
+def _locality(args: argparse.Namespace) -> int:
+    from .experiments import measure_locality
+
+    where = "localscore locality"
+    path = None if args.out is None else check_output(args.out, where=where, suffixes=_JSON_OUTPUT)
+    model = _load(args.checkpoint)
+    with _Progress(len(args.sigmas), where, enabled=args.progress, unit="noise level") as bar:
+        out = measure_locality(model, sigmas=args.sigmas, count=args.count, images=args.images, radius=args.radius,
+                               seed=args.seed, callback=lambda i: bar.update())
+    r = out["radius"]
+    origin = "--radius" if args.radius is not None else f"the default, {r / model.resolution:.2g} x the image side"
+    print(f"{args.checkpoint} ({model.kind}): {args.images} image{'s' if args.images != 1 else ''} with "
+          f"{args.count} objects; region radius "
+          f"R = {r:.1f} px ({origin}).\n")
+    print(f"{'sigma':>7} {'cond. index':>11} {'on others':>9} {'infl. r90':>9} {'pixel r90':>9}")
+    for i, s in enumerate(out["sigmas"]):
+        print(f"{s:>7.3f} {out['conditional_index'][i]:>11.3f} {out['on_others'][i]:>9.3f} "
+              f"{out['influence_radius'][i]:>9.1f} {out['pixel_radius_90'][i]:>9.1f}")
+    print("\n".join([
+        "",
+        "Per noise level sigma, means over objects and images. An object's influence: how much the output changes",
+        "when the object is removed from the conditioner set, pixel by pixel.",
+        f"  cond. index  share of an object's influence within R = {r:.1f} px of it (Chebyshev); 1 = local.",
+        "  on others    share of it within R px of the other objects; low = objects do not interfere. The regions",
+        f"               of objects less than 2R = {2 * r:.1f} px apart overlap, so the shares can add up to more "
+        "than 1.",
+        "  infl. r90    distance (px) from an object within which 90 % of its influence lies.",
+        "  pixel r90    radius (px) around an output pixel holding 90 % of its sensitivity to the input pixels",
+        "               (squared Jacobian).",
+    ]))
+    if path is not None:
+        _write_json(path, out)
+        print(f"\nwrote {path}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
+class _Deprecated(argparse.Action):
+    """A flag of 0.1.0 kept for one release: hidden from ``--help``, it warns on stderr and sets ``dest``."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, value: Any = None, note: str = "",
+                 **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=argparse.SUPPRESS, **kwargs)
+        self.value, self.note = value, note
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"localscore: warning: {option_string} is deprecated and will be removed in 0.3; {self.note}",
+              file=sys.stderr)
+        if self.value is not None:
+            setattr(namespace, self.dest, self.value)
+
+
+def _deprecated_flags(q: argparse.ArgumentParser, *, demo: bool = False) -> None:
+    """The 0.1.0 flags that progress-by-default replaced: ``--quiet`` (all commands), ``--progress`` and
+    ``--trained`` (demo)."""
+    q.add_argument("--quiet", dest="progress", action=_Deprecated, value=False, note="use --no-progress.")
+    if demo:
+        q.add_argument("--progress", dest="progress", action=_Deprecated, value=True,
+                       note="progress is shown by default now.")
+        q.add_argument("--trained", dest="progress", action=_Deprecated,
+                       note="the shipped models are what the demo samples by default; drop the flag.")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Descriptions kept in paragraphs; ``(default: X)`` only where a default means something.
+
+    Descriptions: paragraphs (separated by blank lines) are wrapped to the terminal, ``* `` bullets each on
+    their own lines, indented blocks (code) kept as written. The default is not appended to required options,
+    flags, options whose default is ``None`` (their help says what happens then), or help that names its
+    default already.
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        blocks = []
+        for para in re.split(r"\n\s*\n", text.strip("\n")):
+            if para.startswith("    "):
+                blocks.append(textwrap.indent(para, indent))
+                continue
+            items = re.split(r"\n(?=\* )", para)
+            blocks.append("\n".join(
+                textwrap.fill(" ".join(item.split()), width, initial_indent=indent,
+                              subsequent_indent=indent + ("  " if item.startswith("* ") else ""),
+                              break_on_hyphens=False, break_long_words=False)
+                for item in items))
+        return "\n\n".join(blocks)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.required or action.nargs == 0 or not action.option_strings
+                or action.default is None or action.default is argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _plain(text: str) -> str:
+    """Docstring markup -> plain text for ``--help``: code spans lose their backticks.
+
+    Examples:
+        >>> _plain("run `localscore demo` or ``x``")
+        'run localscore demo or x'
+    """
+    return re.sub(r"`+([^`]*)`+", r"\1", text)
+
+
+def _desc(*paragraphs: str) -> str:
+    """A help description of several paragraphs (wrapped by :class:`_Formatter`)."""
+    return "\n\n".join(paragraphs)
+
+
+_LAYOUT_HELP = ('LAYOUT.json: {"size": 32, "images": [[{"pos": [row, col], "color": "red", "shape": "disc", '
+                '"size": "small"}, ...], ...]}: "size" is the image side in pixels, one list of objects per image '
+                '(an empty list for none), positions in pixels from the top-left pixel centre, colours gray, red, '
+                'blue, green, brown, purple, cyan, yellow; "shape" (disc / square / triangle) and "size" (small / '
+                'large) default to the first the model was trained with.')
+_SPACING_HELP = ("Objects whose outlines would overlap as the model draws them (centres closer than the sum of "
+                 "their bounding radii) are refused; objects closer than the model's training scenes ever place "
+                 "two objects (that sum plus the scene's min_gap) are sampled with a warning.")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="localscore", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .experiments import MODEL_NAMES
+
+    p = argparse.ArgumentParser(prog="localscore", description=_plain(__doc__ or ""), formatter_class=_Formatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    methods = ["joint", "projective", "masked", "localized"]
+    no_progress = "no progress on stderr (otherwise: a tqdm bar on a terminal, else a line every 10 s)"
 
     d = sub.add_parser("demo", help="length generalization of the shipped models (or --oracle: exact scores)",
-                       description="The shipped 32x32 models local-32 (local conditional network, every object "
-                       "labelled) and baseline-32 (the failing baseline: a global U-Net trained with one labelled "
-                       "object per image, composed per object), both trained on 1-3 objects, sampled for 1..10 "
-                       "objects, with the per-count table. With --oracle: exact per-object scores "
-                       "of an object oracle composed beyond the trained count, sampled with Euler and Heun against "
-                       "exact joint samples. Writes DIR/demo.json and DIR/demo.png.",
-                       formatter_class=fmt)
-    d.add_argument("--out", default="localscore-demo", help="output folder")
+                       description=_desc(
+                           "The shipped 32x32 models local-32 (local conditional network, every object labelled) "
+                           "and baseline-32 (the failing baseline: a global U-Net trained with one labelled object "
+                           "per image, composed per object), both trained on 1-3 objects, sampled for 1..10 "
+                           "objects, with the per-count table. Writes DIR/demo.json and DIR/demo.png.",
+                           "With --oracle: exact per-object scores of an object oracle composed beyond the trained "
+                           "count, sampled with Euler and Heun against exact joint samples."),
+                       formatter_class=_Formatter)
+    d.add_argument("--out", metavar="DIR", default="localscore-demo", help="output folder, created if missing")
     d.add_argument("--seed", type=int, default=0, help="random seed of the layouts and the samplers")
-    d.add_argument("--samples", type=int, default=None, help="images per object count (default 8; --quick 2)")
-    d.add_argument("--steps", type=int, default=None, help="sampler steps (default 24; --quick 12)")
+    d.add_argument("--samples", metavar="N", type=_int_at_least(1, "images per count"), default=None,
+                   help="images per object count (default: 8; 2 with --quick; --oracle: 256, 64)")
+    d.add_argument("--steps", metavar="N", type=_int_at_least(1, "sampler steps"), default=None,
+                   help="sampler steps (default: 24; 12 with --quick; --oracle: 48, 24)")
     d.add_argument("--quick", action="store_true", help="a small, fast run (CI)")
-    d.add_argument("--progress", action="store_true", help="progress bars (needs tqdm)")
-    d.add_argument("--trained", action="store_true",
-                   help="sample the shipped models local-32 and baseline-32 (the default; kept for old scripts)")
     d.add_argument("--oracle", action="store_true",
                    help="instead: exact per-object scores of an object oracle, composed beyond the trained count")
     d.add_argument("--retrain", action="store_true",
                    help="train local-32 and baseline-32 from scratch first, then sample them (CPU-hours)")
-    d.add_argument("--retrain-steps", type=int, default=None, help="override the training steps of --retrain")
-    d.add_argument("--method", choices=["joint", "projective", "masked", "localized"], default=None,
+    d.add_argument("--retrain-steps", metavar="N", type=_int_at_least(1, "training steps"), default=None,
+                   help="training steps of --retrain (default: the steps recorded in the shipped models)")
+    d.add_argument("--method", choices=methods, default=None,
                    help="condition both models this way (default: local-32 joint and projective, baseline-32 "
                    "projective; 'masked' is the sampling-time locality intervention)")
-    d.add_argument("--quiet", action="store_true", help="no training progress bars")
+    d.add_argument("--no-progress", dest="progress", action="store_false", help=no_progress)
+    _deprecated_flags(d, demo=True)
     d.set_defaults(func=_demo)
 
     t = sub.add_parser("train", help="train the experiments of a JSON config (resumable)",
-                       description="Train every experiment (and seed) of a config file: a benchmark config "
-                       "({'defaults': ..., 'experiments': [...]}, see benchmarks/configs/) or one experiment. "
-                       "Each run writes OUT/NAME/seedS/{checkpoint.pt, log.jsonl, model.pt}; rerunning resumes.",
-                       formatter_class=fmt)
-    t.add_argument("config", help="the JSON config file")
-    t.add_argument("--out", default="runs", help="output folder")
-    t.add_argument("--only", nargs="*", help="train only these experiment names")
+                       description=_desc(
+                           "Train every experiment (and seed) of a config file. Each run writes "
+                           "OUT/NAME/seedS/{checkpoint.pt, log.jsonl, model.pt}; rerunning resumes.",
+                           "CONFIG is one experiment, a JSON object with the fields of "
+                           "localscore.experiments.ExperimentConfig: name, model ('local' or 'unet'), network "
+                           "(fields of localscore.nn.LocalNetConfig or UNetConfig), scene (fields of "
+                           "localscore.data.SceneConfig: resolution, counts, labelling, ...), train (fields of "
+                           "localscore.train.TrainConfig: steps, batch_size, lr, ...), seeds, and the test-time "
+                           "settings (methods, sampling_steps, ...). Or several: {\"defaults\": {...}, "
+                           "\"experiments\": [{...}, ...]}, each experiment merged over the defaults.",
+                           "Start from the config that trained a shipped model: localscore train --print-config "
+                           "local-32 > local.json"),
+                       formatter_class=_Formatter)
+    t.add_argument("config", nargs="?", metavar="CONFIG", help="the JSON config file")
+    t.add_argument("--print-config", choices=MODEL_NAMES, default=None, metavar="NAME",
+                   help=f"print the config that trained a shipped model ({', '.join(MODEL_NAMES)}) and exit")
+    t.add_argument("--out", metavar="DIR", default="runs", help="output folder, created if missing")
+    t.add_argument("--only", nargs="+", metavar="NAME", help="train only these experiments")
     t.add_argument("--seed", type=int, default=None, help="train only this seed (default: the config's seeds)")
-    t.add_argument("--steps", type=int, default=None, help="override the config's training steps")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--steps", metavar="N", type=_int_at_least(1, "training steps"), default=None,
+                   help="training steps (default: the config's)")
+    t.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no training progress bar (it needs tqdm)")
+    _deprecated_flags(t)
     t.set_defaults(func=_train)
 
     def model_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--checkpoint", required=True,
-                       help="a shipped model name (local-32, baseline-32), a model file, or a training run folder")
-        q.add_argument("--method", choices=["joint", "projective", "masked", "localized"], default="joint",
+        q.add_argument("--checkpoint", required=True, metavar="PATH_OR_NAME",
+                       help=f"a shipped model name ({', '.join(MODEL_NAMES)}), a model file, or a training run "
+                       "folder")
+        q.add_argument("--method", choices=methods, default="joint",
                        help="all objects in one conditioner set, or a (masked / cropped) composition of "
                        "per-object passes")
-        q.add_argument("--steps", type=int, default=24, help="sampler steps")
+        q.add_argument("--steps", metavar="N", type=_int_at_least(1, "sampler steps"), default=24, help="sampler steps")
         q.add_argument("--solver", choices=["euler", "heun"], default="euler", help="ODE solver")
-        q.add_argument("--mask-radius", type=float, default=6.0,
+        q.add_argument("--mask-radius", metavar="PX", type=_positive_float("a radius in px"), default=6.0,
                        help="disc radius (px) of --method masked / localized")
-        q.add_argument("--crop", type=int, default=None, help="window side (px) of --method localized")
+        q.add_argument("--crop", metavar="PX", type=_int_at_least(4, "a window side in px"), default=None,
+                       help="window side (px) of --method localized (default: the whole image)")
         q.add_argument("--seed", type=int, default=0, help="random seed")
-        q.add_argument("--quiet", action="store_true", help="no progress bars")
+        q.add_argument("--no-progress", dest="progress", action="store_false", help=no_progress)
+        _deprecated_flags(q)
 
     s = sub.add_parser("sample", help="sample images for the objects of a layout file",
-                       description="Sample one image per layout image. LAYOUT.json: {\"size\": 32, \"images\": "
-                       "[[{\"pos\": [row, col], \"color\": \"red\", \"shape\": \"disc\", \"size\": \"small\"}, ...], "
-                       "...]}; FILE.npz gets 'images' [N, 3, H, W] float32 in [0, 1], 'positions', 'valid'.",
-                       formatter_class=fmt)
+                       description=_desc(
+                           "Sample one image per layout image.", _LAYOUT_HELP, _SPACING_HELP,
+                           "Outputs, by suffix: FILE.npz gets 'images' [N, 3, H, W] float32 in [0, 1], "
+                           "'positions' and 'valid'; FILE.png a grid of the images with the requested positions "
+                           "marked + (needs matplotlib: pip install 'localscore[plot]'). Give both to write both."),
+                       formatter_class=_Formatter)
     model_args(s)
-    s.add_argument("--layout", required=True, help="the layout JSON file")
-    s.add_argument("--out", required=True, help="the output .npz file")
-    s.add_argument("--max-objects", type=int, default=10, help="refuse layouts with more objects per image")
+    s.add_argument("--layout", required=True, metavar="LAYOUT.json", help="the layout JSON file")
+    s.add_argument("--out", required=True, nargs="+", metavar="FILE",
+                   help="output file(s): .npz (arrays) and/or .png (image grid)")
+    s.add_argument("--max-objects", metavar="N", type=_int_at_least(1, "objects per image"), default=10,
+                   help="refuse layouts with more objects per image")
     s.set_defaults(func=_sample)
 
     e = sub.add_parser("evaluate", help="per-count perfect rate and exact-count accuracy over counts 0..10",
-                       description="Request random layouts with each count, sample, detect and match; prints "
-                       "per-count exact-count accuracy, perfect rate, recall, precision with Wilson 95 %% intervals.",
-                       formatter_class=fmt)
+                       description=_desc(
+                           "Request random layouts with each count, sample, detect and match; prints per-count "
+                           "exact-count accuracy, perfect rate, recall, precision with Wilson 95 % intervals."),
+                       formatter_class=_Formatter)
     model_args(e)
-    e.add_argument("--counts", type=_counts_arg, default=list(range(11)), help="counts, e.g. 0..10 or 1,4,8")
-    e.add_argument("--per-count", type=int, default=20, help="images per count")
-    e.add_argument("--batch-size", type=int, default=64, help="images per sampler call")
-    e.add_argument("--out", default=None, help="also write the result as JSON")
+    e.add_argument("--counts", metavar="COUNTS", type=_counts_arg, default=list(range(11)),
+                   help="counts, e.g. 0..10 or 1,4,8 (default: 0..10)")
+    e.add_argument("--per-count", metavar="N", type=_int_at_least(1, "images per count"), default=20,
+                   help="images per count")
+    e.add_argument("--batch-size", metavar="N", type=_int_at_least(1, "images per sampler call"), default=64,
+                   help="images per sampler call")
+    e.add_argument("--out", metavar="FILE.json", default=None, help="also write the result as JSON")
     e.set_defaults(func=_evaluate)
 
     lo = sub.add_parser("locality", help="conditional locality index and pixel radius across sigma",
-                        description="Measure how local a model is: the share of each object's influence near it "
-                        "(ablation) and the radius holding 90 %% of the input-pixel Jacobian mass, per noise level.",
-                        formatter_class=fmt)
-    lo.add_argument("--checkpoint", required=True, help="a shipped model name, a model file or a training run")
-    lo.add_argument("--sigmas", type=float, nargs="+", default=[0.05, 0.2, 0.5, 1.0, 2.0], help="noise levels")
-    lo.add_argument("--count", type=int, default=4, help="objects per image")
-    lo.add_argument("--images", type=int, default=4, help="images")
-    lo.add_argument("--radius", type=float, default=None, help="region radius in px (default 0.2 * size)")
+                        description=_desc(
+                            "Measure how local a model is, per noise level: the share of each object's influence "
+                            "near it (ablation) and the radius holding 90 % of the input-pixel Jacobian mass. "
+                            "The output explains each column."),
+                        formatter_class=_Formatter)
+    lo.add_argument("--checkpoint", required=True, metavar="PATH_OR_NAME",
+                    help="a shipped model name, a model file or a training run")
+    lo.add_argument("--sigmas", metavar="SIGMA", type=_positive_float("a noise level"), nargs="+",
+                    default=[0.05, 0.2, 0.5, 1.0, 2.0],
+                    help="noise levels (default: 0.05 0.2 0.5 1 2)")
+    lo.add_argument("--count", metavar="N", type=_int_at_least(2, "objects per image"), default=4,
+                    help="objects per image")
+    lo.add_argument("--images", metavar="N", type=_int_at_least(1, "images"), default=4, help="images")
+    lo.add_argument("--radius", metavar="PX", type=_positive_float("a radius in px"), default=None,
+                    help="region radius R in px (default: that of localscore.experiments.measure_locality, "
+                    "0.2 x the image side)")
     lo.add_argument("--seed", type=int, default=0, help="random seed")
-    lo.add_argument("--out", default=None, help="also write the result as JSON")
+    lo.add_argument("--out", metavar="FILE.json", default=None, help="also write the result as JSON")
+    lo.add_argument("--no-progress", dest="progress", action="store_false", help=no_progress)
+    _deprecated_flags(lo)
     lo.set_defaults(func=_locality)
     return p
 
 
+def _message(command: str, error: LocalScoreError) -> str:
+    """``localscore CMD: error: ...`` without repeating the command where the message already starts with it.
+
+    Examples:
+        >>> _message("sample", LocalScoreError("localscore sample (l.json): bad size"))
+        'localscore sample: error: l.json: bad size'
+        >>> _message("sample", LocalScoreError("load_model: no file"))
+        'localscore sample: error: load_model: no file'
+    """
+    prefix = f"localscore {command}"
+    text = str(error)
+    if text.startswith(prefix):
+        rest = text[len(prefix):]
+        m = re.match(r" \(([^)]*)\):\s*", rest)
+        text = f"{m.group(1)}: {rest[m.end():]}" if m else rest.lstrip(": ")
+    return f"{prefix}: error: {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``localscore`` command line; returns the exit code (0 ok, 2 usage or input error).
+    """Run the ``localscore`` command line; returns the exit code (0 ok, 1 a failed write, 2 usage or input error).
 
     Examples:
         >>> main(["evaluate", "--checkpoint", "no-such-model"])  # doctest: +SKIP
@@ -614,8 +1014,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except LocalScoreError as e:
-        print(f"localscore {args.command}: error: {e}", file=sys.stderr)
+        print(_message(args.command, e), file=sys.stderr)
         return 2
+    except OSError as e:
+        name = f" ({e.filename})" if e.filename else ""
+        print(f"localscore {args.command}: error: {e.strerror or e}{name}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; nothing was written half-way.", file=sys.stderr)
         return 130

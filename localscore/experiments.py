@@ -43,6 +43,7 @@ from ._io import load_payload, save_payload
 from .conditions import Conditions
 from .data import SceneConfig, SceneStream
 from .evaluate import EvaluationResult, evaluate_sampler
+from .evaluate.locality import REGION_FRACTION
 from .masks import DiscRule
 from .nn import GlobalConditionalDenoiser, LocalConditionalDenoiser, LocalNetConfig, UNetConfig
 from .sampling import sample_euler, sample_heun
@@ -523,6 +524,7 @@ def sampler(
     mask_radius: float = 4.0,
     crop: int | None = None,
     progress: bool = False,
+    callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> Callable[[Conditions, torch.Generator], Tensor]:
     r"""A sampling function ``(cond [B, K], generator) -> images [B, 3, H, W]`` in ``[0, 1]``.
 
@@ -541,6 +543,8 @@ def sampler(
 
     and the result is mapped from ``[-1, 1]`` to ``[0, 1]``: ``images = clamp((x + 1) / 2, 0, 1)``.
     The composed methods need a model trained with conditioner dropout (its unconditional path).
+    ``progress`` shows the solver's tqdm bar; ``callback`` is passed to the solver (called after each step
+    with its dict, see :mod:`localscore.sampling`).
 
     Examples:
         >>> from localscore import Conditions
@@ -576,15 +580,15 @@ def sampler(
         x = sig[0] * z
         with torch.inference_mode():
             if method == "joint":
-                out = solve(D, x, sig, cond, progress=progress)
+                out = solve(D, x, sig, cond, progress=progress, callback=callback)
             elif method == "projective":
-                out = solve(compose.projective_from(D, cond), x, sig, progress=progress)
+                out = solve(compose.projective_from(D, cond), x, sig, progress=progress, callback=callback)
             elif method == "masked":
-                out = solve(compose.masked_from(D, cond, rule), x, sig, progress=progress)
+                out = solve(compose.masked_from(D, cond, rule), x, sig, progress=progress, callback=callback)
             else:
                 from .nn import localize
 
-                out = solve(localize(D, rule, crop=crop), x, sig, cond, progress=progress)
+                out = solve(localize(D, rule, crop=crop), x, sig, cond, progress=progress, callback=callback)
         return ((out.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
 
     return run
@@ -605,6 +609,7 @@ def evaluate_model(
     progress: bool = False,
     meta: Mapping[str, Any] | None = None,
     keep_images: list[Tensor] | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> EvaluationResult:
     """Per-count length-generalization metrics of a trained model (see :func:`sampler` for ``method``).
 
@@ -627,9 +632,11 @@ def evaluate_model(
         progress: progress bar over batches.
         meta: extra metadata stored in the result.
         keep_images: if a list is given, the generated image batches ``[b, 3, H, W]`` are appended to it.
+        callback: passed to :func:`sampler` (called after each solver step of each batch).
     """
     scene = model.scene.replace(counts=tuple(counts), labelling="all")
-    base = sampler(model, method, steps=steps, solver=solver, mask_radius=mask_radius, crop=crop)
+    base = sampler(model, method, steps=steps, solver=solver, mask_radius=mask_radius, crop=crop,
+                   callback=callback)
     if keep_images is None:
         fn = base
     else:
@@ -656,6 +663,7 @@ def measure_locality(
     radius: float | None = None,
     pixel_rows: int = 16,
     seed: int = 0,
+    callback: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     r"""Conditional and pixel locality of a trained model across noise levels (JSON-ready dict).
 
@@ -669,6 +677,8 @@ def measure_locality(
     * :func:`~localscore.metrics.pixel_locality` (``pixel_rows`` exact Jacobian rows): the effective
       pixel radius holding 90 % of ``sum |dD/dx|^2``.
 
+    ``callback``, if given, is called with the index of each noise level once it is measured.
+
     Returns:
         ``{"sigmas", "radius", "conditional_index", "on_others", "influence_radius", "pixel_radius_90",
         "summary": {"conditional_index", "pixel_radius_90"}}`` (per-sigma lists; ``summary`` averages them).
@@ -681,7 +691,7 @@ def measure_locality(
     if isinstance(count, bool) or not isinstance(count, int) or count < 2:
         raise fail(where, f"`count` is {count!r}, expected an int >= 2 (influence on *other* objects needs two).")
     res = model.resolution
-    r = float(radius) if radius is not None else 0.2 * res
+    r = float(radius) if radius is not None else REGION_FRACTION * res
     scene_cfg = model.scene.replace(counts=(count,), labelling="all")
     scene = request_scenes(scene_cfg, [count], images, seed=seed)
     x0 = render_scene(scene, scene_cfg) * 2.0 - 1.0
@@ -701,6 +711,8 @@ def measure_locality(
         pl = pixel_locality(D, x, float(s), cond, method="probes", n_rows=pixel_rows,
                             generator=torch.Generator().manual_seed(seed))
         out["pixel_radius_90"].append(float(pl.radius(0.9).float().flatten()[0]))
+        if callback is not None:
+            callback(len(out["pixel_radius_90"]) - 1)
     n = len(out["sigmas"])
     out["summary"] = {"conditional_index": sum(out["conditional_index"]) / n,
                       "pixel_radius_90": sum(out["pixel_radius_90"]) / n}

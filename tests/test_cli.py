@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from localscore import cli
 from localscore.cli import main
-from localscore.experiments import MODEL_NAMES, checkpoint_dir
+from localscore.evaluate import CountResult, EvaluationResult, Proportion
+from localscore.experiments import MODEL_NAMES, ExperimentConfig, checkpoint_dir, load_model, measure_locality
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_experiments import tiny_experiment
@@ -25,7 +30,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli")
     cfg = root / "tiny.json"
     cfg.write_text(json.dumps(tiny_experiment().to_dict()))
-    assert main(["train", str(cfg), "--out", str(root / "runs"), "--quiet"]) == 0
+    assert main(["train", str(cfg), "--out", str(root / "runs"), "--no-progress"]) == 0
     out = root / "runs" / "tiny" / "seed0"
     assert (out / "model.pt").is_file() and (out / "checkpoint.pt").is_file()
     return out
@@ -44,7 +49,7 @@ def test_train_resumes_and_extends(run_dir: Path, tmp_path: Path) -> None:
     single.write_text(json.dumps(exp))
     root = run_dir.parents[1]
     # Rerunning with more steps resumes from the checkpoint: the log continues at step 3.
-    assert main(["train", str(single), "--out", str(root), "--steps", "3", "--quiet"]) == 0
+    assert main(["train", str(single), "--out", str(root), "--steps", "3", "--no-progress"]) == 0
     steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
 
@@ -62,7 +67,7 @@ def test_sample_writes_npz(run_dir: Path, tmp_path: Path) -> None:
                                                                            "shape": "disc", "size": "small"}], []]}
     out = tmp_path / "s.npz"
     args = ["sample", "--checkpoint", str(run_dir), "--layout", str(_layout(tmp_path, layout)), "--seed", "3",
-            "--out", str(out), "--steps", "2", "--quiet"]
+            "--out", str(out), "--steps", "2", "--no-progress"]
     assert main(args) == 0
     with np.load(out) as f:
         images = f["images"]
@@ -87,18 +92,19 @@ def test_sample_writes_npz(run_dir: Path, tmp_path: Path) -> None:
     ({"size": 16, "images": []}, "non-empty list"),
     ({"size": 16, "images": [[{"pos": [4, 5], "color": "red", "weight": 3}]]}, "unknown keys"),
     ("{\"size\": 16, \"images\": [[", "not valid JSON"),
+    ({"images": [[{"pos": [4, 5], "color": "red"}]]}, "'size' is missing.*\n  Fix: give the image side"),
+    ({"size": 16, "images": [[{"pos": [4, 5], "color": "red"}, {"pos": [4, 5.5], "color": "blue"}]]},
+     "objects 0 and 1 are 0.5 px apart.*overlap.*\n  Fix: move them at least 2.9 px apart"),
 ])
 def test_sample_bad_layouts(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: object,
                             message: str) -> None:
     out = tmp_path / "never.npz"
     code = main(["sample", "--checkpoint", str(run_dir), "--layout", str(_layout(tmp_path, layout)),
-                 "--out", str(out), "--steps", "1", "--quiet"])
+                 "--out", str(out), "--steps", "1", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2
     assert "localscore sample: error" in err
-    import re
-
-    assert re.search(message, err), err
+    assert re.search(message, err, flags=re.S), err
     assert not out.exists()
 
 
@@ -110,7 +116,7 @@ def test_sample_errors_model_and_size(run_dir: Path, tmp_path: Path, capsys: pyt
     # A local network samples any size (it is translation equivariant), with a note.
     big = _layout(tmp_path, {"size": 24, "images": [[{"pos": [20, 20], "color": "blue"}]]}, "big.json")
     assert main(["sample", "--checkpoint", str(run_dir), "--layout", str(big), "--out", str(tmp_path / "b.npz"),
-                 "--steps", "1", "--quiet"]) == 0
+                 "--steps", "1", "--no-progress"]) == 0
     assert "any size works" in capsys.readouterr().err
     with np.load(tmp_path / "b.npz") as f:
         assert f["images"].shape == (1, 3, 24, 24)
@@ -119,7 +125,7 @@ def test_sample_errors_model_and_size(run_dir: Path, tmp_path: Path, capsys: pyt
 def test_evaluate_and_locality_commands(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "eval.json"
     assert main(["evaluate", "--checkpoint", str(run_dir / "model.pt"), "--counts", "0,2", "--per-count", "2",
-                 "--steps", "2", "--out", str(out), "--quiet"]) == 0
+                 "--steps", "2", "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "| objects | images | exact count | perfect |" in text
     res = json.loads(out.read_text())
@@ -163,6 +169,7 @@ def test_demo_shipped_models(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     header = next(line for line in text.splitlines() if line.lstrip().startswith("objects"))
     assert header.split()[1:] == ["local-32", "joint", "local-32", "projective", "baseline-32", "projective"]
     assert "labelling 'all'" in text and "labelling 'one'" in text  # local-32 and the paper's failing baseline
+    assert "by design" not in text and "mean over the counts" in text  # the footer is computed from the table
     data = json.loads((tmp_path / "demo.json").read_text())
     assert data["counts"] == list(range(1, 11))
     assert sorted(data["runs"]) == ["baseline-32 projective", "local-32 joint", "local-32 projective"]
@@ -188,7 +195,7 @@ def test_demo_method_masked_samples_both_models_with_the_intervention(tmp_path: 
 def test_demo_retrain_trains_both_models_from_their_recorded_configs(tmp_path: Path) -> None:
     if not all((checkpoint_dir() / f"{n}.pt").is_file() for n in MODEL_NAMES):
         pytest.skip("the shipped checkpoints are not in this checkout")
-    argv = ["demo", "--retrain", "--retrain-steps", "2", "--quiet", "--samples", "1", "--steps", "2",
+    argv = ["demo", "--retrain", "--retrain-steps", "2", "--no-progress", "--samples", "1", "--steps", "2",
             "--out", str(tmp_path)]
     assert main(argv) == 0
     for name in MODEL_NAMES:
@@ -198,3 +205,241 @@ def test_demo_retrain_trains_both_models_from_their_recorded_configs(tmp_path: P
     assert all(int(r["meta"]["steps"]) == 2 for r in runs.values())  # the retrained models, not the shipped ones
     labelling = {r["model"]: r["meta"]["experiment"]["scene"].get("labelling", "all") for r in runs.values()}
     assert labelling == {"local-32": "all", "baseline-32": "one"}
+
+
+# ----------------------------------------------------------------------------- polish (issue 15, item 5)
+def _cannot_write_in(folder: str) -> bool:
+    try:
+        fd, name = tempfile.mkstemp(dir=folder)
+    except OSError:
+        return True
+    os.close(fd)
+    os.unlink(name)
+    return False
+
+
+def test_out_is_checked_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The checkpoint does not exist: an --out error means the path was checked before loading and sampling.
+    layout = _layout(tmp_path, {"size": 16, "images": [[{"pos": [4, 5], "color": "red"}]]})
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [(str(a_file / "x.npz"), "which is a file, not a folder"),
+             (str(tmp_path), "is a folder; expected a file name.*Fix: name a file in it"),
+             (str(tmp_path / "result.txt"), "ends in '.txt'.*writes .npz \\(arrays\\) or .png.*Fix: use a name"),
+             (str(tmp_path / "result"), "has no suffix"),
+             ("", "--out is empty")]
+    if os.path.isdir("/proc") and _cannot_write_in("/proc"):
+        cases.append(("/proc/x.npz", "cannot create a file in '/proc'.*Fix: choose a writable folder"))
+    for out, message in cases:
+        code = main(["sample", "--checkpoint", "no-such-model", "--layout", str(layout), "--out", out])
+        err = capsys.readouterr().err
+        assert code == 2 and re.search(message, err, flags=re.S), (out, err)
+        assert "Traceback" not in err and "no-such-model" not in err
+    assert main(["evaluate", "--checkpoint", "no-such-model", "--out", str(tmp_path / "r.csv")]) == 2
+    assert "writes .json" in capsys.readouterr().err
+    assert main(["locality", "--checkpoint", "no-such-model", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["demo", "--out", str(a_file)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert a_file.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "layout.json"]
+
+
+def test_sample_writes_a_png_grid_and_the_arrays_in_one_run(run_dir: Path, tmp_path: Path) -> None:
+    layout = {"size": 16, "images": [[{"pos": [4, 5], "color": "red"}], [], [{"pos": [10, 10], "color": "blue"}]]}
+    png, npz = tmp_path / "grid.png", tmp_path / "arrays.npz"
+    assert main(["sample", "--checkpoint", str(run_dir), "--layout", str(_layout(tmp_path, layout)), "--out",
+                 str(png), str(npz), "--steps", "1", "--no-progress"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with np.load(npz) as f:
+        assert f["images"].shape == (3, 3, 16, 16)
+    assert main(["sample", "--checkpoint", str(run_dir), "--layout", str(_layout(tmp_path, layout)), "--out",
+                 str(npz), str(tmp_path / "." / "arrays.npz")]) == 2   # the same file twice
+
+
+def test_png_without_matplotlib_is_a_clear_error_before_sampling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    layout = _layout(tmp_path, {"size": 16, "images": [[{"pos": [4, 5], "color": "red"}]]})
+    assert main(["sample", "--checkpoint", "no-such-model", "--layout", str(layout), "--out",
+                 str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert "writing a .png file needs matplotlib" in err and "pip install 'localscore[plot]'" in err
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_progress_on_stderr_by_default_and_off_with_no_progress(run_dir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "_PROGRESS_EVERY", 0.0)       # a line per step (the default is one per 10 s)
+    argv = ["evaluate", "--checkpoint", str(run_dir), "--counts", "2", "--per-count", "2", "--steps", "2"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "localscore evaluate: 1/2 steps (50 %)" in err and "2/2 steps (100 %)" in err
+    assert "steps (" not in out                              # the result alone on stdout
+    assert main([*argv, "--no-progress"]) == 0
+    assert "steps (" not in capsys.readouterr().err
+    loc = ["locality", "--checkpoint", str(run_dir), "--sigmas", "0.5", "1", "--count", "2", "--images", "1"]
+    assert main(loc) == 0
+    assert "localscore locality: 2/2 noise levels (100 %)" in capsys.readouterr().err
+    # On a terminal: a tqdm bar where tqdm is installed, the same lines where it is not.
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    pytest.importorskip("tqdm")
+    assert main(loc) == 0
+    err = capsys.readouterr().err
+    assert "2/2" in err and "noise levels (" not in err
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    assert main(loc) == 0
+    assert "localscore locality: 2/2 noise levels (100 %)" in capsys.readouterr().err
+
+
+COMMANDS = ("demo", "train", "sample", "evaluate", "locality")
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_is_plain_text(command: str | None, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"] if command else ["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for raw in ("``", ":class:", ":func:", "%%", "(default: None)", "(default: False)", "(default: True)",
+                "benchmarks/configs", "--quiet", "--trained"):
+        assert raw not in text, (command, raw)
+    assert "`" not in text
+    for line in text.splitlines():       # required options never claim a default
+        if "--checkpoint PATH_OR_NAME" in line or "--layout LAYOUT.json" in line:
+            assert "default" not in line
+    flat = " ".join(text.split())
+    if command == "evaluate":
+        assert "Wilson 95 % intervals" in flat
+    if command == "locality":
+        assert "localscore.experiments.measure_locality" in flat
+
+
+def test_flags_of_0_1_0_are_deprecated_not_broken(capsys: pytest.CaptureFixture[str]) -> None:
+    """The replaced flags still parse for one release, hidden from --help, with a warning that says what to do."""
+    from localscore.cli import _parser
+
+    parser = _parser()
+    for argv, progress, advice in ((["demo", "--trained"], True, "drop the flag"),
+                                   (["demo", "--progress"], True, "by default"),
+                                   (["demo", "--quiet"], False, "--no-progress"),
+                                   (["evaluate", "--checkpoint", "x", "--quiet"], False, "--no-progress"),
+                                   (["locality", "--checkpoint", "x", "--quiet"], False, "--no-progress"),
+                                   (["train", "c.json", "--quiet"], False, "--no-progress")):
+        args = parser.parse_args(argv)
+        err = capsys.readouterr().err
+        assert args.progress is progress, argv
+        assert f"{argv[-1]} is deprecated" in err and advice in err, (argv, err)
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["demo", "--no-such-flag"])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "--checkpoint", "x", "--layout", "l.json", "--out", "x.npz", "--steps", "0"],
+    ["evaluate", "--checkpoint", "x", "--steps", "0"],
+    ["demo", "--steps", "0"],
+    ["evaluate", "--checkpoint", "x", "--per-count", "0"],
+    ["locality", "--checkpoint", "x", "--count", "1"],
+    ["locality", "--checkpoint", "x", "--sigmas", "-1"],
+])
+def test_bad_numbers_are_named_by_their_flag(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    flag = next(a for a in argv if a.startswith("--") and a not in ("--checkpoint", "--layout", "--out"))
+    assert f"argument {flag}:" in err and "karras" not in err
+
+
+def test_train_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--print-config", "local-32"]) == 0
+    cfg = ExperimentConfig.from_dict(json.loads(capsys.readouterr().out))
+    assert cfg.model == "local" and cfg.scene_config().resolution == 32
+    assert main(["train"]) == 2
+    assert "Fix: pass a JSON config, or start from a shipped model's: `localscore train --print-config" in \
+        capsys.readouterr().err
+
+
+def test_close_objects_warn_and_overlapping_ones_are_refused(run_dir: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # The tiny model draws small discs of radius 0.96 px 16x16 scenes with min_gap 1 px: its training pairs are
+    # >= 2.92 px apart; discs closer than 1.92 px overlap.
+    close = {"size": 16, "images": [[{"pos": [4, 5], "color": "red"}, {"pos": [4, 7.5], "color": "blue"}]]}
+    out = tmp_path / "c.npz"
+    assert main(["sample", "--checkpoint", str(run_dir), "--layout", str(_layout(tmp_path, close)), "--out", str(out),
+                 "--steps", "1", "--no-progress"]) == 0
+    assert "warning: image 0: objects 0 and 1 are 2.5 px apart, closer than the 2.9 px" in capsys.readouterr().err
+    far = {"size": 16, "images": [[{"pos": [4, 5], "color": "red"}, {"pos": [4, 8], "color": "blue"}]]}
+    assert main(["sample", "--checkpoint", str(run_dir), "--layout", str(_layout(tmp_path, far)), "--out", str(out),
+                 "--steps", "1", "--no-progress"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_locality_explains_its_columns_and_uses_the_api_default_radius(run_dir: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "loc.json"
+    assert main(["locality", "--checkpoint", str(run_dir), "--sigmas", "0.5", "--count", "2", "--images", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    for column in ("cond. index  share", "on others    share", "infl. r90    distance", "pixel r90    radius"):
+        assert column in text
+    api = measure_locality(load_model(run_dir), sigmas=[0.5], count=2, images=1)
+    assert json.loads(out.read_text())["radius"] == api["radius"]
+    assert f"R = {api['radius']:.1f} px (the default" in text
+
+
+def _evaluation(rates: dict[int, tuple[int, int, int]], images: int = 8) -> EvaluationResult:
+    """Per count: (perfect, correct pairs, detections) out of ``images`` images of ``count`` objects each."""
+    rows = []
+    for c, (perfect, correct, detected) in rates.items():
+        n = images * c
+        rows.append(CountResult(c, images, Proportion(perfect, images), Proportion(perfect, images),
+                                Proportion(correct, n), Proportion(correct, detected)))
+    return EvaluationResult(tuple(rows))
+
+
+def test_demo_footer_says_what_its_numbers_say() -> None:
+    from types import SimpleNamespace
+
+    from localscore.data import SceneConfig
+
+    models = {"baseline-32": SimpleNamespace(scene=SceneConfig(counts=(1, 2, 3), labelling="one"), meta={})}
+    results = {"baseline-32 projective": {"model": "baseline-32"}}
+    counts = [1, 2, 3, 4, 5]
+    # The table of the review: perfect 0.88 and 1.00 at 2 and 3 objects, every object drawn.
+    good = {"baseline-32 projective": _evaluation({1: (8, 8, 8), 2: (7, 16, 17), 3: (8, 24, 24), 4: (8, 32, 32),
+                                                   5: (4, 30, 40)})}
+    text = "\n".join(cli._demo_footer(good, results, models, counts))
+    assert "not requested" not in text and "perfect" in text
+    assert re.search(r"baseline-32 projective\s+1-3\s+0.96\s+1.00\s+4-5\s+0.75\s+0.88", text), text
+    assert "recall falls from 1.00 on the training counts to 0.88 beyond them" in text
+    # Extra objects on the trained counts: said, with the precision that shows it.
+    bad = {"baseline-32 projective": _evaluation({1: (2, 8, 16), 2: (2, 16, 30), 3: (2, 24, 40), 4: (2, 32, 50),
+                                                  5: (2, 40, 60)})}
+    text = "\n".join(cli._demo_footer(bad, results, models, counts))
+    assert "perfect 0.25 is below recall 1.00: it draws objects that were not requested (precision 0.54)" in text
+    assert "recall holds beyond the training counts (1.00 -> 1.00)" in text
+
+
+def test_error_messages_name_the_command_once() -> None:
+    from localscore import LocalScoreError
+
+    assert cli._message("sample", LocalScoreError("localscore sample (l.json): bad")) == \
+        "localscore sample: error: l.json: bad"
+    assert cli._message("train", LocalScoreError("localscore train: no CONFIG")) == \
+        "localscore train: error: no CONFIG"
+
+
+def test_a_failed_write_is_one_line_not_a_traceback(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    def full(path: Path, data: object) -> None:
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(cli, "_write_json", full)
+    out = tmp_path / "loc.json"
+    assert main(["locality", "--checkpoint", str(run_dir), "--sigmas", "1", "--count", "2", "--images", "1",
+                 "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"localscore locality: error: No space left on device ({out})\n"

@@ -82,7 +82,9 @@ def parse_layout(
         raise fail(where, f"the layout has unknown keys {unknown}; expected 'size' and 'images'.")
     size = layout.get("size")
     if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 128:
-        raise fail(where, f"layout 'size' is {size!r}, expected an int in 16..128 (the image side in pixels).")
+        given = repr(size) if "size" in layout else "missing"
+        raise fail(where, f"layout 'size' is {given}, expected an int in 16..128 (the image side in pixels).",
+                   'give the image side at the top level, e.g. {"size": 32, "images": [...]}.')
     images = layout.get("images")
     if not isinstance(images, list) or not images:
         raise fail(where, f"layout 'images' is {describe(images)}, expected a non-empty list with one list of "

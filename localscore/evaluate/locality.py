@@ -27,6 +27,11 @@ from .runner import request_scenes
 
 __all__ = ["LocalityProfile", "locality_profile", "locality_table"]
 
+#: An object's region for the locality index, as a share of the image side: a Chebyshev ball of radius
+#: ``REGION_FRACTION * resolution`` (the one default of :func:`locality_profile` and
+#: :func:`localscore.experiments.measure_locality`, and of the published indices).
+REGION_FRACTION = 0.2
+
 
 @dataclass(frozen=True)
 class LocalityProfile:
@@ -85,7 +90,7 @@ def locality_profile(
         n_images: scenes per noise level.
         count: objects per scene.
         region_radius: radius (pixels, Chebyshev) of an object's region; ``None`` means
-            ``0.15 * resolution``.
+            ``REGION_FRACTION * resolution`` (``0.2 * resolution``).
         quantile: quantile of the influence radius.
         seed: seed of the scenes and the noise.
         value_range: the model's image range (``[0, 1]`` renders are mapped to it).
@@ -109,7 +114,7 @@ def locality_profile(
     sig = [float(s) for s in sigmas]
     if not sig or not all(s > 0 and math.isfinite(s) for s in sig):
         raise fail(where, f"`sigmas` is {sigmas!r}, expected positive finite noise levels.")
-    radius = 0.15 * config.resolution if region_radius is None else float(region_radius)
+    radius = REGION_FRACTION * config.resolution if region_radius is None else float(region_radius)
     scene = request_scenes(config, [count], n_images, seed=seed)
     lo, hi = value_range
     x0 = lo + (hi - lo) * render_scene(scene, config)
