@@ -3,7 +3,7 @@
 For each image size (16, 32, 64 pixels, 3 channels) and receptive radius R (2, 4, 8) the reference
 network ``LocalConvDenoiser(3, R)`` (R 3x3 convolutions, so its receptive radius is exactly R) is
 differentiated at one image by ``jacobian(method="dense")`` (one VJP per output entry) and by
-``jacobian(method="colored", radius=R)`` (one JVP per colour, (2R + 1)^2 C of them, plus 2 verification
+``jacobian(method="colored", radius=R)`` (one JVP per colour, (2R + 1)^2 C of them, plus 4 verification
 probes; and ``mode="reverse"``, one VJP per output colour). Every measurement runs in a fresh subprocess
 so peak memory is the process's own
 (``ru_maxrss`` above its baseline; ``torch.cuda.max_memory_allocated`` on a GPU). Agreement: the dense

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -152,3 +154,82 @@ def test_create_graph_keeps_parameter_gradients_only_when_asked() -> None:
     J = jacobian(lin, x, create_graph=True)
     J.pow(2).sum().backward()  # d/dw of sum J^2 = 2 w * (number of in-image placements)
     assert lin.weight.grad is not None and float(lin.weight.grad.abs().sum()) > 0
+
+
+# ----------------------------------------------------------------------------- what "verified" guarantees
+def _one_far_entry(eps: float, dtype: torch.dtype) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """y = x, plus eps * x[.., 8, 8] added to output (0, 0): one row with norm eps beyond any radius < 8."""
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        y = z.clone()
+        y[:, 0, 0, 0] = y[:, 0, 0, 0] + eps * z[:, 0, 8, 8]
+        return y
+
+    x = torch.randn(1, 1, 9, 9, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    return fn, x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_single_row_at_ten_times_the_tolerance_is_caught_for_every_seed(dtype: torch.dtype) -> None:
+    """Per row, a leak >= 10 rtol S is missed with probability <= 0.08^4 = 4e-5: 40 seeds, no miss."""
+    rtol = 1e-4 if dtype == torch.float32 else 1e-10
+    fn, x = _one_far_entry(10.1 * rtol, dtype)  # S = 1 (the identity) to within 1e-7
+    for seed in range(40):
+        with pytest.raises(LocalScoreError, match=r"row 0, col 0\) of image 0 depends on input pixel \(channel 0, "
+                                                  r"row 8, col 8\) at Chebyshev distance 8 > 1"):
+            jacobian(fn, x, method="colored", radius=1, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_row_below_the_tolerance_always_passes_and_is_within_the_bound(dtype: torch.dtype) -> None:
+    rtol = 1e-4 if dtype == torch.float32 else 1e-10
+    fn, x = _one_far_entry(0.9 * rtol, dtype)
+    for seed in range(5):
+        Jb = jacobian(fn, x, method="colored", radius=1, generator=torch.Generator().manual_seed(seed))
+        assert Jb.rtol == rtol and Jb.probes == 4
+        assert 0.9 * rtol <= float(Jb.leak_bound()[0])
+    with pytest.raises(LocalScoreError, match="times the tolerance"):  # a stricter rtol sees it
+        jacobian(fn, x, method="colored", radius=1, rtol=rtol / 10, generator=torch.Generator().manual_seed(0))
+
+
+def test_violation_record_and_message() -> None:
+    fn, x = _one_far_entry(0.05, torch.float64)
+    with pytest.raises(LocalScoreError) as info:
+        jacobian(fn, x, method="colored", radius=1, generator=torch.Generator().manual_seed(0))
+    msg = str(info.value)
+    assert "|dy/dx| = 0.05" in msg and "the row's norm beyond radius 1 is 0.05" in msg
+    assert "times the tolerance 1e-10 (rtol 1e-10 x the Jacobian scale 1" in msg
+    assert "declare a radius of at least 8" in msg
+
+
+def test_roundoff_above_the_tolerance_is_not_a_violation_but_widens_the_bound() -> None:
+    """Cancellation: (x + 1e-4 conv(x) - x) * 1e4 in float32 has a probe round-off of ~1e-3 of its scale, above
+    rtol; the exact rows show nothing beyond R, so it passes, and the reported bound says what was verified."""
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        return ((z + 1e-4 * conv(z)) - z) * 1e4
+
+    x = torch.randn(1, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    Jb = jacobian(fn, x, method="colored", radius=1, generator=torch.Generator().manual_seed(0))
+    dense = jacobian(fn, x)
+    torch.testing.assert_close(Jb.to_dense(), dense, atol=1e-2 * float(Jb.scale()[0]), rtol=0)
+    assert float(Jb.leak_bound()[0]) > 10 * 1e-4 * float(Jb.scale()[0])
+
+
+def test_verify_zero_and_reverse_mode_certify_no_row_bound_and_rtol_is_checked() -> None:
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1).double()
+    x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    assert jacobian(conv, x, method="colored", radius=1, verify=0).leak_bound().tolist() == [float("inf")]
+    assert jacobian(conv, x, method="colored", radius=1, mode="reverse").leak_bound().tolist() == [float("inf")]
+    with pytest.raises(LocalScoreError, match="`rtol`"):
+        jacobian(conv, x, method="colored", radius=1, rtol=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reverse_mode_catches_a_global_mean_leak(dtype: torch.dtype) -> None:
+    D = LocalConvDenoiser(2, 2, hidden=4).to(dtype)
+    x = torch.randn(1, 2, 12, 12, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    fn = lambda z: D(z, 1.0) + 0.1 * z.mean((2, 3), keepdim=True)  # noqa: E731
+    with pytest.raises(LocalScoreError, match=r"Chebyshev distance \d+ > 2 .*times the tolerance"):
+        jacobian(fn, x, method="colored", radius=2, mode="reverse", generator=torch.Generator().manual_seed(0))
+    jacobian(lambda z: D(z, 1.0), x, method="colored", radius=2, mode="reverse")  # the honest one passes

@@ -124,6 +124,41 @@ def test_pixel_locality_auto_uses_declared_radius_and_reports() -> None:
     assert d["method"] == "colored" and len(d["profile"][0]) == 10
 
 
+def test_pixel_locality_colored_float32_reports_its_verified_bound_not_one() -> None:
+    """float32: the coloured profile stops at 1 - outside(R), the verified bound on the share beyond R (the
+    dense oracle, in float64, sees none there), and the 100 % quantile is the largest distance."""
+    from localscore.testing import LocalConvDenoiser
+
+    D = LocalConvDenoiser(2, 2, hidden=4)
+    x = torch.randn(1, 2, 10, 10, generator=torch.Generator().manual_seed(0))
+    res = pixel_locality(D, x, [0.1, 2.0], quantiles=(0.5, 1.0))
+    dense = pixel_locality(D.double(), x.double(), [0.1, 2.0], method="dense", quantiles=(0.5, 1.0))
+    D.float()
+    assert res.method == "colored" and dense.method == "dense"
+    assert dense.outside(2).abs().max().item() < 1e-15
+    out = res.outside(2)
+    assert bool((out > 0).all()) and bool((out < 1e-5).all())  # (10 rtol)^2 = 1e-6 of a unit-scale row
+    torch.testing.assert_close(res.heatmap.sum((1, 2)), 1 - out)
+    assert bool((res.profile[:, 2:] == res.profile[:, 2:3]).all())  # nothing claimed beyond R either
+    assert bool((res.profile <= dense.profile + 1e-6).all())  # lower bounds of the exact profile
+    torch.testing.assert_close(res.profile, dense.profile, atol=1e-5, rtol=0)
+    assert res.effective_radius[:, 1].tolist() == [9, 9] and dense.effective_radius[:, 1].tolist() == [2, 2]
+
+
+def test_pixel_locality_colored_raises_on_a_leak_the_dense_method_measures() -> None:
+    from localscore.testing import LocalConvDenoiser
+
+    net = LocalConvDenoiser(1, 1, hidden=4)
+
+    def D(z: torch.Tensor, s: torch.Tensor, c: object = None) -> torch.Tensor:
+        return net(z, s) + 0.01 * z.mean((2, 3), keepdim=True)
+
+    x = torch.randn(1, 1, 10, 10, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(LocalScoreError, match="less local than the declared radius R = 1"):
+        pixel_locality(D, x, 1.0, method="colored", radius=1)
+    assert pixel_locality(D, x, 1.0, method="dense").outside(1).item() > 1e-7
+
+
 def test_pixel_locality_bad_inputs() -> None:
     D = lambda x, s, c=None: x  # noqa: E731
     x = torch.zeros(1, 1, 4, 4)

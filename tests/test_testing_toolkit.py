@@ -50,8 +50,24 @@ def test_assert_pixel_local_finite_perturbation_catches_flat_dependencies() -> N
     def D(x: torch.Tensor, s: torch.Tensor, c: object = None) -> torch.Tensor:
         return x + 0.5 * torch.sign(torch.roll(x, 4, dims=3)).detach()
 
-    with pytest.raises(AssertionError, match="finite perturbation"):
+    with pytest.raises(AssertionError, match="finite perturbation") as info:
         assert_pixel_local(D, torch.randn(1, 1, 9, 9), 1.0, 1, n_perturb=8, generator=torch.Generator().manual_seed(0))
+    assert "Jacobian row at x is exactly zero beyond the radius, so the dependence is not differentiable" in str(
+        info.value)
+
+
+def test_assert_pixel_local_jacobian_failure_names_the_dependence_and_its_size() -> None:
+    net = LocalConvDenoiser(1, 1, hidden=4)
+
+    def D(x: torch.Tensor, s: torch.Tensor, c: object = None) -> torch.Tensor:
+        return net(x, s) + 0.05 * torch.roll(x, 4, dims=3)  # linear, far: output (i, j) reads input (i, j - 4)
+
+    with pytest.raises(AssertionError) as info:
+        assert_pixel_local(D, torch.randn(1, 1, 9, 9), 1.0, 1, generator=torch.Generator().manual_seed(0))
+    msg = str(info.value)
+    assert msg.startswith("not pixel-local at sigma = 1: output pixel (channel 0, row ")
+    assert "at Chebyshev distance 4 > 1 (|dy/dx| = 0.05" in msg or "at Chebyshev distance 5 > 1 (|dy/dx| = 0.05" in msg
+    assert "times the tolerance" in msg and "not differentiable" not in msg
 
 
 def test_assert_conditionally_local() -> None:
@@ -194,10 +210,28 @@ def test_mixin_fails_on_a_global_model() -> None:
     t = Global()
     with pytest.raises(AssertionError, match="not pixel-local"):
         t.test_pixel_locality()
+    with pytest.raises(AssertionError, match="not pixel-local"):
+        t.test_pixel_locality_property()
     with pytest.raises(AssertionError, match="not conditionally local"):
         t.test_conditional_locality()
     with pytest.raises(AssertionError, match="not projective"):
         t.test_projective_one_pass()
+
+
+def test_mixin_pixel_property_fails_on_a_small_linear_leak() -> None:
+    """The hypothesis pixel-locality property catches a leak of 1 % through a global mean (every drawn image)."""
+    class Leaky(LocalScoreTesterMixin):
+        image_shape = (1, 10, 10)
+        conditional = False
+        receptive_radius = 1
+        hypothesis_examples = 3
+
+        def make_model(self) -> object:
+            net = LocalConvDenoiser(1, 1, hidden=4)
+            return lambda x, s, c=None: net(x, s) + 0.01 * x.mean((2, 3), keepdim=True)
+
+    with pytest.raises(AssertionError, match=r"not pixel-local at sigma = .*times the tolerance"):
+        Leaky().test_pixel_locality_property()
 
 
 # ----------------------------------------------------------------------------- the plugin

@@ -9,8 +9,9 @@ image, the Jacobian ``J[c', i, j, c, p, q] = d f(x)[c', i, j] / d x[c, p, q]``. 
   with Chebyshev distance ``max(|p - i|, |q - j|) <= R``), colour input pixel ``(p, q)`` of channel
   ``c`` with ``(c, p mod P, q mod P)``, ``P = 2R + 1``. Inside any ``P x P`` window every colour appears
   once, so one Jacobian-vector product (JVP) per colour, ``C P^2`` in all, recovers every entry exactly.
-  The declared radius is *verified* with random probes, and a map less local than declared raises
-  :class:`~localscore.LocalScoreError` instead of returning a wrong matrix.
+  The declared radius is *verified* with random probes, and a map that depends on inputs beyond it by more
+  than a tolerance relative to the Jacobian's scale raises :class:`~localscore.LocalScoreError` instead of
+  returning a wrong matrix (what is guaranteed: :meth:`BandedJacobian.leak_bound` and the docs).
 * ``probes``: for big models, exact rows at randomly chosen output pixels (VJPs) and Hutchinson
   estimates of every row norm (JVPs with random sign vectors).
 
@@ -19,6 +20,7 @@ Distances are Chebyshev (square neighbourhoods), in pixels, throughout this modu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -163,18 +165,28 @@ def _chunk_for(x: Tensor, n: int, chunk_size: int | None, max_memory: int, per_i
 # ----------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class LocalityViolation:
-    """Where a map depends on an input outside a declared Chebyshev radius.
+    """Where a map depends on an input outside a declared Chebyshev radius, and by how much.
+
+    Found by the verification of ``jacobian(..., method="colored")`` and confirmed on the exact Jacobian row
+    of one output entry: that row's part beyond the radius has Euclidean norm ``outside_norm``, above the
+    tolerance ``tolerance = rtol * scale`` (``scale`` is the RMS row norm of the Jacobian of that image).
 
     Attributes:
         image: batch index ``b``.
         output: ``(channel, row, col)`` of the output entry.
-        input: ``(channel, row, col)`` of the farthest input it depends on.
+        input: ``(channel, row, col)`` of the farthest input it depends on (among the entries beyond the radius
+            of at least 1e-3 times the largest one).
         distance: Chebyshev distance between the two pixels (``> radius``).
         radius: the declared radius.
         value: ``|J|`` at that entry.
         row_max: the largest ``|J|`` in the output entry's row (for scale).
-        probe_error: how much a random probe disagreed with the banded reconstruction at this output.
-        tolerance: the tolerance the probe error exceeded.
+        probe_error: the largest difference, over the random probes, between the true product and the banded
+            reconstruction at this output (input, in reverse mode).
+        tolerance: the tolerance ``rtol * scale`` that ``outside_norm`` (and the probe error) exceeded.
+        outside_norm: ``sqrt(sum_{dist > radius} J[row]^2)``, the norm of the row beyond the radius.
+        scale: the Jacobian scale ``S`` of the image, its RMS row norm (see :meth:`BandedJacobian.scale`).
+        largest_input: ``(channel, row, col)`` of the largest entry beyond the radius.
+        largest_value: ``|J|`` there.
     """
 
     image: int
@@ -186,15 +198,33 @@ class LocalityViolation:
     row_max: float
     probe_error: float
     tolerance: float
+    outside_norm: float = float("nan")
+    scale: float = float("nan")
+    largest_input: tuple[int, int, int] = (-1, -1, -1)
+    largest_value: float = float("nan")
+
+    @property
+    def excess(self) -> float:
+        """``outside_norm / tolerance``: how many times the tolerance the dependence beyond the radius is."""
+        return self.outside_norm / self.tolerance if self.tolerance > 0 else float("inf")
 
     def describe(self) -> str:
         """A one-paragraph human description."""
         c, i, j = self.output
         k, p, q = self.input
+        kl, pl, ql = self.largest_input
+        far = self.largest_input == self.input
+        largest = "" if far else (f"; the largest entry beyond it is |dy/dx| = {self.largest_value:.3g}, on input "
+                                  f"pixel (channel {kl}, row {pl}, col {ql})")
+        rtol = self.tolerance / self.scale if self.scale > 0 else float("nan")
+        probe = ("" if math.isnan(self.probe_error) else
+                 f"; the random probes missed the banded reconstruction by {self.probe_error:.3g}")
         return (f"output pixel (channel {c}, row {i}, col {j}) of image {self.image} depends on input pixel "
                 f"(channel {k}, row {p}, col {q}) at Chebyshev distance {self.distance} > {self.radius} "
-                f"(|dy/dx| = {self.value:.3g}; the largest entry of this row is {self.row_max:.3g}); a random "
-                f"probe missed the banded reconstruction by {self.probe_error:.3g} (tolerance {self.tolerance:.3g})")
+                f"(|dy/dx| = {self.value:.3g}{largest}); the row's norm beyond radius {self.radius} is "
+                f"{self.outside_norm:.3g}, {self.excess:.3g} times the tolerance {self.tolerance:.3g} "
+                f"(rtol {rtol:.3g} x the Jacobian scale {self.scale:.3g}, its RMS row norm; the largest entry of "
+                f"this row is {self.row_max:.3g}{probe})")
 
 
 @dataclass(frozen=True)
@@ -202,16 +232,61 @@ class BandedJacobian:
     r"""A Jacobian of receptive radius ``R`` stored as one ``P x P`` window per output entry, ``P = 2R + 1``.
 
     ``values[b, c', i, j, c, u, v] = d y[b, c', i, j] / d x[b, c, i + u - R, j + v - R]``, zero where the
-    input pixel lies outside the image. Every entry outside the windows is zero (verified when built by
-    ``jacobian(..., method="colored")``).
+    input pixel lies outside the image. The entries outside the windows are taken to be zero; when built by
+    ``jacobian(..., method="colored")`` that is verified to a tolerance: every row's norm beyond its window is
+    at most :meth:`leak_bound` (with high probability), and the values then carry at most that much aliasing.
 
     Attributes:
         values: ``[B, C', H, W, C, P, P]``.
         radius: ``R`` (Chebyshev, pixels).
+        rtol: the tolerance the band was verified at (relative to :meth:`scale`); ``None``: not verified.
+        probes: the number of random probes of that verification (0: not verified).
+        bound: ``[B]`` float64, the verified bound on the norm beyond the window of every row (see
+            :meth:`leak_bound`); ``None`` when not verified, or verified in reverse mode (which certifies
+            columns).
     """
 
     values: Tensor
     radius: int
+    rtol: float | None = None
+    probes: int = 0
+    bound: Tensor | None = None
+
+    def scale(self, columns: bool = False) -> Tensor:
+        r"""``[B]`` float64: the Jacobian scale ``S_b``, the RMS row norm of image ``b``'s band.
+
+        ``S_b = sqrt(sum_{c', i, j, c, u, v} values[b, c', i, j, c, u, v]^2 / (C' H W))`` (with
+        ``columns=True``, divided by ``C H W`` instead: the RMS column norm). The tolerances of the verification
+        are relative to it.
+
+        Examples:
+            >>> import torch
+            >>> BandedJacobian(torch.full((1, 1, 2, 2, 1, 3, 3), 2.0), 1).scale().tolist()   # sqrt(9 * 4)
+            [6.0]
+        """
+        _, Co, H, W, C = self.values.shape[:5]
+        total = self.values.detach().double().pow(2).flatten(1).sum(1)
+        return (total / ((C if columns else Co) * H * W)).sqrt()
+
+    def leak_bound(self) -> Tensor:
+        r"""``[B]`` float64: what the verification certified about the entries beyond the window.
+
+        For image ``b``, every row of ``J`` (one output entry) has Euclidean norm beyond the window at most
+        ``leak_bound()[b]``, except with probability at most ``0.08^probes`` per row. Normally
+        ``10 rtol S_b`` (:meth:`scale`); larger when the map's own round-off put more than 8 rows above the
+        tolerance (then ``10`` times the largest probe residual of a row not recomputed exactly). ``inf`` when
+        not verified (``verify=0``, or ``mode="reverse"``). See "What verified means" in the docs.
+
+        Examples:
+            >>> import torch
+            >>> conv = torch.nn.Conv2d(1, 1, 3, padding=1).double()
+            >>> Jb = jacobian(conv, torch.randn(1, 1, 8, 8, dtype=torch.float64), method="colored", radius=1)
+            >>> Jb.rtol, Jb.probes, round(float(Jb.leak_bound()[0] / Jb.scale()[0]), 15)    # 10 rtol S
+            (1e-10, 4, 1e-09)
+        """
+        if self.bound is None:
+            return torch.full((self.values.shape[0],), float("inf"), dtype=torch.float64)
+        return self.bound.detach().double().cpu()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -308,12 +383,21 @@ def _windows(v: Tensor, R: int) -> Tensor:
     return vp.unfold(2, 2 * R + 1, 1).unfold(3, 2 * R + 1, 1)
 
 
+# Tolerances of the colored verification, relative to the Jacobian scale S (RMS row norm), chosen from the
+# round-off floors measured on honest local networks (docs/locality.md, "What verified means").
+_RTOL_FLOAT64 = 1e-10
+_RTOL_FLOAT32 = 1e-4
+_RTOL_OTHER = 1e-2  # float16 / bfloat16: not measured (verify in float32 or float64)
+_DETECT = 10.0  # rows with >= _DETECT * rtol * S beyond the window are missed with probability <= 0.08^probes
+_CONFIRM = 8  # flagged rows recomputed exactly (one VJP each)
+
+
 def _default_rtol(dtype: torch.dtype) -> float:
     if dtype == torch.float64:
-        return 1e-9
+        return _RTOL_FLOAT64
     if dtype == torch.float32:
-        return 1e-4
-    return 1e-2
+        return _RTOL_FLOAT32
+    return _RTOL_OTHER
 
 
 def _check_radius(radius: Any, where: str, name: str = "radius") -> int:
@@ -383,34 +467,126 @@ def _rmatvec(banded: BandedJacobian, u: Tensor) -> Tensor:
     return F.fold(t.reshape(B, C * P * P, H * W), (H, W), P, padding=banded.radius)
 
 
+def _gaussian(n: int, shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """``[n, *shape]`` standard Gaussian probes in ``like``'s dtype and device (drawn on the CPU: reproducible)."""
+    return torch.randn((n, *shape), generator=generator, dtype=like.dtype, device="cpu").to(like.device)
+
+
+def _probe_residuals(fn: ImageMap, x: Tensor, banded: BandedJacobian, v: Tensor, chunk: int | None) -> Tensor:
+    r"""``[N, B, C', H, W]`` float64: ``|J v_n - J_band v_n|``, the true JVP against the banded reconstruction.
+
+    The JVP runs in the input dtype (its round-off is the floor of the verification); the reconstruction
+    and the difference are computed in float64 from the same values, so they add no round-off of their own.
+    """
+    Jv = jvp_batch(fn, x, v, chunk_size=chunk).detach().double()
+    vals = BandedJacobian(banded.values.detach().double(), banded.radius)
+    return torch.stack([(Jv[k] - vals.matvec(v[k].double())).abs() for k in range(v.shape[0])])
+
+
+def _reverse_residuals(fn: ImageMap, x: Tensor, banded: BandedJacobian, u: Tensor) -> Tensor:
+    r"""``[N, B, C, H, W]`` float64: ``|J^T u_n - J_band^T u_n|`` (the reverse-mode counterpart)."""
+    pullback = torch.func.vjp(fn, x)[1]
+    JTu = torch.stack([pullback(uk)[0].detach() for uk in u]).double()
+    vals = BandedJacobian(banded.values.detach().double(), banded.radius)
+    return torch.stack([(JTu[k] - _rmatvec(vals, u[k].double())).abs() for k in range(u.shape[0])])
+
+
+def _exact_rows(fn: ImageMap, x: Tensor, y: Tensor, entries: list[tuple[int, int, int, int]]) -> Tensor:
+    """``[N, C, H, W]`` float64: the exact Jacobian rows of outputs ``(b, c', i, j)`` (one VJP each, batched)."""
+    u = y.new_zeros(len(entries), *y.shape)
+    for n, (b, c, i, j) in enumerate(entries):
+        u[n, b, c, i, j] = 1
+    rows = vjp_batch(fn, x, u).detach().double()  # [N, B, C, H, W]
+    return torch.stack([rows[n, e[0]] for n, e in enumerate(entries)])
+
+
+def _describe_row(row: Tensor, b: int, c: int, i: int, j: int, R: int, *, scale: float, rtol: float,
+                  probe_error: float) -> LocalityViolation:
+    """Locate the dependence beyond ``R`` in the exact row ``[C, H, W]`` of output ``(b, c, i, j)``.
+
+    The reported input is the farthest one whose entry is at least 1e-3 of the largest entry beyond ``R``
+    (round-off-sized entries do not move it); the largest entry beyond ``R`` is reported too.
+    """
+    C, H, W = row.shape
+    rr = torch.arange(H, device=row.device).view(H, 1).expand(H, W)
+    cc = torch.arange(W, device=row.device).view(1, W).expand(H, W)
+    dist = torch.maximum((rr - i).abs(), (cc - j).abs()).expand(C, H, W)
+    a = row.abs()
+    outside = a * (dist > R)
+    norm = float(outside.pow(2).sum().sqrt())
+    big = float(outside.max()) if outside.numel() else 0.0
+    if big > 0:
+        significant = outside >= 1e-3 * big
+        dmax = int((dist * significant).max())
+        sel = outside * (dist == dmax)
+        k, p, q = (int(t) for t in torch.unravel_index(sel.argmax(), sel.shape))
+        kl, pl, ql = (int(t) for t in torch.unravel_index(outside.argmax(), outside.shape))
+    else:
+        k = p = q = kl = pl = ql = -1
+        dmax = R + 1
+    return LocalityViolation(
+        image=b, output=(c, i, j), input=(k, p, q), distance=dmax, radius=R, value=float(a[k, p, q]) if k >= 0 else 0.0,
+        row_max=float(a.max()) if a.numel() else 0.0, probe_error=probe_error, tolerance=rtol * scale,
+        outside_norm=norm, scale=scale, largest_input=(kl, pl, ql), largest_value=big)
+
+
+def _verify_banded(fn: ImageMap, x: Tensor, y: Tensor, banded: BandedJacobian, *, n_probes: int, rtol: float,
+                   generator: torch.Generator | None, chunk: int | None = None,
+                   ) -> tuple[LocalityViolation | None, Tensor | None]:
+    r"""Forward-mode verification of the band (see :func:`jacobian`): ``(violation or None, bound [B] or None)``.
+
+    For Gaussian ``v``, the residual of output row ``r`` is ``e_r = sum_{s out} J[r, s] (v_s - v_{w(s)})`` (with
+    ``w(s)`` the window pixel of ``s``'s colour, when it lies in the image): a centred Gaussian of variance
+    ``>= ||J_out[r]||^2``. Rows with ``max_n |e_r| > rtol S`` are flagged; the (at most ``_CONFIRM``) worst
+    ones are recomputed exactly (one VJP each), and a row whose norm beyond ``R`` exceeds ``rtol S`` is a
+    violation. Flags without such a row are round-off. ``bound[b] = 10 max(rtol S_b, T_b)``, ``T_b`` the largest
+    residual of image ``b`` among the rows not recomputed.
+    """
+    if n_probes < 1:
+        return None, None
+    res = _probe_residuals(fn, x, banded, _gaussian(n_probes, tuple(x.shape), x, generator), chunk)
+    S = banded.scale().to(res.device)  # [B]
+    stat = res.amax(0)  # [B, C', H, W]
+    thr = rtol * S
+    ratio = (stat / thr.clamp_min(torch.finfo(torch.float64).tiny).view(-1, 1, 1, 1)).flatten()
+    n_flag = int((ratio > 1).sum())
+    worst: LocalityViolation | None = None
+    unchecked = stat.clone()
+    if n_flag:
+        top = ratio.topk(min(n_flag, _CONFIRM)).indices
+        entries = [tuple(int(t) for t in torch.unravel_index(f, stat.shape)) for f in top]
+        rows = _exact_rows(fn, x, y, entries)  # type: ignore[arg-type]
+        for (b, c, i, j), row in zip(entries, rows):
+            unchecked[b, c, i, j] = 0
+            bad = _describe_row(row, b, c, i, j, banded.radius, scale=float(S[b]), rtol=rtol,
+                                probe_error=float(stat[b, c, i, j]))
+            if bad.outside_norm > bad.tolerance and (worst is None or bad.excess > worst.excess):
+                worst = bad
+    bound = _DETECT * torch.maximum(thr, unchecked.flatten(1).amax(1))
+    return worst, bound
+
+
 def _verify_reverse(fn: ImageMap, x: Tensor, y: Tensor, banded: BandedJacobian, *, n_probes: int, rtol: float,
                     generator: torch.Generator | None) -> LocalityViolation | None:
-    """Reverse-mode verification: ``J^T u`` (true, by VJP) against the windows, for random Gaussian ``u``;
-    a mismatch at input ``(k, p, q)`` is traced to a far output by bisection (2 VJPs per halving)."""
+    r"""Reverse-mode verification: ``J^T u`` (true, by VJP) against the windows, for Gaussian ``u``.
+
+    Input columns whose residual exceeds ``rtol`` times the RMS column norm are flagged; the worst one is
+    traced to an output that depends on it from beyond ``R`` by bisection over the far outputs (2 VJPs per
+    halving), and that output's exact row decides, as in forward mode (its norm beyond ``R`` against
+    ``rtol S``).
+    """
     if n_probes < 1:
         return None
-    u = torch.randn((n_probes, *y.shape), generator=generator, dtype=y.dtype, device="cpu").to(y.device)
-    pullback = torch.func.vjp(fn, x)[1]
-    JTu = torch.stack([pullback(uk)[0].detach() for uk in u])  # [n, B, C, H, W]
-    vals = BandedJacobian(banded.values.detach(), banded.radius)
-    absv = BandedJacobian(vals.values.abs(), banded.radius)
-    worst: tuple[float, int, int, int, int, float, float] | None = None
-    for k in range(n_probes):
-        err = (JTu[k] - _rmatvec(vals, u[k])).abs()
-        scale = _rmatvec(absv, u[k].abs())
-        tol = rtol * (scale + scale.mean() + torch.finfo(scale.dtype).tiny)
-        ratio = err / tol
-        flat = int(ratio.argmax())
-        if float(ratio.flatten()[flat]) > 1.0:
-            b, c, p, q = (int(t) for t in torch.unravel_index(torch.tensor(flat), ratio.shape))
-            e, t = float(err[b, c, p, q]), float(tol[b, c, p, q])
-            if worst is None or e / t > worst[5] / worst[6]:
-                worst = (e / t, b, c, p, q, e, t)
-    if worst is None:
+    res = _reverse_residuals(fn, x, banded, _gaussian(n_probes, tuple(y.shape), y, generator))
+    S_col = banded.scale(columns=True).to(res.device)
+    stat = res.amax(0)  # [B, C, H, W]
+    ratio = stat / (rtol * S_col).clamp_min(torch.finfo(torch.float64).tiny).view(-1, 1, 1, 1)
+    if float(ratio.max()) <= 1.0:
         return None
-    _, b, k_in, p, q, e, t = worst
+    b, k_in, p, q = (int(t) for t in torch.unravel_index(ratio.argmax(), ratio.shape))
     # bisection over the outputs farther than R from (p, q): follow the half whose random pullback at
     # (b, k_in, p, q) is larger (round-off elsewhere is negligible next to a real dependence)
+    pullback = torch.func.vjp(fn, x)[1]
     _, Co, H, W = y.shape
     rr = torch.arange(H, device=x.device).view(H, 1)
     cc = torch.arange(W, device=x.device).view(1, W)
@@ -427,80 +603,10 @@ def _verify_reverse(fn: ImageMap, x: Tensor, y: Tensor, banded: BandedJacobian, 
     if cand.numel() == 0:
         return None
     c, i, j = (int(v) for v in torch.unravel_index(cand[0], (Co, H, W)))
-    bad = _describe_row(fn, x, b, c, i, j, banded.radius, e, t)
-    top = float(absv.values.max()) if absv.values.numel() else 0.0
-    return None if bad.value <= rtol * top else bad
-
-
-def _verify_banded(fn: ImageMap, x: Tensor, banded: BandedJacobian, *, n_probes: int, rtol: float,
-                   generator: torch.Generator | None) -> LocalityViolation | None:
-    """Compare ``J v`` (true, by JVP) with the banded reconstruction for random Gaussian ``v``.
-
-    If ``J`` has an entry outside the declared windows, colouring aliases it onto an entry inside, and
-    ``J v`` differs from the reconstruction for almost every ``v``; equality for random ``v`` therefore
-    certifies the band (up to ``rtol``).
-    """
-    if n_probes < 1:
-        return None
-    v = torch.randn((n_probes, *x.shape), generator=generator, dtype=x.dtype, device="cpu").to(x.device)
-    Jv = jvp_batch(fn, x, v).detach()  # [n, B, Co, H, W]
-    worst: tuple[float, int, int, int, int, float, float] | None = None
-    absvals = banded.values.detach().abs()
-    vals = BandedJacobian(banded.values.detach(), banded.radius)
-    for k in range(n_probes):
-        Bv = vals.matvec(v[k])
-        scale = torch.einsum("bkijcuv,bcijuv->bkij", absvals, _windows(v[k].abs(), banded.radius))
-        floor = scale.mean() + torch.finfo(scale.dtype).tiny
-        err = (Jv[k] - Bv).abs()
-        tol = rtol * (scale + floor)
-        ratio = err / tol
-        flat = int(ratio.argmax())
-        if float(ratio.flatten()[flat]) > 1.0:
-            b, c, i, j = (int(t) for t in torch.unravel_index(torch.tensor(flat), ratio.shape))
-            e, t = float(err[b, c, i, j]), float(tol[b, c, i, j])
-            if worst is None or e / t > worst[5] / worst[6]:
-                worst = (e / t, b, c, i, j, e, t)
-    if worst is None:
-        return None
-    _, b, c, i, j, e, t = worst
-    bad = _describe_row(fn, x, b, c, i, j, banded.radius, e, t)
-    # Confirm with the exact row: a probe error without any entry outside the window is round-off
-    # (aliasing in row i comes only from row i's own entries outside its window).
-    top = float(absvals.max()) if absvals.numel() else 0.0
-    if bad.value <= rtol * top:
-        return None
-    return bad
-
-
-def _describe_row(fn: ImageMap, x: Tensor, b: int, c: int, i: int, j: int, R: int, err: float,
-                  tol: float) -> LocalityViolation:
-    """Compute the exact row of output ``(b, c, i, j)`` and find its farthest nonzero input."""
-    y = fn(x)
-    u = torch.zeros_like(y)
-    u[b, c, i, j] = 1
-    row = vjp_batch(fn, x, u[None])[0, b].detach()  # [C, H, W]
-    C, H, W = row.shape
-    rr = torch.arange(H, device=x.device).view(H, 1).expand(H, W)
-    cc = torch.arange(W, device=x.device).view(1, W).expand(H, W)
-    dist = torch.maximum((rr - i).abs(), (cc - j).abs())  # [H, W]
-    a = row.abs()
-    row_max = float(a.max())
-    outside = a * (dist > R)
-    if float(outside.max()) > 0:
-        # farthest input with a non-negligible entry
-        thresh = 1e-6 * row_max if row_max > 0 else 0.0
-        cand = (outside > thresh)
-        if bool(cand.any()):
-            dmax = int((dist.expand(C, H, W) * cand).max())
-        else:
-            dmax = int((dist * (outside.amax(0) > 0)).max())
-        sel = outside * (dist == dmax)
-        flat = int(sel.argmax())
-        k, p, q = (int(t) for t in torch.unravel_index(torch.tensor(flat), sel.shape))
-        value = float(a[k, p, q])
-    else:
-        k, p, q, dmax, value = -1, -1, -1, R + 1, 0.0
-    return LocalityViolation(b, (c, i, j), (k, p, q), dmax, R, value, row_max, err, tol)
+    row = _exact_rows(fn, x, y, [(b, c, i, j)])[0]
+    bad = _describe_row(row, b, c, i, j, banded.radius, scale=float(banded.scale()[b]), rtol=rtol,
+                        probe_error=float(stat[b, k_in, p, q]))
+    return bad if bad.outside_norm > bad.tolerance else None
 
 
 # ----------------------------------------------------------------------------- the public function
@@ -513,7 +619,7 @@ def jacobian(
     mode: Literal["forward", "reverse"] = "forward",
     chunk_size: int | None = None,
     max_memory: int = _DEFAULT_MEMORY,
-    verify: int = 2,
+    verify: int = 4,
     rtol: float | None = None,
     n_rows: int = 32,
     n_probes: int = 16,
@@ -534,12 +640,18 @@ def jacobian(
       ``C min(P, H) min(P, W)`` JVPs in all (``mode="forward"``, default). ``mode="reverse"`` colours the
       outputs instead: the VJP with cotangent ``u_{c',a,b} = 1[channel = c', i mod P = a, j mod P = b]``
       gives at input ``(p, q)`` the entry of the single output of that colour within ``R``;
-      ``C' min(P, H) min(P, W)`` VJPs. Then ``verify`` random Gaussian probes check
-      ``|J v - J_banded v| <= rtol * (|J_banded| |v| + mean(|J_banded| |v|))`` entrywise (``J^T u`` in
-      reverse mode). A probe failure is confirmed on the exact row of an offending output (found by
-      bisection in reverse mode): if that row has an entry outside the window larger than
-      ``rtol * max|J_banded|``, :class:`~localscore.LocalScoreError` is raised naming the output pixel and its
-      farthest dependency; otherwise the difference was round-off.
+      ``C' min(P, H) min(P, W)`` VJPs. Then the band is verified with ``verify`` Gaussian probes ``v``: with
+      the Jacobian scale ``S`` (:meth:`BandedJacobian.scale`, the RMS row norm) and the residuals
+      ``e = |J v - J_banded v|`` (true JVP against the reconstruction), every output row with
+      ``max_v e > rtol S`` is flagged, the (at most 8) worst are recomputed exactly (one VJP each), and a
+      row whose norm beyond the window, ``sqrt(sum_{dist > R} J[row]^2)``, exceeds ``rtol S`` raises
+      :class:`~localscore.LocalScoreError` naming the output pixel, its farthest dependency, the entry and
+      how many times the tolerance the row is; otherwise the flags were round-off. Rows below ``rtol S``
+      beyond the window always pass; a row at or above the returned :meth:`BandedJacobian.leak_bound`
+      (normally ``10 rtol S``) passes with probability at most ``0.08^verify``. Reverse mode probes
+      ``J^T u`` (tolerance relative to the RMS column norm), traces the worst input to a far output by
+      bisection and decides on that output's exact row the same way. The default ``rtol`` sits above the
+      round-off floors measured on honest networks (``docs/locality.md``, "What verified means").
     * ``method="probes"`` returns :class:`JacobianProbes`: exact rows (all ``C'`` channels) at
       ``n_rows`` random output pixels, and Hutchinson estimates ``mean_v (J v)^2`` of every squared row norm
       from ``n_probes`` Rademacher vectors.
@@ -556,8 +668,9 @@ def jacobian(
             saves for backward, measured once with saved-tensor hooks; at most 256). A heuristic: pass a
             small ``chunk_size`` for models whose batched backward is unusually memory hungry.
         max_memory: byte budget: the dense Jacobian itself plus the chunks of products (default 2 GiB).
-        verify: random probes that verify the declared radius (``colored``); 0 skips the check.
-        rtol: tolerance of the verification (default 1e-4 for float32, 1e-9 for float64).
+        verify: random probes that verify the declared radius (``colored``, default 4); 0 skips the check.
+        rtol: tolerance of the verification, relative to the Jacobian scale ``S`` (default 1e-4 for float32,
+            1e-10 for float64, 1e-2 otherwise).
         n_rows: output pixels sampled by ``probes``.
         n_probes: sign vectors of the Hutchinson estimate (``probes``).
         generator: random source for verification and probes.
@@ -638,11 +751,17 @@ def jacobian(
             chunk = _chunk_for(x, n, chunk_size, max_memory, per_item, where)
             if mode not in ("reverse", "forward"):
                 raise fail(where, f"`mode` is {mode!r}, expected 'reverse' or 'forward'.")
-            tol = _default_rtol(y.dtype) if rtol is None else float(rtol)
+            tol = _default_rtol(y.dtype) if rtol is None else rtol
+            if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+                raise fail(where, f"`rtol` is {rtol!r}, expected a number > 0 (relative to the Jacobian scale).",
+                           "leave rtol=None for the measured default of the dtype (see the 'Measuring locality' docs).")
+            tol = float(tol)
             if mode == "forward":
                 banded = _colored(fn, x, y, R, chunk)
-                bad = _verify_banded(fn, x, banded, n_probes=verify, rtol=tol, generator=generator)
+                bad, bound = _verify_banded(fn, x, y, banded, n_probes=verify, rtol=tol, generator=generator,
+                                            chunk=chunk)
             else:
+                bound = None
                 n = y.shape[1] * min(P, x.shape[2]) * min(P, x.shape[3])
                 chunk = _chunk_for(x, n, chunk_size, max_memory, per_item, where)
                 banded = _colored_reverse(fn, x, y, R, chunk)
@@ -651,6 +770,7 @@ def jacobian(
                 raise fail(where, f"the map is less local than the declared radius R = {R}: {bad.describe()}.",
                            f"declare a radius of at least {bad.distance}, fix the model's locality, or use "
                            "method='dense' / 'probes'.")
+            return BandedJacobian(banded.values, R, tol, verify, bound)
             return banded
         # probes
         for name, val in (("n_rows", n_rows), ("n_probes", n_probes)):

@@ -101,11 +101,15 @@ def _heat_dense(M: Tensor) -> Tensor:
 
 
 def _heat_banded(Jb: BandedJacobian, Dm: int) -> Tensor:
+    """Heat-map of lower bounds: each pixel's window mass over (its window mass + the verified bound beyond it)."""
     M = Jb.values.detach().double().pow(2).sum(dim=(1, 4))  # [B, H, W, P, P]
     R = Jb.radius
     tot = M.sum(dim=(3, 4))
     ok = tot > 0
-    Mn = torch.where(ok[..., None, None], M / tot.clamp_min(1e-300)[..., None, None], torch.zeros_like(M))
+    # C' rows per output pixel, each with at most leak_bound beyond the window (verified): m_out <= C' bound^2
+    slack = Jb.values.shape[1] * Jb.leak_bound().to(M.device).pow(2)  # [B]
+    denom = (tot + slack.view(-1, 1, 1)).clamp_min(1e-300)
+    Mn = torch.where(ok[..., None, None], M / denom[..., None, None], torch.zeros_like(M))
     small = Mn.sum(dim=(0, 1, 2)) / ok.sum().clamp_min(1)  # [P, P]
     side = 2 * Dm + 1
     canvas = M.new_zeros(side, side)
@@ -152,11 +156,20 @@ def pixel_locality(
     Shares ``n_i(o) = m_i(o) / sum_o m_i(o)`` are averaged over output pixels and images into the
     heat-map, and ``profile[d] = sum_{dist(o) <= d} heat[o]``: see :class:`PixelLocality`.
 
-    Jacobian ``method``: ``"dense"`` (exact, ``C H W`` VJPs), ``"colored"`` (exact for a map of
-    receptive radius ``radius``, verified; see :func:`~localscore.metrics.jacobian`), ``"probes"``
-    (exact rows at ``n_rows`` random output pixels: an unbiased estimate of the average), or ``"auto"``:
-    colored when a radius is given or declared by the model (``receptive_radius``) and its
-    ``(2R + 1)^2`` window is smaller than the image, else dense when it fits ``max_memory``, else probes.
+    Jacobian ``method``: ``"dense"`` (exact, ``C H W`` VJPs), ``"colored"`` (the band of receptive radius
+    ``radius``, verified; see :func:`~localscore.metrics.jacobian`), ``"probes"`` (exact rows at ``n_rows``
+    random output pixels: an unbiased estimate of the average), or ``"auto"``: colored when a radius is given
+    or declared by the model (``receptive_radius``) and its ``(2R + 1)^2`` window is smaller than the image,
+    else dense when it fits ``max_memory``, else probes.
+
+    What ``"colored"`` reports: it never sees the entries beyond the window, only the verified bound ``b``
+    on every row's norm there (:meth:`~localscore.metrics.BandedJacobian.leak_bound`, ``10 rtol S``: about
+    ``1e-3 S`` in float32, ``1e-9 S`` in float64). So it reports lower bounds, never a share of exactly 1 it
+    did not verify: ``n_i(o) = m_i(o) / (sum_{o' in window} m_i(o') + C' b^2)`` for offsets in the window, the
+    heat-map sums to ``1 - outside`` and ``profile[d] <= 1 - outside`` with ``outside = res.outside(R)``, the
+    (mean) verified upper bound on the share of mass beyond ``R`` (about ``1e-6`` for a float32 network of
+    unit scale, ``1e-18`` in float64). A map with more than the tolerance beyond ``R`` is not measured: the
+    verification raises (measure it with ``method="dense"`` or ``"probes"``).
 
     Args:
         denoiser: ``D(x, sigma, cond) -> [B, C, H, W]``.
@@ -175,6 +188,10 @@ def pixel_locality(
 
     Returns:
         :class:`~localscore.metrics.PixelLocality`.
+
+    Raises:
+        LocalScoreError: bad arguments; with ``"colored"``, a map that depends on inputs beyond ``radius`` by
+            more than the verification's tolerance (the message locates the dependence).
 
     Examples:
         >>> import torch
@@ -240,7 +257,9 @@ def pixel_locality(
             heats.append(_heat_probes(pr, Dm))
     heat = torch.stack(heats)
     dists, prof = _profile(heat, metric)
-    eff = torch.stack([(prof >= q - 1e-12).double().argmax(1) for q in qs], 1)
+    last = torch.full((prof.shape[0],), len(dists) - 1, dtype=torch.long, device=prof.device)
+    eff = torch.stack([torch.where((prof >= q - 1e-12).any(1), (prof >= q - 1e-12).double().argmax(1), last)
+                       for q in qs], 1)
     return PixelLocality(
         sigmas=torch.stack([s[0] for s in sig]).detach().double().cpu(),
         distances=dists,

@@ -25,7 +25,7 @@ from .._errors import LocalScoreError, describe, fail
 from ..conditions import Conditions
 from ..denoisers import call_denoiser
 from ..masks import distances
-from ..metrics.jacobians import jacobian
+from ..metrics.jacobians import BandedJacobian, _describe_row, _exact_rows, jacobian
 
 __all__ = [
     "assert_conditionally_local",
@@ -73,6 +73,20 @@ def _check_cond(cond: Any, B: int, x: Tensor, where: str) -> Conditions:
 
 
 # ----------------------------------------------------------------------------- pixel locality
+def _perturbation_diagnosis(f: Any, x: Tensor, Jb: BandedJacobian, b: int, c: int, i: int, j: int, R: int) -> str:
+    """What the exact Jacobian row of output ``(b, c, i, j)`` at ``x`` says about its dependence beyond ``R``."""
+    row = _exact_rows(f, x, f(x).detach(), [(b, c, i, j)])[0]
+    scale = float(Jb.scale()[b])
+    rtol = Jb.rtol if Jb.rtol is not None else float("nan")
+    found = _describe_row(row, b, c, i, j, R, scale=scale, rtol=rtol, probe_error=float("nan"))
+    if found.outside_norm == 0:
+        return ("its Jacobian row at x is exactly zero beyond the radius, so the dependence is not differentiable "
+                "or not visible at x (a threshold, a dependence whose derivative vanishes at x)")
+    below = ("below the Jacobian check's tolerance, which therefore let it pass"
+             if found.outside_norm <= found.tolerance else "above the Jacobian check's tolerance, which missed it")
+    return f"its Jacobian row at x locates it: {found.describe()}; {below}"
+
+
 def assert_pixel_local(
     fn: Any,
     x: Tensor,
@@ -82,18 +96,22 @@ def assert_pixel_local(
     cond: Conditions | None = None,
     n_perturb: int = 4,
     atol: float | None = None,
+    rtol: float | None = None,
     generator: torch.Generator | None = None,
 ) -> None:
     r"""Assert that output pixel ``i`` of ``fn(x, sigma, cond)`` depends only on inputs within ``radius`` of ``i``.
 
     Two checks per noise level:
 
-    1. *Jacobian*: ``jacobian(..., method="colored", radius=radius)`` with random-probe verification,
-       which is exact (almost surely) for every output pixel: any nonzero ``d out_i / d x_p`` with
-       ``max(|p - i|) > radius`` is found and reported with its value.
-    2. *Finite perturbations* (for dependencies a derivative misses, e.g. thresholds): for ``n_perturb``
-       random output pixels ``i``, every input pixel farther than ``radius`` from ``i`` is replaced by
-       fresh Gaussian noise; ``out_i`` must not change by more than ``atol``.
+    1. *Jacobian*: ``jacobian(..., method="colored", radius=radius, rtol=rtol)`` with its random-probe
+       verification. It fails on every Jacobian row whose norm beyond ``radius``,
+       ``sqrt(sum_{|p - i| > radius} (d out_i / d x_p)^2)``, exceeds ``10 rtol S`` (``S`` the Jacobian's RMS row
+       norm; default ``rtol`` 1e-4 in float32, 1e-10 in float64), except with probability ``<= 0.08^4``, and
+       never on rows below ``rtol S``: see "What verified means" in the docs.
+    2. *Finite perturbations* (dependencies of finite size: below the Jacobian tolerance, or not
+       differentiable, e.g. thresholds): for ``n_perturb`` random output pixels ``i``, every input pixel
+       farther than ``radius`` from ``i`` is replaced by fresh Gaussian noise; ``out_i`` must not change by
+       more than ``atol``. A failure is located on the exact Jacobian row of that output (one VJP).
 
     Args:
         fn: denoiser ``D(x, sigma, cond)``.
@@ -103,10 +121,12 @@ def assert_pixel_local(
         cond: optional conditions passed to ``fn``.
         n_perturb: output pixels of the perturbation check (0 skips it).
         atol: tolerance of the perturbation check (default: scaled by the dtype and output size).
+        rtol: tolerance of the Jacobian check, relative to the Jacobian scale (default: by dtype).
         generator: random source.
 
     Raises:
-        AssertionError: naming the output pixel, the input it depends on, the distance, sigma and the size.
+        AssertionError: naming the output pixel, the input it depends on, the distance, sigma, ``|d out / d x|``
+            and how many times the tolerance the dependence is.
 
     Examples:
         >>> import torch
@@ -134,7 +154,7 @@ def assert_pixel_local(
             return call_denoiser(fn, z, s, cond, where, "fn")
 
         try:
-            jacobian(f, x, method="colored", radius=R, generator=generator)
+            Jb = jacobian(f, x, method="colored", radius=R, rtol=rtol, generator=generator)
         except LocalScoreError as exc:
             text = str(exc)
             if "less local than the declared radius" not in text:
@@ -162,11 +182,12 @@ def assert_pixel_local(
             diff = (out[k + 1, :, :, i, j] - out[0, :, :, i, j]).abs()  # [B, C]
             if float(diff.max()) > tol:
                 b, c = divmod(int(diff.argmax()), C)
+                why = _perturbation_diagnosis(f, x, Jb, b, c, i, j, R)
                 raise AssertionError(
                     f"not pixel-local at sigma = {label}: output pixel (channel {c}, row {i}, col {j}) of image {b} "
-                    f"changed by {float(diff[b, c]):.3g} (tolerance {tol:.3g}) when only input pixels at Chebyshev "
-                    f"distance > {R} from it were replaced by noise (a finite perturbation; the Jacobian check "
-                    "passed, so the dependence is not differentiable or not visible at x).")
+                    f"changed by {float(diff[b, c]):.3g} ({float(diff[b, c]) / tol:.3g} times the tolerance "
+                    f"{tol:.3g}) when only input pixels at Chebyshev distance > {R} from it were replaced by noise "
+                    f"(a finite perturbation); {why}.")
 
 
 # ----------------------------------------------------------------------------- conditional locality
@@ -277,7 +298,8 @@ def assert_projective(
 
     All ``K + 2`` passes (joint, ``none`` = ``cond.drop_all()``, the singletons ``cond.select(k)``) run in
     one batched call. Passes when ``|joint - composed| <= atol + rtol * max|joint|`` everywhere. Holds
-    exactly for a local model whose conditioners are more than ``2 (r + R)`` apart (no pixel sees two).
+    exactly for a local model whose conditioners are more than ``2 * conditioner_radius`` apart (the
+    conditioner radius already includes the receptive radius, so no pixel sees two).
 
     Args:
         fn: denoiser ``D(x, sigma, cond)``.

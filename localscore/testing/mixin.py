@@ -12,10 +12,11 @@ Example (in your test suite)::
         def make_model(self):
             return MyNet(receptive_radius=3, conditioner_radius=2).eval()
 
-pytest then collects ``test_pixel_locality``, ``test_conditional_locality``, ``test_projective_one_pass``,
-... for ``TestMyNet``. The radii are the model's declared ``receptive_radius`` / ``conditioner_radius``
-(see :func:`localscore.denoisers.receptive_radius`) unless the class sets them. Override any test
-method (or set it to ``None``) to skip it. Needs pytest and hypothesis.
+pytest then collects ``test_pixel_locality``, ``test_pixel_locality_property`` (hypothesis),
+``test_conditional_locality``, ``test_projective_one_pass``, ... for ``TestMyNet``. The radii are the model's
+declared ``receptive_radius`` / ``conditioner_radius`` (see :func:`localscore.denoisers.receptive_radius`)
+unless the class sets them. Override any test method (or set it to ``None``) to skip it. Needs pytest and
+hypothesis.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from ..conditions import Conditions
@@ -213,6 +214,30 @@ class LocalScoreTesterMixin:
         for name, out in outs.items():
             diff = float((out.detach() - ref).abs().max())
             assert diff <= tol, f"{name} differs from cond=None by {diff:.3g}"
+
+    def test_pixel_locality_property(self) -> None:
+        """Hypothesis: pixel locality holds for random images (normal, uniform, constant, sparse, checkerboard),
+        sigmas and (for conditional models) conditioner sets, each image scaled like a noisy input at its sigma.
+
+        Failures are not shrunk (every example costs a coloured Jacobian, and the message already names the
+        output pixel, the input it depends on, the distance and the size)."""
+        R = self._radius()
+        C, H, W = self.image_shape
+        D = self._model()
+        conds = (lst.conditions(1, height=H, width=W, max_objects=3, attr_dim=self.attr_dim, dtype=self.dtype)
+                 if self.conditional else st.none())
+
+        @settings(max_examples=self.hypothesis_examples, deadline=None, derandomize=True,
+                  phases=(Phase.explicit, Phase.generate),
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+        @given(x=lst.images(1, C, H, W, dtype=self.dtype), cond=conds,
+               sigma=lst.sigmas(min(self.sigmas), max(self.sigmas)), seed=st.integers(0, 2**16))
+        def prop(x: torch.Tensor, cond: Conditions | None, sigma: float, seed: int) -> None:
+            z = (x * math.sqrt(1 + sigma**2)).to(self.device)
+            assert_pixel_local(D, z, sigma, R, cond=None if cond is None else cond.to(self.device), atol=self.atol,
+                               generator=torch.Generator().manual_seed(seed))
+
+        prop()
 
     def test_conditional_locality_property(self) -> None:
         """Hypothesis: conditional locality holds for random positions, counts and sigmas."""
