@@ -9,8 +9,10 @@ background, for which conditional projective composition holds exactly. Every co
 is sampled with Heun for 1, 3, 6 and 10 objects. The grid shows, per row, composed samples next to
 exact joint samples of the same scene, and the script prints how far the composed samples' mean is from
 the exact mean (RMS over pixels, in standard errors: about 1 when right) and the ratio of variances
-(Heun's discretisation inflates it a little with few steps, as in ``--quick``). Outputs:
-``compose_objects.png`` and ``compose_objects.json`` in ``--out``.
+(Heun's discretisation inflates it a little with few steps, as in ``--quick``). It exits with status 1
+when the composed samples are off: an RMS mean error above 2 standard errors, an object whose mean over
+its disc differs from the exact samples' by more than 6 standard errors (Welch t), or a variance ratio
+outside [0.8, 1.5]. Outputs: ``compose_objects.png`` and ``compose_objects.json`` in ``--out``.
 
 Run: ``python examples/compose_objects.py [--quick] [--out out/]`` (quick: ~10 s; full: a few CPU-minutes).
 """
@@ -75,10 +77,17 @@ def main() -> None:
         # z-scores of the per-pixel mean error against the exact mean; RMS ~ 1 when the samples are right
         se = exact.std(0) / n_samples**0.5
         z = float(((got.mean(0) - oracle.mean(one)[0]) / se).square().mean().sqrt())
+        # per object: the mean over its disc, composed vs exact samples (Welch t; |t| ~ 1 when right)
+        regions = oracle.regions(one)[0].to(torch.float64)  # [n, H, W]
+        a = torch.einsum("schw,khw->sk", got, regions) / regions.sum((1, 2))
+        b = torch.einsum("schw,khw->sk", exact, regions) / regions.sum((1, 2))
+        t = (a.mean(0) - b.mean(0)) / (a.var(0) / n_samples + b.var(0) / n_samples).sqrt()
         report[n] = {"rms_mean_error_in_standard_errors": z,
-                     "variance_ratio": float(got.var(0).mean() / exact.var(0).mean())}
+                     "variance_ratio": float(got.var(0).mean() / exact.var(0).mean()),
+                     "worst_object_t": float(t.abs().max())}
         print(f"{n:>2} objects: RMS error of the composed samples' mean = {z:.2f} standard errors; "
-              f"variance ratio composed / exact = {report[n]['variance_ratio']:.3f}")
+              f"variance ratio composed / exact = {report[n]['variance_ratio']:.3f}; "
+              f"worst object |t| = {report[n]['worst_object_t']:.2f}")
         rows.append((n, got[:shown], exact[:shown]))
     print(f"sampled in {time.perf_counter() - t0:.1f} s")
 
@@ -104,6 +113,14 @@ def main() -> None:
     fig.savefig(out / "compose_objects.png", dpi=110)
     (out / "compose_objects.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {out / 'compose_objects.png'} and {out / 'compose_objects.json'}")
+    # The composition is exact here, so its samples must match the exact joint (up to sampling noise and
+    # Heun's small variance bias): a wrong composition (e.g. one component lost) is far outside these bounds.
+    bad = [f"{n} objects: {r}" for n, r in report.items()
+           if not (r["rms_mean_error_in_standard_errors"] < 2.0 and r["worst_object_t"] < 6.0
+                   and 0.8 < r["variance_ratio"] < 1.5)]
+    if bad:
+        print("FAILED: the composed samples do not match the exact joint:\n  " + "\n  ".join(bad))
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ pixel, and plots, by autograd, how strongly it depends on every input pixel and 
 bottleneck self-attention and the pooled token embedding still carry far conditioners to the pixel. A fourth
 row shows ``localize(unet, DiscRule(r))``, the sampling-time form, which is exactly conditionally local.
 
+It exits with status 1 if a map contradicts this: a declared radius with dependence beyond it, no dependence
+on the nearby object, or a global U-Net that does not see the farthest conditioner.
+
 Usage::
 
     python examples/local_vs_global.py --quick --out out/local_vs_global
@@ -83,8 +86,10 @@ def main() -> None:
     ]
     fig, axes = plt.subplots(len(models), 2, figsize=(8, 3.6 * len(models)))
     summary = {}
+    maps = []
     for row, (name, D, R, rc) in enumerate(models):
         dx, dc = dependence(D, x, 1.0, cond, pixel)
+        maps.append((dx, dc))
         ar = torch.arange(size)
         cheb = torch.maximum((ar[:, None] - pixel[0]).abs(), (ar[None] - pixel[1]).abs())
         dist_c = (cond.pos[0] - torch.tensor(pixel, dtype=torch.float32)).abs().amax(-1)
@@ -128,6 +133,19 @@ def main() -> None:
         print(f"{name:42s} input share beyond 8 px: {s['input_share_beyond_8px']:.3f}; "
               f"|dD_p/d farthest conditioner| = {s['conditioner_dependence'][far]:.2e}")
     print(f"wrote {png}")
+    problems = []
+    for (name, _, R, rc), (dx, dc) in zip(models, maps):
+        if R is not None and float(dx[cheb > R].abs().max()) != 0.0:
+            problems.append(f"{name}: the output pixel depends on input pixels beyond its receptive radius {R}")
+        if rc is not None and float((dc * (dist_c > rc)).abs().max()) != 0.0:
+            problems.append(f"{name}: it depends on conditioners beyond its conditioner radius {rc}")
+        if float(dc[0]) == 0.0:
+            problems.append(f"{name}: it does not depend on the object next to the pixel")
+    if float(maps[1][1][far]) == 0.0:
+        problems.append("global U-Net: it does not depend on the farthest conditioner")
+    if problems:
+        print("FAILED:\n  " + "\n  ".join(problems))
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

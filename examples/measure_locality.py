@@ -11,7 +11,9 @@ checkpoints for the learned one), and measures at several noise levels:
 * conditional locality: each conditioner's influence by ablation, its 90 % influence radius, and the
   share of it inside a box of radius ``--region`` around the object (``conditional_locality``).
 
-Writes ``measure_locality.png`` (curves and heat-maps) and ``measure_locality.json`` to ``--out``.
+Writes ``measure_locality.png`` (curves and heat-maps) and ``measure_locality.json`` to ``--out``. Exits with
+status 1 if the local net has Jacobian mass beyond its receptive radius or conditioner influence outside
+its regions (it is local by construction), or if the U-Net's influence does not spread beyond them.
 
     python examples/measure_locality.py --quick --out out/measure_locality
 """
@@ -79,6 +81,19 @@ def main() -> None:
                    for name, (p, c) in results.items()}, f)
     plot(results, sigmas, region, out / "measure_locality.png")
     print(f"wrote {out / 'measure_locality.png'} and {out / 'measure_locality.json'}")
+    problems = []
+    pix, con = results["local"]
+    R = int(local.receptive_radius)
+    if float(pix.outside(R).max()) > 1e-5:  # float32 round-off of the normalised profile is ~1e-6
+        problems.append(f"local: Jacobian mass {pix.outside(R).tolist()} beyond its receptive radius {R}")
+    if args.region is None and float((con.index["ablation"] - 1).abs().max()) > 1e-9:
+        problems.append(f"local: conditional index {con.index['ablation'].tolist()}, expected 1 within its "
+                        f"conditioner radius {region:g}")
+    if float(results["global (U-Net)"][1].index["ablation"].max()) > 0.9:
+        problems.append("global (U-Net): its conditioner influence stays inside the regions")
+    if problems:
+        print("FAILED:\n  " + "\n  ".join(problems))
+        raise SystemExit(1)
 
 
 def plot(results: dict, sigmas: list[float], region: float, path: Path) -> None:

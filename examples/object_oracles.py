@@ -119,10 +119,16 @@ def main(argv: list[str] | None = None) -> None:
     x0, rows = cpc_check(size, max_objects, sigmas, gen, args.out)
     worst = max(r[1] for r in rows)
     print(f"CPC holds to {worst:.1e} (relative) at every sigma: {'OK' if worst < 1e-12 else 'FAILED'}")
-    gap_table(16 if args.quick else 24, sigmas, gen, args.out)
+    gaps = gap_table(16 if args.quick else 24, sigmas, gen, args.out)
     save_samples(x0, args.out)
     print(f"\nwrote {args.out}/cpc.csv, gap.csv, samples.png in {time.perf_counter() - t0:.1f} s")
-    if worst >= 1e-12:
+    # the gap vanishes exactly for disjoint regions without a shared brightness (column 1: d = 8, tau = 0),
+    # and nowhere else at sigma ~ 1 (the middle of the table)
+    mid = gaps[len(gaps) // 2]
+    gap_ok = all(row[1] == 0.0 for row in gaps) and all(v > 1e-4 for v in mid[2:])
+    if not gap_ok:
+        print("FAILED: the composition gap table does not show the expected pattern")
+    if worst >= 1e-12 or not gap_ok:
         raise SystemExit(1)
 
 

@@ -7,7 +7,9 @@ EDM loss for half the steps, stop (as if the job were killed), resume from the c
 sample 0..N-object layouts with Euler on a Karras grid from the EMA weights, detect the objects and
 print the per-count table, then measure the model's conditional locality. Writes ``checkpoint.pt``,
 ``log.jsonl``, ``results.json``, ``results.md``, ``locality.json`` and ``samples.png`` (if matplotlib is
-installed) to ``--out``.
+installed) to ``--out``. Exits with status 1 if the run did not resume (the second half restarted), the
+loss did not fall, the model is not exactly conditionally local within its conditioner radius, or fewer
+than half of the sampled images have the requested number of objects.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -89,14 +92,41 @@ def main() -> None:
     print(profile.to_markdown())
     (out / "locality.json").write_text(json.dumps(profile.to_dict(), indent=1))
 
+    # What must hold whatever the training noise: the second call resumed (it logged only the second half),
+    # the loss fell, the network is local by construction, and the samples are mostly right.
+    problems = []
+    resumed = [r["step"] for r in trainer.history]
+    if trainer.step != steps or not resumed or resumed[0] <= steps // 2:
+        problems.append(f"the second train() call did not resume from step {steps // 2} (it logged steps {resumed})")
+    logged = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+    if not logged[-1] < 0.5 * logged[0]:
+        problems.append(f"the loss did not fall: {logged[0]:.3f} -> {logged[-1]:.3f}")
+    with torch.no_grad():
+        exact = locality_profile(ema, scenes, sigmas=[1.0], n_images=1, count=4, seed=args.seed,
+                                 region_radius=float(ema.conditioner_radius))
+    if abs(exact.index[0] - 1.0) > 1e-6:
+        problems.append(f"locality index {exact.index[0]:.6f} within the conditioner radius "
+                        f"{ema.conditioner_radius}, expected 1")
+    rate = sum(r.exact_count.rate for r in result.rows) / len(result.rows)
+    if rate < 0.5:
+        problems.append(f"only {rate:.2f} of the samples have the requested number of objects")
+
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return
-    layouts = request_scenes(scenes, counts, 1, seed=args.seed + 7)
+        plt = None
+    if plt is not None:
+        save_samples(plt, sample, scenes, counts, args.seed, out)
+    if problems:
+        print("FAILED:\n  " + "\n  ".join(problems))
+        raise SystemExit(1)
+
+
+def save_samples(plt: Any, sample: Any, scenes: SceneConfig, counts: list[int], seed: int, out: Path) -> None:
+    layouts = request_scenes(scenes, counts, 1, seed=seed + 7)
     images = sample(layouts.conditions(), torch.Generator().manual_seed(1))
     fig, axes = plt.subplots(1, len(counts), figsize=(1.6 * len(counts), 1.9))
     for ax, img, n, b in zip(axes, images, counts, range(len(counts))):

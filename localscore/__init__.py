@@ -13,11 +13,19 @@ and (importing optional dependencies) :mod:`~localscore.testing` and :mod:`~loca
 
 from __future__ import annotations
 
-from . import compose, denoisers, masks, metrics, nn, oracles, sampling, schedules
-from ._errors import LocalScoreError
-from .conditions import Conditions
-from .denoisers import Denoiser, bind, score
-from .nn import GlobalConditionalDenoiser, LocalConditionalDenoiser, enforce_locality, localize
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+# The names below load on first access (PEP 562), so `import localscore` (and the pytest plugin that
+# pytest imports in every run of an environment where localscore is installed) costs no torch import.
+# Type checkers see the plain imports.
+if TYPE_CHECKING:
+    from . import compose, denoisers, masks, metrics, nn, oracles, sampling, schedules
+    from ._errors import LocalScoreError
+    from .conditions import Conditions
+    from .denoisers import Denoiser, bind, score
+    from .nn import GlobalConditionalDenoiser, LocalConditionalDenoiser, enforce_locality, localize
 
 __version__ = "0.1.0"
 
@@ -41,3 +49,41 @@ __all__ = [
     "schedules",
     "score",
 ]
+
+# public name -> the submodule that defines it (submodules themselves load by name)
+_LAZY: dict[str, str] = {
+    "Conditions": ".conditions",
+    "Denoiser": ".denoisers",
+    "GlobalConditionalDenoiser": ".nn",
+    "LocalConditionalDenoiser": ".nn",
+    "LocalScoreError": "._errors",
+    "bind": ".denoisers",
+    "enforce_locality": ".nn",
+    "localize": ".nn",
+    "score": ".denoisers",
+}
+
+
+def _is_submodule(name: str) -> bool:
+    if not name.isidentifier() or name.startswith("__"):
+        return False
+    return importlib.util.find_spec(f"{__name__}.{name}") is not None
+
+
+def _load(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    elif _is_submodule(name):
+        value = importlib.import_module(f".{name}", __name__)  # any submodule: `localscore.compose`, ...
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if not TYPE_CHECKING:  # hidden from type checkers, which would otherwise type every unknown name as Any
+    __getattr__ = _load

@@ -16,7 +16,7 @@ import pytest
 from localscore import cli
 from localscore.cli import main
 from localscore.evaluate import CountResult, EvaluationResult, Proportion
-from localscore.experiments import MODEL_NAMES, ExperimentConfig, checkpoint_dir, load_model, measure_locality
+from localscore.experiments import MODEL_NAMES, ExperimentConfig, load_model, measure_locality
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_experiments import tiny_experiment
@@ -162,8 +162,6 @@ def test_demo_oracle(tmp_path: Path) -> None:
 
 
 def test_demo_shipped_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if not all((checkpoint_dir() / f"{n}.pt").is_file() for n in MODEL_NAMES):
-        pytest.skip("the shipped checkpoints are not in this checkout")
     assert main(["demo", "--quick", "--samples", "1", "--steps", "2", "--out", str(tmp_path)]) == 0  # the default
     text = capsys.readouterr().out
     header = next(line for line in text.splitlines() if line.lstrip().startswith("objects"))
@@ -181,8 +179,6 @@ def test_demo_shipped_models(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_demo_method_masked_samples_both_models_with_the_intervention(tmp_path: Path) -> None:
-    if not all((checkpoint_dir() / f"{n}.pt").is_file() for n in MODEL_NAMES):
-        pytest.skip("the shipped checkpoints are not in this checkout")
     assert main(["demo", "--method", "masked", "--samples", "1", "--steps", "2", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "demo.json").read_text())
     assert sorted(data["runs"]) == ["baseline-32 masked", "local-32 masked"]
@@ -193,8 +189,6 @@ def test_demo_method_masked_samples_both_models_with_the_intervention(tmp_path: 
 
 
 def test_demo_retrain_trains_both_models_from_their_recorded_configs(tmp_path: Path) -> None:
-    if not all((checkpoint_dir() / f"{n}.pt").is_file() for n in MODEL_NAMES):
-        pytest.skip("the shipped checkpoints are not in this checkout")
     argv = ["demo", "--retrain", "--retrain-steps", "2", "--no-progress", "--samples", "1", "--steps", "2",
             "--out", str(tmp_path)]
     assert main(argv) == 0

@@ -346,6 +346,32 @@ _json = st.recursive(
 )
 
 
+_coord = st.integers(0, 31) | st.floats(0.0, 31.0, allow_nan=False)
+_names = {"color": COLORS, "shape": SHAPES, "size": SIZES}
+def _layout_object(pos: list[float], color: str, extra: dict[str, str]) -> dict[str, object]:
+    return {"pos": pos, "color": color, **extra}
+
+
+_valid_object = st.builds(
+    _layout_object, st.lists(_coord, min_size=2, max_size=2), st.sampled_from(COLORS),
+    st.fixed_dictionaries({}, optional={"shape": st.sampled_from(SHAPES), "size": st.sampled_from(SIZES)}),
+)
+
+
+@given(st.lists(st.lists(_valid_object, max_size=4), min_size=1, max_size=3))
+def test_parse_layout_accepts_every_valid_layout(images: list[list[dict]]) -> None:
+    """The other side of the fuzz below (where nearly every draw is malformed): every well-formed layout
+    parses, and the scene holds exactly the objects it lists."""
+    scene = parse_layout({"size": 32, "images": images})
+    assert scene.counts().tolist() == [len(objs) for objs in images]
+    for b, objs in enumerate(images):
+        for k, obj in enumerate(objs):
+            assert scene.pos[b, k].tolist() == torch.tensor([float(v) for v in obj["pos"]]).tolist()  # float32
+            for key, field in (("color", scene.color), ("shape", scene.shape), ("size", scene.size)):
+                want = _names[key].index(obj[key]) if key in obj else -1
+                assert int(field[b, k]) == want, (b, k, key)
+
+
 @given(_json)
 def test_parse_layout_never_fails_with_anything_but_a_clear_error(value: object) -> None:
     for candidate in (value, {"size": 32, "images": value}, {"size": 32, "images": [value]},

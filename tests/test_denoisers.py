@@ -214,6 +214,14 @@ CALL_CASES = ["x_rank", "x_int", "x_nan", "x_empty", "x_list", "sig_neg", "sig_n
 
 
 @pytest.mark.parametrize("kind", list(ADAPTERS))
+def test_the_bad_call_baseline_is_valid(kind: str) -> None:
+    """Positive control of test_bad_calls_raise: its arguments, before one is spoiled, are accepted (a check
+    rejecting every call would otherwise pass every bad case)."""
+    out = ADAPTERS[kind](_zero_net)(torch.zeros(2, 1, 2, 2), 0.5)
+    assert out.shape == (2, 1, 2, 2) and bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize("kind", list(ADAPTERS))
 @given(case=st.sampled_from(CALL_CASES))
 def test_bad_calls_raise(kind: str, case: str) -> None:
     net: Any = _zero_net
@@ -250,7 +258,8 @@ def test_bad_calls_raise(kind: str, case: str) -> None:
     elif case == "net_type":
         net = lambda x, s, c=None: x.tolist()  # noqa: E731
     d = ADAPTERS[kind](net)
-    with pytest.raises(LocalScoreError):
+    # the message names what is wrong: the argument `x` or `sigma`, or what the wrapped model returned
+    with pytest.raises(LocalScoreError, match={"x": "`x`", "sig": "`sigma`", "net": "returned"}[case.split("_")[0]]):
         d(x, sigma)
 
 
@@ -277,8 +286,10 @@ def test_bad_construction_raises(make: Any) -> None:
 def test_bound_denoiser_bad_calls_raise(case: str) -> None:
     cond = Conditions.from_lists([[(1.0, 1.0)], [(0.0, 0.0)]])
     d: BoundDenoiser = bind(_zero_net, cond)
+    assert d(torch.zeros(4, 1, 2, 2), 0.5).shape == (4, 1, 2, 2)  # positive control: a multiple of B is fine
     x = torch.zeros(3 if case == "batch" else 2, 1, 2, 2)
-    with pytest.raises(LocalScoreError):
+    with pytest.raises(LocalScoreError, match={"cond_given": "another `cond`", "batch": "B = 2 but x has B = 3",
+                                               "meta": "on meta"}[case]):
         if case == "cond_given":
             d(x, 0.5, cond)
         elif case == "batch":
@@ -290,5 +301,8 @@ def test_bound_denoiser_bad_calls_raise(case: str) -> None:
 @given(case=st.sampled_from(["shape", "type", "nan"]))
 def test_call_denoiser_checks_the_output(case: str) -> None:
     out = {"shape": lambda x, s, c: x[:1], "type": lambda x, s, c: 1.0, "nan": lambda x, s, c: x / 0}[case]
-    with pytest.raises(LocalScoreError):
+    assert call_denoiser(_zero_net, torch.zeros(2, 1, 1, 1), torch.ones(2), None, "test").shape == (2, 1, 1, 1)
+    with pytest.raises(LocalScoreError, match=r"^test: `denoiser` returned " + {"shape": r"shape \(1, 1, 1, 1\)",
+                                                                                "type": "float",
+                                                                                "nan": "non-finite"}[case]):
         call_denoiser(out, torch.zeros(2, 1, 1, 1), torch.ones(2), None, "test")

@@ -246,8 +246,17 @@ def test_bad_calls_raise(method: str, case: str) -> None:
         if method == "log_prob":
             return  # sigma = 0 is the data density
         sigma = 0.0
-    with pytest.raises(LocalScoreError):
+    # the message names the argument at fault (a check rejecting every call would not pass)
+    arg = "`cond`" if case.startswith("cond") else "`sigma`" if "sigma" in case else "`x`"
+    with pytest.raises(LocalScoreError, match=arg):
         getattr(oracle, method)(x, sigma, cond)
+
+
+@pytest.mark.parametrize("method", ["denoise", "score", "log_prob", "__call__"])
+def test_the_bad_call_baseline_is_valid(method: str) -> None:
+    """Positive control of test_bad_calls_raise: its arguments before one is spoiled are accepted."""
+    out = getattr(_M, method)(torch.zeros(2, 3, 1, 1), 0.5, None)
+    assert out.shape == ((2,) if method == "log_prob" else (2, 3, 1, 1)) and bool(torch.isfinite(out).all())
 
 
 @pytest.mark.parametrize("kwargs", [dict(n=0), dict(n=2.5), dict(n=True), dict(n=2, sigma=-1.0),

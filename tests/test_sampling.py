@@ -315,12 +315,40 @@ def _case(case: str) -> dict[str, Any]:
     return args
 
 
+_PREFIX_ARGUMENT = {"x": "x", "sig": "sigmas", "sigma": "sigma", "cond": "cond", "den": "denoiser", "new": "x_new",
+                    "gen": "generator", "cb": "callback", "progress": "progress", "log": "log_prob"}
+
+
+def _names_the_argument(case: str) -> str:
+    """The message of a bad-input case names the argument at fault (so a LocalScoreError raised for another
+    reason, e.g. by a check that rejects every call, does not pass the test)."""
+    if case in ("n_steps", "n_quad") or case.startswith("step_scale"):
+        arg = case.removesuffix("_neg")
+    else:
+        arg = _PREFIX_ARGUMENT[case.split("_")[0]]
+    return f"`{arg}`"
+
+
+@pytest.mark.parametrize("fn", [sample_euler, sample_heun, sample_ddpm, sample_ddim, sample_euler_maruyama,
+                                langevin_correct, mala_correct, log_prob_difference])
+def test_the_bad_input_baseline_is_valid(fn: Any) -> None:
+    """Positive control of the bad-input tests below: their arguments, before one is spoiled, are accepted."""
+    a = _case("none")
+    if fn is log_prob_difference:  # D = 0: score -x / sigma^2, so log p(1) - log p(0) = -4 / (2 * 0.25) per image
+        out = fn(a["denoiser"], a["x"], torch.ones(2, 1, 2, 2), 0.5, a["cond"])
+        torch.testing.assert_close(out, torch.full((2,), -8.0))
+        return
+    sigma = a["sigmas"] if fn not in (langevin_correct, mala_correct) else 0.5
+    out = fn(a["denoiser"], a["x"], sigma, a["cond"], **a["kw"])
+    assert out.shape == a["x"].shape and bool(torch.isfinite(out).all())
+
+
 @pytest.mark.parametrize("sampler", [s[1] for s in SAMPLERS[:1]] + [sample_heun, sample_ddpm, sample_ddim,
                                                                     sample_euler_maruyama])
 @given(case=st.sampled_from(COMMON_CASES))
 def test_bad_sampler_input_raises(sampler: Any, case: str) -> None:
     a = _case(case)
-    with pytest.raises(LocalScoreError):
+    with pytest.raises(LocalScoreError, match=_names_the_argument(case)):
         sampler(a["denoiser"], a["x"], a["sigmas"], a["cond"], **a["kw"])
 
 
@@ -366,7 +394,7 @@ def test_bad_corrector_input_raises(fn: Any, case: str) -> None:
             kw["metropolis"] = True
     elif case == "log_prob_type":
         kw["log_prob"] = 3
-    with pytest.raises(LocalScoreError):
+    with pytest.raises(LocalScoreError, match=_names_the_argument(case)):
         fn(a["denoiser"], a["x"], sigma, a["cond"], **kw)
 
 
@@ -385,7 +413,7 @@ def test_bad_log_prob_difference_input_raises(case: str) -> None:
         sigma = -1.0
     elif case == "n_quad":
         kw["n_quad"] = 100
-    with pytest.raises(LocalScoreError):
+    with pytest.raises(LocalScoreError, match=_names_the_argument(case)):
         log_prob_difference(a["denoiser"], a["x"], x_new, sigma, a["cond"], **kw)
 
 

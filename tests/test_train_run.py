@@ -69,6 +69,9 @@ def test_run_training_resumes_exactly_and_guards_its_directory(tmp_path: Path) -
     run_training(cfg, tmp_path / "b", until=3)
     b = run_training(cfg, tmp_path / "b")
     assert b.step == 6
+    # the model's initialisation is seeded, so training again from scratch would also match `a` below:
+    # check that this call continued from step 3 (log_every = 1: one record per step it ran)
+    assert [r["step"] for r in b.history] == [4, 5, 6]
     for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
     assert json.loads((tmp_path / "a" / "run.json").read_text()) == cfg.to_dict()

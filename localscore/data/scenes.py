@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .._errors import describe, fail
+from .._repr import summary_repr
 from ..conditions import Conditions
 from .attributes import ATTR_DIM, COLOR_RGB, COLORS, SHAPES, SIZES, encode_attributes
 
@@ -186,6 +187,7 @@ class SceneConfig:
         return cls(**kwargs)
 
 
+@summary_repr
 @dataclass(frozen=True)
 class Scene:
     """A batch of scenes, padded to ``K`` object slots.

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from .._checks import check_image
 from .._errors import describe, fail
+from .._repr import summary_repr
 
 __all__ = [
     "BandedJacobian",
@@ -227,6 +228,7 @@ class LocalityViolation:
                 f"this row is {self.row_max:.3g}{probe})")
 
 
+@summary_repr
 @dataclass(frozen=True)
 class BandedJacobian:
     r"""A Jacobian of receptive radius ``R`` stored as one ``P x P`` window per output entry, ``P = 2R + 1``.
@@ -344,6 +346,7 @@ class BandedJacobian:
         return BandedJacobian(vals.permute(4, 5, 0, 1, 6, 2, 3).contiguous(), R)
 
 
+@summary_repr
 @dataclass(frozen=True)
 class JacobianProbes:
     r"""Randomized measurements of a Jacobian too big to build.

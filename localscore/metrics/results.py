@@ -1,4 +1,8 @@
-"""Typed result objects of the metrics: ``.to_dict()`` (JSON-serialisable) and ``.plot()`` (matplotlib)."""
+"""Typed result objects of the metrics: ``.to_dict()`` (JSON-serialisable) and ``.plot()`` (matplotlib).
+
+Their reprs summarise each tensor (shape, dtype, device, largest ``|value|`` and where) instead of printing
+it; ``to_dict()`` has the values.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .._errors import fail
+from .._repr import summary_repr
 
 __all__ = ["ConditionalLocality", "FeatureOrthogonality", "LocalityIndex", "PixelLocality"]
 
@@ -59,6 +64,7 @@ class _Result:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
 
 
+@summary_repr
 @dataclass(frozen=True)
 class PixelLocality(_Result):
     r"""How the Jacobian mass of a model spreads over input pixels, per noise level.
@@ -143,6 +149,7 @@ class PixelLocality(_Result):
         return fig
 
 
+@summary_repr
 @dataclass(frozen=True)
 class LocalityIndex(_Result):
     r"""Where each conditioner's influence lands, relative to regions.
@@ -190,6 +197,7 @@ class LocalityIndex(_Result):
         return fig
 
 
+@summary_repr
 @dataclass(frozen=True)
 class ConditionalLocality(_Result):
     r"""Per-conditioner influence maps and the conditional locality index, per noise level and method.
@@ -254,6 +262,7 @@ class ConditionalLocality(_Result):
         return fig
 
 
+@summary_repr
 @dataclass(frozen=True)
 class FeatureOrthogonality(_Result):
     r"""Geometry of mean differences ``d_j = mu_j - mu_none`` (pixel or feature space).

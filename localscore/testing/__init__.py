@@ -1,21 +1,26 @@
 """Test your own models for locality: assertions, hypothesis strategies, a test mixin, a pytest plugin.
 
 The assertions and the reference models need only torch. :mod:`localscore.testing.strategies` and
-:class:`LocalScoreTesterMixin` need hypothesis and pytest (the ``test`` extra); they are imported on
-first use, so ``import localscore.testing`` works without them.
+:class:`LocalScoreTesterMixin` need hypothesis and pytest (the ``test`` extra). Every name loads on first
+use, so ``import localscore.testing`` works without them and imports neither torch nor hypothesis (the
+pytest plugin :mod:`localscore.testing.plugin`, which pytest imports in every run, relies on that).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .assertions import (
-    assert_conditionally_local,
-    assert_permutation_invariant,
-    assert_pixel_local,
-    assert_projective,
-)
-from .models import GlobalConvDenoiser, LocalConvDenoiser, render_conditions
+if TYPE_CHECKING:
+    from . import strategies
+    from .assertions import (
+        assert_conditionally_local,
+        assert_permutation_invariant,
+        assert_pixel_local,
+        assert_projective,
+    )
+    from .mixin import LocalScoreTesterMixin
+    from .models import GlobalConvDenoiser, LocalConvDenoiser, render_conditions
 
 __all__ = [
     "GlobalConvDenoiser",
@@ -29,12 +34,34 @@ __all__ = [
     "strategies",
 ]
 
+# public name -> the submodule that defines it
+_LAZY: dict[str, str] = {
+    "GlobalConvDenoiser": ".models",
+    "LocalConvDenoiser": ".models",
+    "LocalScoreTesterMixin": ".mixin",
+    "assert_conditionally_local": ".assertions",
+    "assert_permutation_invariant": ".assertions",
+    "assert_pixel_local": ".assertions",
+    "assert_projective": ".assertions",
+    "render_conditions": ".models",
+}
+_SUBMODULES = frozenset({"assertions", "mixin", "models", "plugin", "strategies"})
 
-def __getattr__(name: str) -> Any:
-    import importlib
 
-    if name == "strategies":
-        return importlib.import_module(".strategies", __name__)
-    if name == "LocalScoreTesterMixin":
-        return importlib.import_module(".mixin", __name__).LocalScoreTesterMixin
-    raise AttributeError(f"module 'localscore.testing' has no attribute {name!r}")
+def _load(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if not TYPE_CHECKING:  # hidden from type checkers, which would otherwise type every unknown name as Any
+    __getattr__ = _load

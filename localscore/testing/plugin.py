@@ -12,8 +12,11 @@ Registered automatically when localscore is installed (with ``-p no:localscore``
 * the fixture ``localscore_strategies``: the module :mod:`localscore.testing.strategies` (skips the test
   when hypothesis is not installed).
 
-The plugin imports hypothesis only inside the `localscore_strategies` fixture, so a pytest run without
-hypothesis installed is not affected (only that fixture skips).
+pytest imports this module in every run of an environment where localscore is installed, so it imports
+nothing heavy: only pytest (the packages ``localscore`` and ``localscore.testing`` above it load their names
+lazily). torch and the assertions load when the ``locality`` fixture's methods run, hypothesis only inside
+the ``localscore_strategies`` fixture, so a pytest run that does not use them (or lacks hypothesis) is not
+affected (``tests/test_plugin_lazy.py`` checks this).
 """
 
 from __future__ import annotations

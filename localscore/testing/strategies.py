@@ -4,6 +4,18 @@ Images are generated from a drawn seed and a drawn distribution (fast, reproduci
 through the seed, the sizes and the distribution), not element by element. Positions are ``(row, col)``
 in pixels; ``min_separation`` is a Chebyshev distance unless ``metric="euclidean"``.
 
+Failure reports stay short and reproducible. The strategies return plain values (a ``torch.Tensor``, a
+:class:`~localscore.Conditions`), never wrappers, so a test sees exactly what it would build itself; what
+gets printed is chosen around them:
+
+* :func:`images` and :func:`masks` build their tensors with :func:`hypothesis.strategies.builds`, so
+  Hypothesis reports the call that made the tensor, e.g. ``x=image_from_seed(batch=1, channels=1,
+  height=8, width=8, kind='normal', seed=1234, dtype=torch.float32, scale=1.0)``, instead of its values;
+  calling :func:`image_from_seed` (or :func:`mask_from_seed`) with those arguments rebuilds it.
+* :class:`~localscore.Conditions` prints its sizes and its valid positions by slot (a summary of ``pos``
+  beyond 16 objects).
+* Tensors a test computes from these print as torch prints them (elided beyond 1000 entries).
+
 Examples:
     >>> from hypothesis import given, settings
     >>> from localscore.testing import strategies as lst
@@ -26,7 +38,7 @@ from hypothesis import strategies as st
 from .._errors import fail
 from ..conditions import Conditions
 
-__all__ = ["conditions", "images", "masks", "sigmas", "sizes"]
+__all__ = ["conditions", "image_from_seed", "images", "mask_from_seed", "masks", "sigmas", "sizes"]
 
 IntSpec = int | tuple[int, int]
 
@@ -61,33 +73,33 @@ def sizes(min_size: int = 4, max_size: int = 16) -> st.SearchStrategy[tuple[int,
     return st.tuples(st.integers(min_size, max_size), st.integers(min_size, max_size))
 
 
-@st.composite
-def images(
-    draw: Any,
-    batch: IntSpec = 1,
-    channels: IntSpec = 1,
-    height: IntSpec = 8,
-    width: IntSpec = 8,
+_KINDS = ("normal", "uniform", "constant", "sparse", "checker")
+
+
+def image_from_seed(
+    batch: int,
+    channels: int,
+    height: int,
+    width: int,
+    kind: str,
+    seed: int,
     *,
     dtype: torch.dtype = torch.float32,
     scale: float = 1.0,
-    kinds: tuple[str, ...] = ("normal", "uniform", "constant", "sparse", "checker"),
 ) -> torch.Tensor:
-    """Images ``[B, C, H, W]``: ``scale`` times Gaussian, uniform [-1, 1], a constant, sparse spikes or a
-    checkerboard, from a drawn seed. Each of ``batch``, ``channels``, ``height``, ``width`` is an int or a
-    ``(lo, hi)`` range.
+    """The image ``[B, C, H, W]`` that :func:`images` draws for these parameters (failure reports name this call).
+
+    ``kind`` is ``"normal"`` (Gaussian), ``"uniform"`` (in [-1, 1]), ``"constant"``, ``"sparse"`` (10 %
+    Gaussian spikes) or ``"checker"`` (a +-1 checkerboard); the values are ``scale`` times those, drawn with
+    a CPU generator seeded with ``seed``.
 
     Examples:
-        >>> from hypothesis import find
-        >>> find(images(batch=2, channels=3), lambda x: True).shape
-        torch.Size([2, 3, 8, 8])
+        >>> x = image_from_seed(1, 2, 4, 4, "checker", 0, dtype=torch.float64)
+        >>> x.shape, x[0, 0, 0].tolist()
+        (torch.Size([1, 2, 4, 4]), [-1.0, 1.0, -1.0, 1.0])
     """
-    B, C = draw(_ints(batch, "batch")), draw(_ints(channels, "channels"))
-    H, W = draw(_ints(height, "height")), draw(_ints(width, "width"))
-    kind = draw(st.sampled_from(kinds))
-    seed = draw(st.integers(0, 2**31 - 1))
     g = torch.Generator().manual_seed(seed)
-    shape = (B, C, H, W)
+    shape = (batch, channels, height, width)
     if kind == "normal":
         x = torch.randn(shape, generator=g, dtype=torch.float64)
     elif kind == "uniform":
@@ -97,12 +109,40 @@ def images(
     elif kind == "sparse":
         x = torch.randn(shape, generator=g, dtype=torch.float64) * (torch.rand(shape, generator=g) < 0.1)
     elif kind == "checker":
-        r = torch.arange(H).view(H, 1)
-        c = torch.arange(W).view(1, W)
+        r = torch.arange(height).view(height, 1)
+        c = torch.arange(width).view(1, width)
         x = (((r + c) % 2) * 2 - 1).to(torch.float64).expand(shape).clone()
     else:
-        raise fail("images", f"unknown kind {kind!r}; expected among normal, uniform, constant, sparse, checker.")
+        raise fail("images", f"unknown kind {kind!r}; expected among {', '.join(_KINDS)}.")
     return (scale * x).to(dtype)
+
+
+def images(
+    batch: IntSpec = 1,
+    channels: IntSpec = 1,
+    height: IntSpec = 8,
+    width: IntSpec = 8,
+    *,
+    dtype: torch.dtype = torch.float32,
+    scale: float = 1.0,
+    kinds: tuple[str, ...] = _KINDS,
+) -> st.SearchStrategy[torch.Tensor]:
+    """Images ``[B, C, H, W]``: ``scale`` times Gaussian, uniform [-1, 1], a constant, sparse spikes or a
+    checkerboard, from a drawn seed (:func:`image_from_seed`). Each of ``batch``, ``channels``, ``height``,
+    ``width`` is an int or a ``(lo, hi)`` range. A failure report shows the draw as
+    ``image_from_seed(batch=..., ..., seed=...)``.
+
+    Examples:
+        >>> from hypothesis import find
+        >>> find(images(batch=2, channels=3), lambda x: True).shape
+        torch.Size([2, 3, 8, 8])
+    """
+    unknown = [k for k in kinds if k not in _KINDS]
+    if unknown or not kinds:
+        raise fail("images", f"`kinds` is {kinds!r}; expected a non-empty tuple among {', '.join(_KINDS)}.")
+    return st.builds(image_from_seed, batch=_ints(batch, "batch"), channels=_ints(channels, "channels"),
+                     height=_ints(height, "height"), width=_ints(width, "width"), kind=st.sampled_from(kinds),
+                     seed=st.integers(0, 2**31 - 1), dtype=st.just(dtype), scale=st.just(scale))
 
 
 @st.composite
@@ -184,9 +224,21 @@ def conditions(
     return Conditions(pos.to(dtype), None if attr is None else attr.to(dtype), valid)
 
 
-@st.composite
+def mask_from_seed(batch: int, slots: int, height: int, width: int, seed: int,
+                   density: float | None = None) -> torch.Tensor:
+    """The mask ``[B, K, H, W]`` that :func:`masks` draws for these parameters (failure reports name this call):
+    ``u`` uniform in ``[0, 1)`` from a CPU generator seeded with ``seed`` (float64), or ``u < density`` (bool).
+
+    Examples:
+        >>> mask_from_seed(1, 2, 3, 3, seed=0, density=0.0).any().item()
+        False
+    """
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(batch, slots, height, width, generator=g, dtype=torch.float64)
+    return u if density is None else u < density
+
+
 def masks(
-    draw: Any,
     batch: IntSpec = 1,
     slots: IntSpec = 2,
     height: IntSpec = 8,
@@ -194,8 +246,9 @@ def masks(
     *,
     soft: bool = False,
     density: tuple[float, float] = (0.0, 1.0),
-) -> torch.Tensor:
-    """Locality masks ``[B, K, H, W]``: bool (``soft=False``) with a drawn density, or floats in ``[0, 1]``.
+) -> st.SearchStrategy[torch.Tensor]:
+    """Locality masks ``[B, K, H, W]``: bool (``soft=False``) with a drawn density, or floats in ``[0, 1]``
+    (:func:`mask_from_seed`; a failure report shows the draw as ``mask_from_seed(batch=..., ..., seed=...)``).
 
     Examples:
         >>> from hypothesis import find
@@ -203,12 +256,7 @@ def masks(
         >>> m.shape, bool(((m >= 0) & (m <= 1)).all())
         (torch.Size([1, 3, 8, 8]), True)
     """
-    B, K = draw(_ints(batch, "batch")), draw(_ints(slots, "slots"))
-    H, W = draw(_ints(height, "height")), draw(_ints(width, "width"))
-    seed = draw(st.integers(0, 2**31 - 1))
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(B, K, H, W, generator=g, dtype=torch.float64)
-    if soft:
-        return u
-    p = draw(st.floats(density[0], density[1], allow_nan=False))
-    return u < p
+    dens = st.none() if soft else st.floats(density[0], density[1], allow_nan=False)
+    return st.builds(mask_from_seed, batch=_ints(batch, "batch"), slots=_ints(slots, "slots"),
+                     height=_ints(height, "height"), width=_ints(width, "width"), seed=st.integers(0, 2**31 - 1),
+                     density=dens)
