@@ -17,7 +17,6 @@ Run: ``python benchmarks/data_train.py [--quick] [--threads 1] [--batch 64]``.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,10 +24,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from localscore.data import SceneConfig, SceneStream, render_scene, sample_scenes
-from localscore.evaluate import detect_objects
+from localscore.lengthgen.data import SceneConfig, SceneStream, render_scene, sample_scenes
+from localscore.lengthgen.evaluate import detect_objects
 from localscore.nn import LocalConditionalDenoiser
 from localscore.train import TrainConfig, Trainer
 

@@ -37,19 +37,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import os
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import torch
+
+from localscore.lengthgen import ExperimentConfig, LocalityProfile, load_experiments
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
 
-from localscore._io import atomic_write  # noqa: E402
-from localscore.experiments import ExperimentConfig, load_experiments  # noqa: E402
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write ``path`` atomically: a temporary file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _log(msg: str) -> None:
@@ -75,7 +89,7 @@ def _runs(exps: list[ExperimentConfig], only: list[str] | None,
 
 
 def stage_train(runs: list[tuple[ExperimentConfig, int]], out: Path, args: argparse.Namespace) -> None:
-    from localscore.experiments import train_experiment
+    from localscore.lengthgen import train_experiment
 
     for exp, seed in runs:
         run_dir = out / exp.name / f"seed{seed}"
@@ -88,7 +102,7 @@ def stage_train(runs: list[tuple[ExperimentConfig, int]], out: Path, args: argpa
 
 def _steps_within(exp: ExperimentConfig, seed: int, run_dir: Path, minutes: float) -> int:
     """Train for about ``minutes`` more, measured from a first short burst."""
-    from localscore.experiments import train_experiment
+    from localscore.lengthgen import train_experiment
 
     probe = min(exp.train_config(seed).steps, _done(run_dir) + 5)
     t0 = time.perf_counter()
@@ -115,17 +129,17 @@ GRID_COUNTS = (1, 3, 5, 8, 10)
 
 
 def _model_for(run_dir: Path) -> Any:
-    from localscore.experiments import load_model, model_from_checkpoint
+    from localscore.lengthgen import load_model
 
     if (run_dir / "model.pt").is_file():
         return load_model(run_dir / "model.pt")
     if (run_dir / "checkpoint.pt").is_file():
-        return model_from_checkpoint(run_dir / "checkpoint.pt")
+        return load_model(run_dir / "checkpoint.pt")
     return None
 
 
 def stage_evaluate(runs: list[tuple[ExperimentConfig, int]], out: Path, args: argparse.Namespace) -> None:
-    from localscore.experiments import evaluate_model
+    from localscore.lengthgen import evaluate_model
 
     for exp, seed in runs:
         run_dir = out / exp.name / f"seed{seed}"
@@ -160,7 +174,7 @@ def stage_evaluate(runs: list[tuple[ExperimentConfig, int]], out: Path, args: ar
 
 
 def _grid(path: Path, images: torch.Tensor, model: Any, exp: ExperimentConfig, per_count: int, title: str) -> None:
-    from localscore.evaluate import request_scenes
+    from localscore.lengthgen.evaluate import request_scenes
 
     try:
         import matplotlib
@@ -200,8 +214,13 @@ def _save_fig(fig: Any, path: Path) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+def _read_locality(path: Path) -> LocalityProfile:
+    """A ``locality.json`` (the schema of ``LocalityProfile.to_dict``, or the 0.1 files of the archive)."""
+    return LocalityProfile.from_dict(json.loads(path.read_text()))
+
+
 def stage_locality(runs: list[tuple[ExperimentConfig, int]], out: Path, args: argparse.Namespace) -> None:
-    from localscore.experiments import measure_locality
+    from localscore.lengthgen import locality_profile
 
     for exp, seed in runs:
         run_dir = out / exp.name / f"seed{seed}"
@@ -210,18 +229,18 @@ def stage_locality(runs: list[tuple[ExperimentConfig, int]], out: Path, args: ar
             continue
         target = run_dir / "locality.json"
         steps_trained = int(model.meta.get("steps", 0))
-        if target.exists() and not args.force and json.loads(target.read_text()).get("train_steps") == steps_trained:
+        if target.exists() and not args.force and _read_locality(target).meta.get("train_steps") == steps_trained:
             continue
         _log(f"locality {exp.name} seed {seed}")
-        res = measure_locality(model, count=4, images=args.locality_images, seed=EVAL_SEED)
-        res["train_steps"] = steps_trained
-        _write_json(target, res)
+        prof = locality_profile(model.denoiser, model.scene, count=4, n_images=args.locality_images, seed=EVAL_SEED)
+        prof.meta["train_steps"] = steps_trained
+        _write_json(target, prof.to_dict())
 
 
 def _reference(exp: ExperimentConfig, per_count: int) -> Any:
     """The detector on ground-truth renders of the same requested layouts: the ceiling of every table."""
-    from localscore.data import render_scene
-    from localscore.evaluate import detect_objects, evaluate_counts, request_scenes
+    from localscore.lengthgen.data import render_scene
+    from localscore.lengthgen.evaluate import detect_objects, evaluate_counts, request_scenes
 
     cfg = exp.eval_scene_config()
     req = request_scenes(cfg, list(exp.eval_counts), per_count, seed=EVAL_SEED)
@@ -229,7 +248,7 @@ def _reference(exp: ExperimentConfig, per_count: int) -> Any:
 
 
 def stage_report(exps: list[ExperimentConfig], header: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
-    from localscore.evaluate import EvaluationResult, SeedTable, comparison_table
+    from localscore.lengthgen.evaluate import EvaluationResult, SeedTable, comparison_table
 
     rows: list[dict[str, Any]] = []
     tables: dict[str, Any] = {}
@@ -247,7 +266,7 @@ def stage_report(exps: list[ExperimentConfig], header: dict[str, Any], out: Path
                 steps.append(int(r.meta.get("train_steps", 0)))
                 lf = run_dir / "locality.json"
                 if lf.exists():
-                    loc.append(json.loads(lf.read_text()))
+                    loc.append(_read_locality(lf))
                 recs = _log_records(run_dir)
                 if recs is not None:
                     tc = exp.train_config(seed)
@@ -260,8 +279,8 @@ def stage_report(exps: list[ExperimentConfig], header: dict[str, Any], out: Path
             tables[key] = table
             summary_loc = None
             if loc:
-                summary_loc = {k: sum(x["summary"][k] for x in loc) / len(loc)
-                               for k in ("conditional_index", "pixel_radius_90")}
+                summary_loc = {"conditional_index": sum(p.mean_index for p in loc) / len(loc),
+                               "pixel_radius_90": sum(p.mean_pixel_radius for p in loc) / len(loc)}
             rows.append({"key": key, "experiment": exp.name, "method": method, "model": exp.model,
                          "note": exp.note, "seeds": seeds, "train_steps": steps,
                          "planned_steps": exp.train_config(exp.seeds[0]).steps,
@@ -439,7 +458,7 @@ def _docs_page(page: Path, md: str, rows: list[dict[str, Any]], out: Path, heade
 def stage_ship(exps: list[ExperimentConfig], out: Path) -> None:
     """Write the shipped model files ``localscore/checkpoints/{local-32,baseline-32}.pt`` from seed 0 of their
     experiments (the latest of ``model.pt`` and ``checkpoint.pt``; the steps actually run are recorded)."""
-    from localscore.experiments import DEMO_EXPERIMENTS, checkpoint_dir, model_from_checkpoint, save_model
+    from localscore.lengthgen import DEMO_EXPERIMENTS, checkpoint_dir, load_model, save_model
 
     by = {e.name: e for e in exps}
     for name, exp_name in DEMO_EXPERIMENTS.items():
@@ -451,7 +470,7 @@ def stage_ship(exps: list[ExperimentConfig], out: Path) -> None:
         if model is None:
             raise SystemExit(f"ship: {run_dir} holds no trained model")
         if (run_dir / "checkpoint.pt").is_file():
-            ck = model_from_checkpoint(run_dir / "checkpoint.pt")
+            ck = load_model(run_dir / "checkpoint.pt")
             if int(ck.meta["steps"]) > int(model.meta.get("steps", 0)):
                 model = ck
         meta = dict(model.meta)

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from localscore import Conditions
-from localscore.data import SceneConfig, SceneStream
-from localscore.evaluate import evaluate_sampler, locality_profile, request_scenes
+from localscore.lengthgen.data import SceneConfig, SceneStream
+from localscore.lengthgen.evaluate import evaluate_sampler, locality_profile, request_scenes
 from localscore.nn import LocalConditionalDenoiser
 from localscore.sampling import sample_euler
 from localscore.schedules import karras_sigmas
@@ -86,8 +86,7 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(result.to_dict(), indent=1))
     (out / "results.md").write_text(table + "\n")
 
-    with torch.no_grad():
-        profile = locality_profile(ema, scenes, sigmas=[0.2, 1.0, 5.0], n_images=2, count=4, seed=args.seed)
+    profile = locality_profile(ema, scenes, sigmas=[0.2, 1.0, 5.0], n_images=2, count=4, seed=args.seed)
     print("conditional locality of the trained model (4-object scenes):")
     print(profile.to_markdown())
     (out / "locality.json").write_text(json.dumps(profile.to_dict(), indent=1))
@@ -103,7 +102,7 @@ def main() -> None:
         problems.append(f"the loss did not fall: {logged[0]:.3f} -> {logged[-1]:.3f}")
     with torch.no_grad():
         exact = locality_profile(ema, scenes, sigmas=[1.0], n_images=1, count=4, seed=args.seed,
-                                 region_radius=float(ema.conditioner_radius))
+                                 region_radius=float(ema.conditioner_radius), pixel_rows=None)
     if abs(exact.index[0] - 1.0) > 1e-6:
         problems.append(f"locality index {exact.index[0]:.6f} within the conditioner radius "
                         f"{ema.conditioner_radius}, expected 1")

@@ -7,7 +7,7 @@ measure and unit-test locality.
 The top level holds the few names every user needs; the rest lives in submodules:
 :mod:`~localscore.denoisers`, :mod:`~localscore.schedules`, :mod:`~localscore.sampling`,
 :mod:`~localscore.compose`, :mod:`~localscore.masks`, :mod:`~localscore.nn`, :mod:`~localscore.metrics`,
-:mod:`~localscore.oracles`, :mod:`~localscore.data`, :mod:`~localscore.train`, :mod:`~localscore.evaluate`,
+:mod:`~localscore.oracles`, :mod:`~localscore.train`, :mod:`~localscore.lengthgen` (the length-generalization pipeline),
 and (importing optional dependencies) :mod:`~localscore.testing` and :mod:`~localscore.adapters.diffusers`.
 """
 

@@ -288,26 +288,18 @@ def _counts_arg(text: str) -> list[int]:
 
 
 def _load(checkpoint: str) -> Any:
-    from .experiments import load_model
+    from .lengthgen import load_model
 
     return load_model(checkpoint)
 
 
 # ----------------------------------------------------------------------------- demo
 def _demo_oracle(args: argparse.Namespace) -> int:
-    """The interim demo: exact per-object oracle scores composed beyond the trained count."""
-    import importlib
-
+    """``demo --oracle``: exact per-object oracle scores composed beyond the trained count (no training)."""
     from . import sampling
-    from .denoisers import bind
+    from .compose import projective_from
     from .oracles import FactorizedObjects
     from .schedules import karras_sigmas
-
-    compose_mod: Any
-    try:
-        compose_mod = importlib.import_module("localscore.compose")
-    except ImportError:  # pragma: no cover - compose ships with the package
-        compose_mod = None
 
     out_dir = check_output(args.out, where="localscore demo", folder=True)
     size = 16 if args.quick else 24
@@ -325,7 +317,7 @@ def _demo_oracle(args: argparse.Namespace) -> int:
     grids: list[Tensor] = []
     print(f"localscore demo: FactorizedObjects {size}x{size} RGB, objects of radius {radius} px; "
           f"{n_samples} samples per count, {steps}-step Karras grid.")
-    how = "projective composition of single-object denoisers" if compose_mod else "exact joint denoiser"
+    how = "projective composition of single-object denoisers"
     print(f"Sampled model: the {how}; reference: exact samples of the joint.\n")
     header = f"{'objects':>7} {'sampler':>7} {'NFE':>5} {'mean err':>9} {'std err':>8} {'floor':>7} {'s':>6}"
     print(header)
@@ -335,10 +327,7 @@ def _demo_oracle(args: argparse.Namespace) -> int:
         for n in counts:
             layout = _grid_layout(n, size, spacing)
             cond = Conditions.from_lists([layout] * n_samples, dtype=torch.float64)
-            if compose_mod is not None:
-                model: Any = compose_mod.projective_from(oracle, cond)
-            else:  # pragma: no cover
-                model = bind(oracle, cond)
+            model = projective_from(oracle, cond)
             exact_mean = oracle.mean(cond[0])[0]
             reference = oracle.sample(cond, generator=gen)
             reference2 = oracle.sample(cond, generator=gen)
@@ -455,8 +444,8 @@ def _demo_footer(evals: Mapping[str, Any], results: Mapping[str, Any], models: M
 def _demo(args: argparse.Namespace) -> int:
     if args.oracle:
         return _demo_oracle(args)
-    from .evaluate import EvaluationResult, request_scenes
-    from .experiments import MODEL_NAMES, ExperimentConfig, checkpoint_dir, evaluate_model, load_model
+    from .lengthgen import MODEL_NAMES, ExperimentConfig, checkpoint_dir, evaluate_model, load_model
+    from .lengthgen.evaluate import EvaluationResult, request_scenes
 
     out_dir = check_output(args.out, where="localscore demo", folder=True)
     sources: dict[str, str] = {n: n for n in MODEL_NAMES}
@@ -548,7 +537,7 @@ def _demo_png(plt: Any, path: Path, images: dict[str, Tensor], requested: Any, c
 
 def _retrain(args: argparse.Namespace, out_dir: Path) -> dict[str, str]:
     """Train local-32 and baseline-32 from the benchmark config; return their model files."""
-    from .experiments import DEMO_EXPERIMENTS, demo_experiments, train_experiment
+    from .lengthgen import DEMO_EXPERIMENTS, demo_experiments, train_experiment
 
     exps = demo_experiments()
     sources = {}
@@ -563,7 +552,7 @@ def _retrain(args: argparse.Namespace, out_dir: Path) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- train
 def _train(args: argparse.Namespace) -> int:
-    from .experiments import ExperimentConfig, demo_experiments, load_experiments, train_experiment
+    from .lengthgen import ExperimentConfig, demo_experiments, load_experiments, train_experiment
 
     if args.print_config:
         print(json.dumps(demo_experiments()[args.print_config].to_dict(), indent=1))
@@ -607,10 +596,11 @@ def _check_spacing(layout: Any, cfg: Any, where: str) -> list[str]:
     """Refuse objects whose outlines overlap; return warnings for objects closer than any training pair.
 
     With ``b`` the bounding radius of an object as the model's renderer draws it (its shape and size, see
-    `localscore.data.bounding_radius`), objects ``i`` and ``j`` overlap when ``|c_i - c_j| < b_i + b_j``; the
-    training scenes keep ``|c_i - c_j| >= b_i + b_j + min_gap`` (``SceneConfig.min_gap``).
+    `localscore.lengthgen.data.bounding_radius`), objects ``i`` and ``j`` overlap when
+    ``|c_i - c_j| < b_i + b_j``; the training scenes keep ``|c_i - c_j| >= b_i + b_j + min_gap``
+    (``SceneConfig.min_gap``).
     """
-    from .data import bounding_radius
+    from .lengthgen.data import bounding_radius
 
     b = bounding_radius(layout.shape.clamp(min=0), layout.size.clamp(min=0), cfg.object_radii())
     gap = cfg.gap
@@ -636,8 +626,8 @@ def _check_spacing(layout: Any, cfg: Any, where: str) -> list[str]:
 def _sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .data import SHAPES, SIZES, load_layout
-    from .experiments import sampler
+    from .lengthgen import sampler
+    from .lengthgen.data import SHAPES, SIZES, load_layout
 
     where = "localscore sample"
     outs = [check_output(o, where=where, suffixes=_SAMPLE_OUTPUTS) for o in args.out]
@@ -704,7 +694,7 @@ def _resized(model: Any, res: int) -> Any:
 
 # ----------------------------------------------------------------------------- evaluate
 def _evaluate(args: argparse.Namespace) -> int:
-    from .experiments import evaluate_model
+    from .lengthgen import evaluate_model
 
     out = None if args.out is None else check_output(args.out, where="localscore evaluate", suffixes=_JSON_OUTPUT)
     model = _load(args.checkpoint)
@@ -726,23 +716,24 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- locality
 def _locality(args: argparse.Namespace) -> int:
-    from .experiments import measure_locality
+    from .lengthgen import locality_profile
 
     where = "localscore locality"
     path = None if args.out is None else check_output(args.out, where=where, suffixes=_JSON_OUTPUT)
     model = _load(args.checkpoint)
     with _Progress(len(args.sigmas), where, enabled=args.progress, unit="noise level") as bar:
-        out = measure_locality(model, sigmas=args.sigmas, count=args.count, images=args.images, radius=args.radius,
-                               seed=args.seed, callback=lambda i: bar.update())
-    r = out["radius"]
+        prof = locality_profile(model.denoiser, model.scene, sigmas=args.sigmas, count=args.count,
+                                n_images=args.images, region_radius=args.radius, seed=args.seed,
+                                callback=lambda i: bar.update())
+    r = prof.region_radius
     origin = "--radius" if args.radius is not None else f"the default, {r / model.resolution:.2g} x the image side"
     print(f"{args.checkpoint} ({model.kind}): {args.images} image{'s' if args.images != 1 else ''} with "
           f"{args.count} objects; region radius "
           f"R = {r:.1f} px ({origin}).\n")
     print(f"{'sigma':>7} {'cond. index':>11} {'on others':>9} {'infl. r90':>9} {'pixel r90':>9}")
-    for i, s in enumerate(out["sigmas"]):
-        print(f"{s:>7.3f} {out['conditional_index'][i]:>11.3f} {out['on_others'][i]:>9.3f} "
-              f"{out['influence_radius'][i]:>9.1f} {out['pixel_radius_90'][i]:>9.1f}")
+    for i, s in enumerate(prof.sigmas):
+        print(f"{s:>7.3f} {prof.index[i]:>11.3f} {prof.on_others[i]:>9.3f} "
+              f"{prof.radius[i]:>9.1f} {prof.pixel_radius[i]:>9.1f}")
     print("\n".join([
         "",
         "Per noise level sigma, means over objects and images. An object's influence: how much the output changes",
@@ -756,7 +747,7 @@ def _locality(args: argparse.Namespace) -> int:
         "               (squared Jacobian).",
     ]))
     if path is not None:
-        _write_json(path, out)
+        _write_json(path, prof.to_dict())
         print(f"\nwrote {path}")
     return 0
 
@@ -846,7 +837,7 @@ _SPACING_HELP = ("Objects whose outlines would overlap as the model draws them (
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .experiments import MODEL_NAMES
+    from .lengthgen import MODEL_NAMES
 
     p = argparse.ArgumentParser(prog="localscore", description=_plain(__doc__ or ""), formatter_class=_Formatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -887,11 +878,11 @@ def _parser() -> argparse.ArgumentParser:
                            "Train every experiment (and seed) of a config file. Each run writes "
                            "OUT/NAME/seedS/{checkpoint.pt, log.jsonl, model.pt}; rerunning resumes.",
                            "CONFIG is one experiment, a JSON object with the fields of "
-                           "localscore.experiments.ExperimentConfig: name, model ('local' or 'unet'), network "
+                           "localscore.lengthgen.ExperimentConfig: name, model ('local' or 'unet'), network "
                            "(fields of localscore.nn.LocalNetConfig or UNetConfig), scene (fields of "
-                           "localscore.data.SceneConfig: resolution, counts, labelling, ...), train (fields of "
-                           "localscore.train.TrainConfig: steps, batch_size, lr, ...), seeds, and the test-time "
-                           "settings (methods, sampling_steps, ...). Or several: {\"defaults\": {...}, "
+                           "localscore.lengthgen.data.SceneConfig: resolution, counts, labelling, ...), train "
+                           "(fields of localscore.train.TrainConfig: steps, batch_size, lr, ...), seeds, and the "
+                           "test-time settings (methods, sampling_steps, ...). Or several: {\"defaults\": {...}, "
                            "\"experiments\": [{...}, ...]}, each experiment merged over the defaults.",
                            "Start from the config that trained a shipped model: localscore train --print-config "
                            "local-32 > local.json"),
@@ -971,7 +962,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="objects per image")
     lo.add_argument("--images", metavar="N", type=_int_at_least(1, "images"), default=4, help="images")
     lo.add_argument("--radius", metavar="PX", type=_positive_float("a radius in px"), default=None,
-                    help="region radius R in px (default: that of localscore.experiments.measure_locality, "
+                    help="region radius R in px (default: that of localscore.lengthgen.locality_profile, "
                     "0.2 x the image side)")
     lo.add_argument("--seed", type=int, default=0, help="random seed")
     lo.add_argument("--out", metavar="FILE.json", default=None, help="also write the result as JSON")

@@ -15,8 +15,8 @@ import pytest
 
 from localscore import cli
 from localscore.cli import main
-from localscore.evaluate import CountResult, EvaluationResult, Proportion
-from localscore.experiments import MODEL_NAMES, ExperimentConfig, load_model, measure_locality
+from localscore.lengthgen import MODEL_NAMES, ExperimentConfig, LocalityProfile, load_model, locality_profile
+from localscore.lengthgen.evaluate import CountResult, EvaluationResult, Proportion
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_experiments import tiny_experiment
@@ -134,7 +134,8 @@ def test_evaluate_and_locality_commands(run_dir: Path, tmp_path: Path, capsys: p
     assert main(["locality", "--checkpoint", str(run_dir), "--sigmas", "0.5", "--count", "2", "--images", "1",
                  "--out", str(loc)]) == 0
     data = json.loads(loc.read_text())
-    assert len(data["conditional_index"]) == 1 and 0 <= data["conditional_index"][0] <= 1
+    assert data["format"] == "localscore-locality" and len(data["index"]) == 1 and 0 <= data["index"][0] <= 1
+    assert LocalityProfile.from_dict(data).sigmas == (0.5,)
 
 
 def test_counts_argument_rejects_garbage(capsys: pytest.CaptureFixture[str]) -> None:
@@ -307,7 +308,7 @@ def test_help_is_plain_text(command: str | None, capsys: pytest.CaptureFixture[s
     if command == "evaluate":
         assert "Wilson 95 % intervals" in flat
     if command == "locality":
-        assert "localscore.experiments.measure_locality" in flat
+        assert "localscore.lengthgen.locality_profile" in flat
 
 
 def test_flags_of_0_1_0_are_deprecated_not_broken(capsys: pytest.CaptureFixture[str]) -> None:
@@ -379,9 +380,10 @@ def test_locality_explains_its_columns_and_uses_the_api_default_radius(run_dir: 
     text = capsys.readouterr().out
     for column in ("cond. index  share", "on others    share", "infl. r90    distance", "pixel r90    radius"):
         assert column in text
-    api = measure_locality(load_model(run_dir), sigmas=[0.5], count=2, images=1)
-    assert json.loads(out.read_text())["radius"] == api["radius"]
-    assert f"R = {api['radius']:.1f} px (the default" in text
+    m = load_model(run_dir)
+    api = locality_profile(m.denoiser, m.scene, sigmas=[0.5], count=2, n_images=1)
+    assert LocalityProfile.from_dict(json.loads(out.read_text())) == api     # the CLI writes the API's profile
+    assert f"R = {api.region_radius:.1f} px (the default" in text
 
 
 def _evaluation(rates: dict[int, tuple[int, int, int]], images: int = 8) -> EvaluationResult:
@@ -397,7 +399,7 @@ def _evaluation(rates: dict[int, tuple[int, int, int]], images: int = 8) -> Eval
 def test_demo_footer_says_what_its_numbers_say() -> None:
     from types import SimpleNamespace
 
-    from localscore.data import SceneConfig
+    from localscore.lengthgen.data import SceneConfig
 
     models = {"baseline-32": SimpleNamespace(scene=SceneConfig(counts=(1, 2, 3), labelling="one"), meta={})}
     results = {"baseline-32 projective": {"model": "baseline-32"}}

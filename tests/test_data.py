@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from localscore import Conditions, LocalScoreError
-from localscore.data import (
+from localscore.lengthgen.data import (
     ATTR_DIM,
     COLOR_RGB,
     COLORS,

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from localscore import Conditions, LocalScoreError
-from localscore.data import Scene, SceneConfig, decode_attributes, render_scene
-from localscore.evaluate import (
+from localscore.lengthgen.data import Scene, SceneConfig, decode_attributes, render_scene
+from localscore.lengthgen.evaluate import (
     CountResult,
     EvaluationResult,
     Proportion,
@@ -228,7 +228,7 @@ def test_detector_survives_arbitrary_images(seed: int, scale: float) -> None:
 
 # ----------------------------------------------------------------------------- locality
 def test_locality_profile_of_a_local_and_of_a_global_model() -> None:
-    from localscore.evaluate import LocalityProfile, locality_profile, locality_table
+    from localscore.lengthgen.evaluate import LocalityProfile, locality_profile, locality_table
     from localscore.testing import LocalConvDenoiser
 
     cfg = SceneConfig(resolution=16)

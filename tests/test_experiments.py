@@ -11,20 +11,21 @@ import pytest
 import torch
 
 from localscore import Conditions, LocalScoreError
-from localscore.experiments import (
+from localscore.lengthgen import (
     MODEL_NAMES,
     ExperimentConfig,
     LoadedModel,
-    build_denoiser,
     checkpoint_dir,
     evaluate_model,
     load_experiments,
     load_model,
-    measure_locality,
+    locality_profile,
+    network_config,
     sampler,
     save_model,
     train_experiment,
 )
+from localscore.nn import build_denoiser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,7 +140,7 @@ def test_model_file_errors(trained: tuple[ExperimentConfig, Path, LoadedModel], 
 
 def test_enforced_model_roundtrip(tmp_path: Path) -> None:
     exp = tiny_experiment(model="unet", network=TINY_UNET, enforce_radius=2.0)
-    m = build_denoiser(exp.model, exp.network_config(), enforce_radius=2.0).eval()
+    m = build_denoiser(exp.network_config(), enforce_radius=2.0).eval()
     assert type(m).__name__ == "LocalityEnforced" and m.report.patched
     save_model(tmp_path / "m.pt", m, "unet", exp.network_config(), exp.scene_config(), enforce_radius=2.0)
     back = load_model(tmp_path / "m.pt")
@@ -167,7 +168,7 @@ def test_shipped_models(name: str) -> None:
 def _local_model(seed: int = 0) -> LoadedModel:
     torch.manual_seed(seed)
     exp = tiny_experiment()
-    D = build_denoiser("local", exp.network_config()).eval()
+    D = build_denoiser(network_config("local", exp.network)).eval()
     return LoadedModel(D, "local", exp.network_config(), exp.scene_config(), {})
 
 
@@ -218,16 +219,30 @@ def test_evaluate_model_counts_and_images(trained: tuple[ExperimentConfig, Path,
     assert res.meta["method"] == "joint" and res.meta["seed"] == 3
 
 
-def test_measure_locality_local_net_is_exactly_local() -> None:
+def test_locality_profile_local_net_is_exactly_local() -> None:
     # The local net's output depends on conditioner k only within its declared conditioner radius (Chebyshev),
     # so all of each object's ablation influence lies within that radius: index 1, nothing beyond.
     model = _local_model(2)
     R = float(model.denoiser.conditioner_radius)
-    out = measure_locality(model, sigmas=(0.1, 1.0), count=2, images=1, radius=R, pixel_rows=4)
-    assert out["conditional_index"] == pytest.approx([1.0, 1.0], abs=1e-9)
-    assert all(r <= model.denoiser.receptive_radius for r in out["pixel_radius_90"])
+    prof = locality_profile(model.denoiser, model.scene, sigmas=(0.1, 1.0), count=2, n_images=1, region_radius=R,
+                            pixel_rows=4)
+    assert prof.index == pytest.approx((1.0, 1.0), abs=1e-9)
+    assert len(prof.pixel_radius) == 2 and all(r <= model.denoiser.receptive_radius for r in prof.pixel_radius)
     with pytest.raises(LocalScoreError, match="count"):
-        measure_locality(model, count=1)
+        locality_profile(model.denoiser, model.scene, count=1)
+
+
+def test_sampler_takes_the_image_shape_from_the_model() -> None:
+    # channels from the network config, side from the training scenes (a LoadedModel) or `resolution`
+    torch.manual_seed(0)
+    exp = tiny_experiment(network={**TINY_LOCAL, "channels": 1}, scene={"resolution": 20})
+    D = build_denoiser(exp.network_config()).eval()
+    model = LoadedModel(D, "local", exp.network_config(), exp.scene_config(), {})
+    cond = Conditions.from_lists([[(5.0, 5.0)]], attrs=[[[1.0] + [0.0] * 12]])
+    assert sampler(model, steps=2)(cond, torch.Generator().manual_seed(0)).shape == (1, 1, 20, 20)
+    assert sampler(D, steps=2, resolution=12)(cond, torch.Generator().manual_seed(0)).shape == (1, 1, 12, 12)
+    with pytest.raises(LocalScoreError, match="resolution"):
+        sampler(D, steps=2)
 
 
 # ----------------------------------------------------------------------------- the benchmark script

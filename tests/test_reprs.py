@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from localscore import Conditions
 from localscore._repr import summarize, summary_repr, tensor_summary
 from localscore.compose import CompositionResidual
-from localscore.data.scenes import Scene
+from localscore.lengthgen.data.scenes import Scene
 from localscore.metrics import BandedJacobian, JacobianProbes
 from localscore.metrics.results import ConditionalLocality, FeatureOrthogonality, LocalityIndex, PixelLocality
 from localscore.testing import strategies as lst

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from localscore import Conditions, LocalScoreError
-from localscore.data import SceneConfig, SceneStream
 from localscore.denoisers import DiscreteDDPMDenoiser, EDMPreconditioner, EpsilonDenoiser, VDenoiser
+from localscore.lengthgen.data import SceneConfig, SceneStream
 from localscore.train import (
     CHECKPOINT_NAME,
     LOG_NAME,
@@ -281,7 +281,7 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
 from _tiny import tiny_denoiser
-from localscore.data import SceneConfig, SceneStream
+from localscore.lengthgen.data import SceneConfig, SceneStream
 from localscore.train import TrainConfig, train
 cfg = TrainConfig(steps={steps}, batch_size=8, lr=3e-3, warmup_steps=3, ema_decay=0.9, cond_dropout=0.25,
                   seed=3, log_every=1, checkpoint_every=1, progress=False)
@@ -324,7 +324,7 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
 from _tiny import tiny_denoiser
-from localscore.data import SceneConfig, SceneStream
+from localscore.lengthgen.data import SceneConfig, SceneStream
 from localscore.train import TrainConfig, cleanup_distributed, setup_distributed, train
 rank, world, device = setup_distributed()
 cfg = TrainConfig(steps=6, batch_size=8, lr=3e-3, warmup_steps=2, ema_decay=0.9, cond_dropout=0.25,

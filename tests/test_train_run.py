@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from localscore import LocalScoreError
-from localscore.data import DatasetStream, SceneConfig, SceneStream, write_dataset
+from localscore.lengthgen import RunConfig, run_training
+from localscore.lengthgen.data import DatasetStream, SceneConfig, SceneStream, write_dataset
 from localscore.nn import GlobalConditionalDenoiser, LocalConditionalDenoiser
-from localscore.train import RunConfig, run_training
 
 LOCAL = {"kind": "local", "width": 8, "token_dim": 8, "heads": 2, "sigma_embed_dim": 16, "conditioning": "render"}
 GLOBAL = {"kind": "global", "base_width": 8, "channel_mult": [1, 2], "attention_levels": [1], "token_dim": 8,

@@ -1,34 +1,15 @@
-"""Evaluation of length generalization: detect objects, match them to requests, count, tabulate."""
+"""Deprecated: ``localscore.evaluate`` is now :mod:`localscore.lengthgen.evaluate`.
+
+Moved in 0.2; this shim goes in 0.3. Every name still resolves here, from the new module, with a
+``DeprecationWarning`` naming the new location.
+"""
 
 from __future__ import annotations
 
-from .detect import detect_objects
-from .locality import LocalityProfile, locality_profile, locality_table
-from .metrics import (
-    CountResult,
-    EvaluationResult,
-    Proportion,
-    SeedTable,
-    comparison_table,
-    evaluate_counts,
-    match_objects,
-    wilson_interval,
-)
-from .runner import evaluate_sampler, request_scenes
+from typing import Any
 
-__all__ = [
-    "CountResult",
-    "EvaluationResult",
-    "LocalityProfile",
-    "Proportion",
-    "SeedTable",
-    "comparison_table",
-    "detect_objects",
-    "evaluate_counts",
-    "evaluate_sampler",
-    "locality_profile",
-    "locality_table",
-    "match_objects",
-    "request_scenes",
-    "wilson_interval",
-]
+from .._moved import forward
+
+
+def __getattr__(name: str) -> Any:
+    return forward(__name__, "localscore.lengthgen.evaluate", name)

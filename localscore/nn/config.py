@@ -3,22 +3,20 @@
 Configs are frozen, validated on construction, and round-trip through plain dicts
 (:meth:`LocalNetConfig.to_dict` / :meth:`LocalNetConfig.from_dict`) so checkpoints can store them as JSON.
 The default attribute length is 13 (one-hot colour 8 + shape 3 + size 2), the CLEVR-like labels of
-``localscore.data``; set ``attr_dim=0`` for position-only conditioners.
+``localscore.lengthgen.data``; set ``attr_dim=0`` for position-only conditioners.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
+from .._config import ConfigMixin
 from .._errors import describe, fail
 from ..masks import BoxRule, DiscRule, GaussianRule, MaskRule
 
 __all__ = ["LocalNetConfig", "UNetConfig", "config_from_dict", "config_to_dict"]
-
-_C = TypeVar("_C", bound="_ConfigBase")
 
 
 def _pos_int(where: str, name: str, v: Any, minimum: int = 1) -> None:
@@ -31,34 +29,12 @@ def _choice(where: str, name: str, v: Any, options: tuple[str, ...]) -> None:
         raise fail(where, f"`{name}` is {v!r}, expected one of {options}.")
 
 
-class _ConfigBase:
-    def to_dict(self) -> dict[str, Any]:
-        """The config as a plain dict (JSON-serialisable)."""
-        out = dataclasses.asdict(self)  # type: ignore[call-overload]
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-    @classmethod
-    def from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
-        """Rebuild a config from :meth:`to_dict`'s output; unknown keys raise."""
-        names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise fail(f"{cls.__name__}.from_dict", f"unknown keys {unknown}; expected a subset of {sorted(names)}.",
-                       "pass the dict written by `to_dict()` (of this config class).")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**kwargs)
-
-    def replace(self: _C, **changes: Any) -> _C:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
-
-
 @dataclass(frozen=True)
-class LocalNetConfig(_ConfigBase):
+class LocalNetConfig(ConfigMixin):
     """Configuration of :class:`~localscore.nn.LocalConditionalDenoiser`.
 
-    The defaults are the 16x16 model of REFERENCES.md: no downsampling, receptive field 13x13
-    (``receptive_radius = 6``), conditioning by the objects within 3.5 px of each pixel.
+    The defaults are the 16x16 model of the earlier study (see the experiments docs): no downsampling,
+    receptive field 13x13 (``receptive_radius = 6``), conditioning by the objects within 3.5 px of each pixel.
 
     Attributes:
         channels: image channels ``C``.
@@ -97,6 +73,8 @@ class LocalNetConfig(_ConfigBase):
         >>> cfg.receptive_radius, cfg.conditioner_radius
         (6, 9)
     """
+
+    _from_dict_fix = "pass the dict written by `to_dict()` (of this config class)."
 
     channels: int = 3
     width: int = 48
@@ -152,7 +130,7 @@ class LocalNetConfig(_ConfigBase):
 
     @classmethod
     def for_image_size(cls, size: int, **changes: Any) -> LocalNetConfig:
-        """Defaults scaled to the image size: 16 → the REFERENCES.md model; 32 → objects twice as large.
+        """Defaults scaled to the image size: 16 → the earlier study's model; 32 → objects twice as large.
 
         ``size <= 16``: depth 2 (receptive radius 6), ``cond_radius`` 3.5. ``size`` 32 (and above):
         depth 4 (receptive radius 10), ``cond_radius`` 6.0. Other fields from ``changes``.
@@ -229,10 +207,10 @@ class LocalNetConfig(_ConfigBase):
 
 
 @dataclass(frozen=True)
-class UNetConfig(_ConfigBase):
+class UNetConfig(ConfigMixin):
     """Configuration of :class:`~localscore.nn.GlobalConditionalDenoiser` (the global U-Net baseline).
 
-    The defaults are the U-Net of REFERENCES.md: 16 → 8 → 4, cross-attention from every pixel to every
+    The defaults are the U-Net of the earlier study: 16 → 8 → 4, cross-attention from every pixel to every
     object token at every level, a pooled token embedding added to the noise embedding, GroupNorm.
 
     Attributes:
@@ -256,7 +234,7 @@ class UNetConfig(_ConfigBase):
             to the tokens' absolute positions is slow to learn (see the networks docs).
         pooled_embedding: add the mean of the valid tokens (projected) to the noise embedding.
         token_encoder_layers: transformer-encoder layers over the tokens before cross-attention (tokens see
-            each other; 0: none). REFERENCES.md measured that this breaks length generalisation.
+            each other; 0: none). The earlier study measured that this breaks length generalisation.
         norm: ``"group"`` (GroupNorm, the usual U-Net choice) or ``"channel"`` (per-pixel LayerNorm).
         groups: GroupNorm groups.
         sigma_embed_dim: noise-level embedding length.
@@ -266,6 +244,8 @@ class UNetConfig(_ConfigBase):
         >>> UNetConfig(token_encoder_layers=2).downsampling
         4
     """
+
+    _from_dict_fix = "pass the dict written by `to_dict()` (of this config class)."
 
     channels: int = 3
     base_width: int = 24

@@ -5,7 +5,7 @@ EDM preconditioning (it is an :class:`~localscore.denoisers.EDMPreconditioner` w
 This is the model people actually train: every pixel attends to every conditioner token (at every level in
 ``attention_levels``), the valid tokens' mean is added to the noise embedding (``pooled_embedding``), the
 bottleneck has global self-attention, and normalisation is GroupNorm. Optionally the tokens first pass
-through a transformer encoder (``token_encoder_layers``), so they see each other, which REFERENCES.md found
+through a transformer encoder (``token_encoder_layers``), so they see each other, which the earlier study found
 to break length generalisation. None of this is local, and the net declares no radii.
 
 Which parts carry information across the image (what :func:`~localscore.nn.enforce_locality` reports):
@@ -16,6 +16,7 @@ token encoder.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -287,7 +288,7 @@ class GlobalConditionalDenoiser(EDMPreconditioner):
     cross-attention; :func:`~localscore.nn.localize` gives the sampling-time local form.
 
     Args:
-        config: a :class:`~localscore.nn.UNetConfig` (default: the 16x16 U-Net of REFERENCES.md); or pass its
+        config: a :class:`~localscore.nn.UNetConfig` (default: the 16x16 U-Net of the earlier study in the experiments docs); or pass its
             fields as keyword arguments.
 
     Examples:
@@ -330,18 +331,46 @@ class GlobalConditionalDenoiser(EDMPreconditioner):
 
 def build_denoiser(
     config: LocalNetConfig | UNetConfig | dict[str, Any],
-) -> LocalConditionalDenoiser | GlobalConditionalDenoiser:
-    """The denoiser a config describes: a config object, or a dict from :func:`~localscore.nn.config_to_dict`.
+    *,
+    enforce_radius: float | None = None,
+) -> nn.Module:
+    """The untrained denoiser a config describes: ``D(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]``.
+
+    The one builder of the library's networks (the length-generalization pipeline and the model files of
+    :func:`localscore.lengthgen.load_model` use it too).
+
+    Args:
+        config: a :class:`LocalNetConfig` (:class:`~localscore.nn.LocalConditionalDenoiser`), a
+            :class:`UNetConfig` (:class:`GlobalConditionalDenoiser`), or the tagged dict of
+            :func:`~localscore.nn.config_to_dict`.
+        enforce_radius: if given, the network's cross-attention is masked to the conditioners within this
+            Euclidean radius in pixels (:func:`~localscore.nn.enforce_locality` with
+            ``DiscRule(enforce_radius)``, patched in place); the result is a
+            :class:`~localscore.nn.LocalityEnforced` whose ``inner`` is the network.
 
     Examples:
         >>> from localscore.nn import LocalNetConfig, config_to_dict
         >>> type(build_denoiser(config_to_dict(LocalNetConfig(width=8, heads=2)))).__name__
         'LocalConditionalDenoiser'
+        >>> type(build_denoiser(UNetConfig(base_width=8, attr_dim=0), enforce_radius=4.0)).__name__
+        'LocalityEnforced'
     """
     cfg = config_from_dict(config) if isinstance(config, dict) else config
+    model: nn.Module
     if isinstance(cfg, LocalNetConfig):
-        return LocalConditionalDenoiser(cfg)
-    if isinstance(cfg, UNetConfig):
-        return GlobalConditionalDenoiser(cfg)
-    raise fail("build_denoiser", f"`config` is {describe(config)}, expected a LocalNetConfig, UNetConfig or "
-               "the dict of config_to_dict.")
+        model = LocalConditionalDenoiser(cfg)
+    elif isinstance(cfg, UNetConfig):
+        model = GlobalConditionalDenoiser(cfg)
+    else:
+        raise fail("build_denoiser", f"`config` is {describe(config)}, expected a LocalNetConfig, UNetConfig or "
+                   "the dict of config_to_dict.")
+    if enforce_radius is None:
+        return model
+    r = enforce_radius
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
+        raise fail("build_denoiser", f"`enforce_radius` is {describe(r)}, expected None or a positive radius in "
+                   "pixels.")
+    from ..masks import DiscRule
+    from .intervention import enforce_locality
+
+    return enforce_locality(model, DiscRule(float(r)), copy=False)

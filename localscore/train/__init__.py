@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from .._moved import forward
 from .losses import (
     Objective,
     SigmaSampling,
@@ -10,7 +13,6 @@ from .losses import (
     loss_weight,
     sample_sigmas,
 )
-from .run import MODEL_KINDS, RunConfig, run_training
 from .trainer import (
     CHECKPOINT_NAME,
     LOG_NAME,
@@ -25,9 +27,7 @@ from .trainer import (
 __all__ = [
     "CHECKPOINT_NAME",
     "LOG_NAME",
-    "MODEL_KINDS",
     "Objective",
-    "RunConfig",
     "SigmaSampling",
     "TrainConfig",
     "Trainer",
@@ -36,8 +36,16 @@ __all__ = [
     "drop_conditions",
     "load_checkpoint",
     "loss_weight",
-    "run_training",
     "sample_sigmas",
     "setup_distributed",
     "train",
 ]
+
+_MOVED = {"MODEL_KINDS", "RunConfig", "run_training"}
+"""Names of 0.1.0 that moved to :mod:`localscore.lengthgen.runs` (importable here until 0.3, with a warning)."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return forward(__name__, "localscore.lengthgen.runs", name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

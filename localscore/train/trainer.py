@@ -27,13 +27,14 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from .._config import ConfigMixin
 from .._errors import describe, fail
 from .._io import atomic_write, load_payload, save_payload
 from ..conditions import Conditions
@@ -62,7 +63,7 @@ _FREE_FIELDS = {"steps", "log_every", "checkpoint_every", "progress"}
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigMixin):
     """Training hyper-parameters (all JSON-serialisable).
 
     Args:
@@ -95,6 +96,8 @@ class TrainConfig:
         >>> TrainConfig(steps=100, lr=1e-3).to_dict()["objective"]
         'edm'
     """
+
+    _from_dict_fix = "check the spelling of the training configuration keys."
 
     steps: int = 1000
     batch_size: int = 64
@@ -159,27 +162,6 @@ class TrainConfig:
                        "'loguniform' or 'discrete'.")
         if self.sigma_min >= self.sigma_max:
             raise fail(where, f"`sigma_min` ({self.sigma_min}) must be below `sigma_max` ({self.sigma_max}).")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the fields."""
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`~localscore.LocalScoreError`."""
-        if not isinstance(data, dict):
-            raise fail("TrainConfig.from_dict", f"expected a dict, got {describe(data)}.")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise fail("TrainConfig.from_dict", f"unknown keys {unknown}; expected some of {sorted(known)}.",
-                       "check the spelling of the training configuration keys.")
-        d = dict(data)
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
 
 
 # ---------------------------------------------------------------------------------------- distributed
