@@ -2,26 +2,236 @@
 
 One place turns what users pass into the shapes the library computes with, and says clearly
 what was wrong when it cannot. Every public function calls these first.
+
+Checks of *values* (finiteness, signs, ranges) need the values on the host: on a GPU each such read
+(``bool(t)``, ``.item()``, ``.tolist()``) waits for the device. So they are made at the boundary only:
+
+* Outside a :class:`CheckScope` (a user calling a public function), a value check reads its result back
+  and raises at once, as it always did.
+* A public function whose body calls other checked functions opens a scope with :func:`checked_call`
+  (samplers, compositions, adapters and networks do). Inside it, nested value checks do not read back: a
+  tensor the scope *vouches for* (one the library derived from inputs it has already checked, see
+  :meth:`CheckScope.vouch`) is not checked again, and any other check is recorded as a device-side flag.
+  The outermost scope reads all its flags back with one sync when it ends and raises the first failure
+  found (in call order), naming the sampler step where it happened.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar, Token
+from types import TracebackType
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._errors import describe, fail
+from ._errors import LocalScoreError, describe, fail
 
 __all__ = [
+    "CheckScope",
     "as_sigma",
     "check_finite",
+    "check_flag",
     "check_image",
     "check_same_device",
     "check_tensor",
+    "checked_call",
+    "current_scope",
+    "trusted",
+    "vouch",
 ]
+
+ErrorFn = Callable[..., LocalScoreError]
+
+
+# ------------------------------------------------------------------------------------------ deferred checks
+class CheckScope:
+    """The value checks of one public call, settled with one host sync when the call ends (private).
+
+    ``step`` (set by samplers) is stamped on every check recorded while it is set, and ``step_info(i)``
+    describes step ``i`` in the error message (default ``"step i"``).
+    """
+
+    __slots__ = ("_entries", "_vouched", "step", "step_info", "where")
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.step: int | None = None
+        self.step_info: Callable[[int], str] | None = None
+        self._entries: list[tuple[int | None, tuple[Tensor, ...], bool, ErrorFn, tuple[Any, ...]]] = []
+        self._vouched: dict[int, Tensor] = {}
+
+    def vouch(self, *tensors: Tensor) -> None:
+        """Mark tensors as already checked (or derived from checked values): nested checks skip them.
+
+        The scope holds them (so that their ``id`` cannot be reused) until :meth:`begin_step` or its end.
+        """
+        for t in tensors:
+            self._vouched[id(t)] = t
+
+    def vouched(self, t: Tensor) -> bool:
+        """Whether ``t`` (this very tensor object) was vouched for in this scope."""
+        return self._vouched.get(id(t)) is t
+
+    def begin_step(self, step: int | None) -> None:
+        """Stamp ``step`` on the checks recorded from now on, and forget the tensors vouched for so far (a
+        sampler vouches for each step's inputs anew, so the scope never holds more than one step's tensors)."""
+        self.step = step
+        self._vouched.clear()
+
+    def require_finite(self, t: Tensor, error: ErrorFn, *args: Any) -> None:
+        """Record that ``t`` must hold only finite values (its minimum and maximum, computed on the device);
+        ``error(*args)`` builds the error raised if it does not."""
+        try:
+            lo, hi = torch.aminmax(t.detach() if t.requires_grad else t)  # NaN propagates; +-inf in max or min
+        except RuntimeError:  # an empty tensor has nothing to check
+            if t.numel() == 0:
+                return
+            raise
+        self._entries.append((self.step, (lo, hi), True, error, args))
+
+    def require_false(self, bad: Tensor, error: ErrorFn, *args: Any) -> None:
+        """Record that the bool tensor ``bad`` (any shape) must be all False; ``error(*args)`` if not."""
+        if bad.is_meta or bad.numel() == 0:
+            return
+        self._entries.append((self.step, (bad.detach().any(),), False, error, args))
+
+    def settle(self) -> LocalScoreError | None:
+        """Read every recorded check back (one sync) and return the error of the first that failed, if any.
+
+        A handful of operations whatever the number of checks: the recorded values are stacked, reduced and
+        read back together; only when that shows a failure are the checks read one by one to find the first.
+        """
+        entries = [e for e in self._entries if not e[1][0].is_meta]  # no values to check on "meta"
+        self._entries = []
+        if not entries:
+            return None
+        # Fast path, one read: the float64 sum of every recorded minimum and maximum is finite iff they all
+        # are (float64 does not overflow on these float32 / half values; if it ever did, the slow path below
+        # decides), and the count of failed flags is 0.
+        finite = [v for _, values, fin, _, _ in entries if fin for v in values]
+        flags = [values[0] for _, values, fin, _, _ in entries if not fin]
+        try:
+            parts = ([torch.stack(finite).double().sum()] if finite else []) + (
+                [torch.stack(flags).sum().double()] if flags else [])
+            summary = (parts[0] if len(parts) == 1 else torch.stack(parts)).reshape(-1).tolist()
+            if math.isfinite(summary[0]) and (not flags or summary[-1] == 0):
+                return None
+        except RuntimeError:  # values on several devices: the slow path tells them apart
+            pass
+        # Slow path (an error is found, or the fast path could not decide): each check in call order.
+        first = next((e for e in entries if not _passed(e[1], e[2])), None)
+        if first is None:
+            return None
+        step, _, _, error, args = first
+        err = error(*args)
+        if step is None:
+            return err
+        info = self.step_info(step) if self.step_info is not None else f"step {step}"
+        return LocalScoreError(f"{err}\n  Found at {info} of {self.where}, which checks values on the device "
+                               "and raises once, at the end of the call.")
+
+
+def _passed(values: tuple[Tensor, ...], finite: bool) -> bool:
+    """One recorded check, read back on its own (the slow path of :meth:`CheckScope.settle`)."""
+    if finite:
+        return all(math.isfinite(v) for v in torch.stack(values).double().tolist())
+    return not bool(values[0])
+
+
+_SCOPE: ContextVar[CheckScope | None] = ContextVar("localscore_check_scope", default=None)
+
+
+def current_scope() -> CheckScope | None:
+    """The active :class:`CheckScope`, or ``None`` outside every checked call."""
+    return _SCOPE.get()
+
+
+class checked_call:
+    """``with checked_call(where) as scope:`` runs a public function's body in a :class:`CheckScope`.
+
+    Inside an enclosing scope it joins it (nothing is settled here); the outermost one settles when the
+    body ends, raising the first recorded failure. If the body raises, the recorded checks are settled
+    first: a failure recorded earlier is the cause, and is raised (chained) instead.
+    """
+
+    __slots__ = ("_scope", "_token", "owned", "where")
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.owned = False  # whether this call opened the scope (True) or joined an enclosing one
+        self._token: Token[CheckScope | None] | None = None
+        self._scope: CheckScope | None = None
+
+    def __enter__(self) -> CheckScope:
+        outer = _SCOPE.get()
+        if outer is not None:
+            return outer
+        self.owned = True
+        self._scope = CheckScope(self.where)
+        self._token = _SCOPE.set(self._scope)
+        return self._scope
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._token is None or self._scope is None:
+            return
+        _SCOPE.reset(self._token)
+        self._token = None
+        scope, self._scope = self._scope, None
+        if exc is not None and not isinstance(exc, Exception):
+            return  # KeyboardInterrupt and the like go through untouched
+        try:
+            err = scope.settle()
+        except Exception:
+            if exc is None:
+                raise
+            return  # reading the checks back failed too (a device error?): the body's exception goes on
+        if err is not None:
+            raise err from exc
+
+
+class unchecked_section:
+    """``with unchecked_section():`` runs user code (e.g. a sampler's callback) outside any scope, so
+    the library calls it makes check their inputs at once, as calls from user code do."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _SCOPE.set(None)
+
+    def __exit__(self, *args: Any) -> None:
+        _SCOPE.reset(self._token)
+
+
+def vouch(*tensors: Tensor) -> None:
+    """Vouch for tensors in the active scope, if any (see :meth:`CheckScope.vouch`)."""
+    scope = _SCOPE.get()
+    if scope is not None:
+        scope.vouch(*tensors)
+
+
+def trusted(x: Any, sigma: Any) -> bool:
+    """Whether a checked call may take ``x`` and ``sigma`` as they are (the fast path of nested denoiser calls).
+
+    True when the active scope vouches for both and they have one batch size: the library vouches only for
+    images ``[B, C, H, W]`` and noise levels ``[B]`` it has checked or derived itself, on one device and in one
+    dtype (a caller that changes either passes a new, unvouched tensor).
+    """
+    scope = _SCOPE.get()
+    return scope is not None and scope.vouched(x) and scope.vouched(sigma) and sigma.shape[0] == x.shape[0]
+
+
+def check_flag(bad: Tensor, error: ErrorFn) -> None:
+    """Raise ``error()`` if the bool tensor ``bad`` holds a True: at once outside a scope, at its end inside."""
+    scope = _SCOPE.get()
+    if scope is None:
+        if bad.device.type != "meta" and bool(bad.any()):
+            raise error()
+    else:
+        scope.require_false(bad, error)
 
 
 def check_tensor(value: Any, where: str, name: str) -> Tensor:
@@ -42,7 +252,14 @@ def check_tensor(value: Any, where: str, name: str) -> Tensor:
 
 
 def check_image(x: Any, where: str, name: str = "x", *, finite: bool = True) -> Tensor:
-    """Raise unless ``x`` is a floating ``[B, C, H, W]`` tensor (finite unless ``finite=False``)."""
+    """Raise unless ``x`` is a floating ``[B, C, H, W]`` tensor (finite unless ``finite=False``).
+
+    Inside a :class:`CheckScope`, a 4-d tensor the scope vouches for passes at once (it was checked when the
+    library derived it); any other is checked, its finiteness recorded rather than read back.
+    """
+    scope = _SCOPE.get()
+    if scope is not None and scope.vouched(x) and x.dim() == 4:
+        return x
     x = check_tensor(x, where, name)
     if x.dim() != 4:
         raise fail(
@@ -59,7 +276,20 @@ def check_image(x: Any, where: str, name: str = "x", *, finite: bool = True) -> 
 
 
 def check_finite(t: Tensor, where: str, name: str) -> None:
-    """Raise if ``t`` holds NaN or infinite values."""
+    """Raise if ``t`` holds NaN or infinite values.
+
+    Inside a :class:`CheckScope` the check is skipped for a vouched tensor and otherwise recorded.
+    """
+    scope = _SCOPE.get()
+    if scope is not None:
+        if not scope.vouched(t):
+            shape = tuple(t.shape)  # not `t`: a recorded check keeps no image alive
+            scope.require_finite(t, lambda: fail(
+                where, f"argument `{name}` holds NaN or infinite values (shape {shape}).",
+                "find where the non-finite values come from (a diverging sampler step, a division by "
+                "sigma = 0) and pass finite values."))
+            scope.vouch(t)
+        return
     if not bool(torch.isfinite(t).all()):
         n_nan = int(torch.isnan(t).sum())
         n_inf = int(torch.isinf(t).sum())
@@ -84,8 +314,14 @@ def as_sigma(
 
     Accepts a Python number, a 0-d tensor, a ``[1]`` tensor (broadcast to the batch) or a ``[B]``
     tensor. Raises for NaN, infinite or negative values, for zero unless ``allow_zero``, and for a
-    length other than 1 or ``batch``.
+    length other than 1 or ``batch``. Inside a :class:`CheckScope` the value check of a tensor is skipped
+    when the scope vouches for it and recorded otherwise; the result is vouched for.
     """
+    scope = _SCOPE.get()
+    if (scope is not None and isinstance(sigma, Tensor) and scope.vouched(sigma) and sigma.dim() == 1
+            and sigma.shape[0] == batch
+            and (like is None or (sigma.dtype == like.dtype and sigma.device == like.device))):
+        return sigma  # the fast path inside a sampler step: a [B] tensor checked earlier in this call
     if isinstance(sigma, bool):
         raise fail(where, f"argument `{name}` is a bool, expected a noise level (a float or a [B] tensor).")
     if isinstance(sigma, (int, float)):
@@ -100,7 +336,10 @@ def as_sigma(
             )
         dtype = like.dtype if like is not None else torch.get_default_dtype()
         device = like.device if like is not None else None
-        return torch.full((batch,), value, dtype=dtype, device=device)
+        full = torch.full((batch,), value, dtype=dtype, device=device)
+        if scope is not None:
+            scope.vouch(full)
+        return full
     if not isinstance(sigma, torch.Tensor):
         raise fail(
             where,
@@ -125,22 +364,34 @@ def as_sigma(
             f"argument `{name}` is on {sigma.device} but the images are on {like.device}.",
             f"move it with `{name}.to(x.device)`.",
         )
+    trusted = scope is not None and scope.vouched(sigma)
     if not sigma.is_floating_point():
         sigma = sigma.to(like.dtype if like is not None else torch.get_default_dtype())
-    bad = ~torch.isfinite(sigma) | (sigma < 0)
-    if not allow_zero:
-        bad = bad | (sigma == 0)
-    if bool(bad.any()):
-        raise fail(
-            where,
-            f"argument `{name}` holds invalid noise levels {sigma.detach().flatten()[:8].tolist()}; "
-            f"expected finite values {'>= 0' if allow_zero else '> 0'}.",
-            "noise levels are standard deviations (EDM convention); a sampler's final 0 is never "
-            "passed to a denoiser.",
-        )
+    if not trusted and sigma.device.type != "meta":
+        bad = ~torch.isfinite(sigma) | (sigma < 0)
+        if not allow_zero:
+            bad = bad | (sigma == 0)
+        values = sigma.detach()
+
+        def error() -> LocalScoreError:
+            return fail(
+                where,
+                f"argument `{name}` holds invalid noise levels {values.flatten()[:8].tolist()}; "
+                f"expected finite values {'>= 0' if allow_zero else '> 0'}.",
+                "noise levels are standard deviations (EDM convention); a sampler's final 0 is never "
+                "passed to a denoiser.",
+            )
+
+        check_flag(bad, error)
     if like is not None and sigma.dtype != like.dtype:
         sigma = sigma.to(like.dtype)
-    return sigma.reshape(-1).expand(batch) if sigma.numel() == 1 else sigma.reshape(batch)
+    if sigma.dim() == 1 and sigma.shape[0] == batch:
+        out = sigma  # already [B]
+    else:
+        out = sigma.reshape(-1).expand(batch) if sigma.numel() == 1 else sigma.reshape(batch)
+    if scope is not None:
+        scope.vouch(out)
+    return out
 
 
 def check_same_device(where: str, **tensors: Tensor | None) -> None:

@@ -12,7 +12,7 @@ zero for a bound component whose conditioner set is empty for image ``b``) and o
 affine in ``D`` and the ``a_j`` do not depend on ``x``, the same identity holds for scores:
 ``s_hat = s_bg + sum_j a_j (s_j - s_bg)``.
 
-Under conditional projective composition (CPC, see ``DESIGN.md``) the composition of single-object
+Under conditional projective composition (CPC, see ``docs/design.md``) the composition of single-object
 denoisers with ``w_j = 1`` and the unconditional background *equals* the joint denoiser for any number of
 objects. :func:`residual` measures how far a model is from that.
 
@@ -41,8 +41,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ._checks import as_sigma, check_image, check_tensor
+from ._checks import as_sigma, check_flag, check_image, check_tensor, checked_call, vouch
 from ._errors import describe, fail
+from ._repr import summary_repr
 from .conditions import Conditions
 from .denoisers import BoundDenoiser, bind, call_denoiser, conditioner_radius, receptive_radius
 from .masks import MaskRule
@@ -210,9 +211,9 @@ def _weight_column(item: Any, s: Tensor, where: str, j: int) -> Tensor:
 
 
 def _finite_weights(w: Tensor, where: str) -> Tensor:
-    if not bool(torch.isfinite(w).all()):
-        raise fail(where, f"`weights` holds non-finite values {w.detach().flatten()[:6].tolist()}.",
-                   "pass finite weights.")
+    values = w.detach()
+    check_flag(~torch.isfinite(w), lambda: fail(
+        where, f"`weights` holds non-finite values {values.flatten()[:6].tolist()}.", "pass finite weights."))
     return w
 
 
@@ -390,8 +391,8 @@ class _MaskSource:
             return m
         if not m.is_floating_point():
             raise fail(where, f"{label} has dtype {m.dtype}, expected bool or a floating dtype.")
-        if not bool(torch.isfinite(m).all()):
-            raise fail(where, f"{label} holds non-finite values.", "masks are weights in [0, 1]; pass finite values.")
+        check_flag(~torch.isfinite(m), lambda: fail(
+            where, f"{label} holds non-finite values.", "masks are weights in [0, 1]; pass finite values."))
         return m
 
 
@@ -473,6 +474,7 @@ def _run_jobs(jobs: list[_Job], where: str, *, merge: bool, max_batch: int | Non
         chunks = _chunks(x.shape[0], pix, max_batch, max_pixels)
         for sl in chunks:
             xc, sc, cc = (x, s, cond) if len(chunks) == 1 else (x[sl], s[sl], None if cond is None else cond[sl])
+            vouch(xc, sc)  # images, crops and noise levels taken from the checked inputs
             parts.append(call_denoiser(first.fn, xc, sc, cc, where, first.name))
         y = parts[0] if len(parts) == 1 else torch.cat(parts)
         start = 0
@@ -484,14 +486,53 @@ def _run_jobs(jobs: list[_Job], where: str, *, merge: bool, max_batch: int | Non
 
 
 @dataclass
+class _CropGroup:
+    """The crops of one network, laid out on the device: what :meth:`Composition._eval_crop` gathers and pastes.
+
+    ``N`` crops of ``h x w`` pixels: crop ``e`` is component ``jj[e]`` of image ``bi[e]``, read from rows
+    ``rows[e]`` and columns ``cols[e]`` of the image, and pasted back where ``inside[e]`` (its effect box).
+    """
+
+    key: tuple[Any, ...]
+    fn: Any
+    jj: Tensor  # [N]
+    bi: Tensor  # [N]
+    rows: Tensor  # [N, h]
+    cols: Tensor  # [N, w]
+    inside: Tensor  # [N, h, w] bool
+    cond: Conditions | None  # the crops' conditions, positions shifted into crop coordinates
+
+
+@dataclass
 class _CropPlan:
     """Every crop of a composition: one entry per (component, image) with a non-empty effect box.
 
     Entries hold ``(j, b, r0, r1, c0, c1, n0, n1, m0, m1)``: the component, the image, the inclusive effect
     box ``S`` and the inclusive box ``S`` dilated by the receptive radius and clipped to the image.
+    ``groups`` is their layout on the device, built on first use (and kept with a cached plan).
     """
 
     entries: list[tuple[int, ...]]
+    groups: list[_CropGroup] | None = None
+
+
+@dataclass
+class _Static:
+    """What a composition whose activity does not depend on sigma (number weights, no windows, no masks)
+    keeps per input batch, dtype and device, so that its calls read nothing back from the device.
+
+    ``values`` (the number weights, ``skip_empty``) and ``refs`` (the background and components, the models
+    and conditions they bind) are what it was computed from: a call where one differs recomputes it.
+    ``act[b][j]`` says whether component ``j`` acts on image ``b``.
+    """
+
+    values: tuple[Any, ...]
+    refs: tuple[Any, ...]
+    coef: Tensor  # [B, n]
+    act: list[list[bool]]
+    index: dict[int, Tensor]  # component -> the images it acts on, when not all
+    choice: dict[tuple[Any, ...], tuple[str, _CropPlan | None]]  # (H, W, declarations) -> what "auto" resolves to
+    plans: dict[tuple[Any, ...], _CropPlan | None]  # (H, W, declarations, strict) -> the crop plan
 
 
 # --------------------------------------------------------------------------------------------- the operator
@@ -563,10 +604,19 @@ class Composition:
       ``sequential`` on the CPU, where a stacked batch buys no parallelism (measured in
       ``benchmarks/compose.py``).
 
+    Host syncs: a call checks ``x`` and ``sigma`` once; the value checks inside it (component outputs
+    finite, weights and soft masks finite) are computed on the device and read back together when the call
+    ends (inside a sampler, when the sampler's call ends). Which component acts on which image needs no
+    read-back when the weights are numbers (or ``None``) and there are no windows and no masks: it is
+    computed at the first call for a batch size, dtype and device, and kept with the crop plan, so such a
+    composition reads nothing back in a sampler's steps. Otherwise it is read back once per call (and the
+    masks' boxes once more for ``crop``). Conditions are immutable: do not write into their tensors.
+
     Raises:
         LocalScoreError: on malformed arguments at construction, and at call time on images, noise
             levels, masks or weights of the wrong shape, or ``strategy="crop"`` when a component declares
-            no receptive radius or has no bounded support.
+            no receptive radius or has no bounded support; non-finite outputs, weights or masks at the end
+            of the call.
 
     Examples:
         >>> import torch
@@ -626,6 +676,9 @@ class Composition:
         self.max_batch = max_batch
         self.max_pixels = max_pixels
         self.skip_empty = bool(skip_empty)
+        # host-side facts kept between calls (see _Static and _host_cond); never part of the result
+        self._static: dict[tuple[int, torch.dtype, torch.device], _Static] = {}
+        self._hosts: dict[int, tuple[Conditions, list[list[list[float]]], list[list[bool]]]] = {}
 
     # ----------------------------------------------------------------- declared locality
     @property
@@ -683,16 +736,18 @@ class Composition:
             raise fail(where, f"`strategy` is {strategy!r}, expected one of {list(_STRATEGIES)}.")
         x = check_image(x, where)
         s = as_sigma(sigma, x.shape[0], where, like=x)
-        coef, masks, active, targets = self._prepare(x, s, where)
-        plan: _CropPlan | None = None
-        if chosen == "auto":
-            chosen, plan = self._choose(x, masks, active, targets, where)
-        if chosen == "crop":
-            if plan is None:
-                plan = self._crop_plan(x, masks, active, targets, where, strict=True)
-            assert plan is not None
-            return self._eval_crop(x, s, coef, masks, targets, plan, where)
-        return self._eval_full(x, s, coef, masks, active, targets, where, merge=chosen == "batched")
+        with checked_call(where) as scope:
+            scope.vouch(x, s)
+            coef, masks, act, targets, static = self._prepare(x, s, where)
+            plan: _CropPlan | None = None
+            if chosen == "auto":
+                chosen, plan = self._choose(x, masks, act, targets, where, static)
+            if chosen == "crop":
+                if plan is None:
+                    plan = self._cached_crop_plan(x, masks, act, targets, where, static, strict=True)
+                assert plan is not None
+                return self._eval_crop(x, s, coef, masks, targets, plan, where)
+            return self._eval_full(x, s, coef, masks, act, targets, where, static, merge=chosen == "batched")
 
     def plan(self, x: Tensor, sigma: Any) -> str:
         """The strategy a call would use for these inputs: ``self.strategy``, or what ``auto`` resolves to.
@@ -707,13 +762,49 @@ class Composition:
         where = "Composition.plan"
         x = check_image(x, where)
         s = as_sigma(sigma, x.shape[0], where, like=x)
-        _, masks, active, targets = self._prepare(x, s, where)
-        if self.strategy != "auto":
-            return self.strategy
-        return self._choose(x, masks, active, targets, where)[0]
+        with checked_call(where) as scope:
+            scope.vouch(x, s)
+            _, masks, act, targets, static = self._prepare(x, s, where)
+            if self.strategy != "auto":
+                return self.strategy
+            return self._choose(x, masks, act, targets, where, static)[0]
 
     # ----------------------------------------------------------------- internals
-    def _prepare(self, x: Tensor, s: Tensor, where: str) -> tuple[Tensor, list[Tensor | None], Tensor, list[Any]]:
+    def _is_static(self) -> bool:
+        """Whether which component acts on which image is fixed: number weights, no windows, no masks.
+
+        (Weight tensors are not: their values may change in place, e.g. when the weights are optimised.)
+        """
+        w = self.weights
+        numbers = w is None or _is_number(w) or (isinstance(w, (list, tuple)) and all(_is_number(v) for v in w))
+        return numbers and not self._masks.present and all(win is None for win in self.windows)
+
+    def _prepare(self, x: Tensor, s: Tensor, where: str
+                 ) -> tuple[Tensor, list[Tensor | None], list[list[bool]], list[Any], _Static | None]:
+        """``(coef [B, n], masks, act, targets, static)``: ``act[b][j]`` on the host says whether component ``j``
+        acts on image ``b``. A static composition (see :meth:`_is_static`) computes it once per batch size,
+        dtype and device and keeps it (``static``); any other reads it back once per call."""
+        B = x.shape[0]
+        targets = [_target(d, B, x.device) for d in self.components]
+        if not self._is_static():
+            coef, masks, active = self._activity(x, s, targets, where)
+            return coef, masks, active.tolist(), targets, None
+        w = self.weights
+        values = (tuple(w) if isinstance(w, (list, tuple)) else w, self.skip_empty)  # compared by value
+        parts = (self.background, *self.components)  # compared by identity, with what they wrap
+        refs = (*parts, *(getattr(d, "inner", None) for d in parts), *(getattr(d, "cond", None) for d in parts))
+        key = (B, x.dtype, x.device)
+        static = self._static.get(key)
+        if (static is None or static.values != values or len(static.refs) != len(refs)
+                or any(a is not b for a, b in zip(static.refs, refs))):
+            coef, _, active = self._activity(x, s, targets, where)
+            static = _Static(values, refs, coef, active.tolist(), {}, {}, {})
+            self._static[key] = static
+        return static.coef, [None] * len(self.components), static.act, targets, static
+
+    def _activity(self, x: Tensor, s: Tensor, targets: list[Any], where: str
+                  ) -> tuple[Tensor, list[Tensor | None], Tensor]:
+        """``(coef [B, n], masks, active [B, n] bool)`` on the device."""
         B = x.shape[0]
         n = len(self.components)
         w = _weight_matrix(self.weights, n, s, where)  # [B, n]
@@ -721,7 +812,6 @@ class Composition:
         for j, win in enumerate(self.windows):
             if win is not None:
                 on[:, j] = (s >= win[0]) & (s <= win[1])
-        targets = [_target(d, B, x.device) for d in self.components]
         if self.skip_empty:
             for j, (_, c, bound) in enumerate(targets):
                 if bound and c is not None:
@@ -733,27 +823,51 @@ class Composition:
             if m is not None:
                 nz = m.reshape(m.shape[0], -1).ne(0).any(dim=1)
                 active[:, j] &= nz.expand(B) if nz.shape[0] == 1 else nz
-        return coef, masks, active, targets
+        return coef, masks, active
+
+    def _host_cond(self, d: Any, B: int) -> tuple[list[list[list[float]]], list[list[bool]]] | None:
+        """Positions and validity of a bound denoiser's conditions tiled to ``B`` images, as Python lists.
+
+        Read back once per conditions object (conditions are immutable) and kept; ``None`` if ``d`` is not bound.
+        """
+        c = d.cond if isinstance(d, BoundDenoiser) else None
+        if c is None:
+            return None
+        hit = self._hosts.get(id(c))
+        if hit is None or hit[0] is not c:
+            Bc, K = c.batch_size, c.num_slots
+            flat = torch.cat([c.pos.detach().reshape(-1).double(), c.valid.reshape(-1).double()]).tolist()
+            pos = [[flat[2 * (b * K + k) : 2 * (b * K + k) + 2] for k in range(K)] for b in range(Bc)]
+            valid = [[flat[2 * Bc * K + b * K + k] != 0 for k in range(K)] for b in range(Bc)]
+            hit = (c, pos, valid)
+            self._hosts[id(c)] = hit
+        _, pos, valid = hit
+        Bc = len(pos)
+        return [pos[b % Bc] for b in range(B)], [valid[b % Bc] for b in range(B)]
 
     def _bg_target(self, B: int, device: torch.device) -> tuple[Any, Conditions | None, bool]:
         return _target(self.background, B, device)
 
-    def _eval_full(self, x: Tensor, s: Tensor, coef: Tensor, masks: list[Tensor | None], active: Tensor,
-                   targets: list[Any], where: str, *, merge: bool) -> Tensor:
+    def _eval_full(self, x: Tensor, s: Tensor, coef: Tensor, masks: list[Tensor | None], act: list[list[bool]],
+                   targets: list[Any], where: str, static: _Static | None, *, merge: bool) -> Tensor:
         B = x.shape[0]
         jobs: list[_Job] = []
         fn_bg, c_bg, _ = self._bg_target(B, x.device)
         jobs.append(_Job(_group_key(fn_bg, c_bg), fn_bg, x, s, c_bg, "background"))
         used: list[tuple[int, Tensor | None]] = []
         for j, (fn, c, _) in enumerate(targets):
-            rows = active[:, j]
-            if not bool(rows.any()):
+            rows = [b for b in range(B) if act[b][j]]
+            if not rows:
                 continue
-            if bool(rows.all()):
+            if len(rows) == B:
                 jobs.append(_Job(_group_key(fn, c), fn, x, s, c, f"components[{j}]"))
                 used.append((j, None))
             else:
-                sel = rows.nonzero().flatten()
+                sel = static.index.get(j) if static is not None else None
+                if sel is None:
+                    sel = torch.tensor(rows, dtype=torch.long, device=x.device)
+                    if static is not None:
+                        static.index[j] = sel
                 jobs.append(_Job(_group_key(fn, c), fn, x[sel], s[sel], None if c is None else c[sel],
                                  f"components[{j}]"))
                 used.append((j, sel))
@@ -776,25 +890,49 @@ class Composition:
                 out = out.index_add(0, idx, a * (d_j - d_bg[idx]))
         return out
 
-    def _choose(self, x: Tensor, masks: list[Tensor | None], active: Tensor, targets: list[Any],
-                where: str) -> tuple[str, _CropPlan | None]:
-        plan = self._crop_plan(x, masks, active, targets, where, strict=False)
+    @staticmethod
+    def _plan_key(x: Tensor, targets: list[Any]) -> tuple[Any, ...]:
+        """What a crop plan depends on besides the activity: the image size and the networks' declarations
+        (read on every call: a network's declared radii may change)."""
+        fns = {id(fn): fn for fn, _, _ in targets}
+        return (x.shape[-2], x.shape[-1],
+                tuple((receptive_radius(fn), conditioner_radius(fn), _crop_blocker(fn)) for fn in fns.values()))
+
+    def _choose(self, x: Tensor, masks: list[Tensor | None], act: list[list[bool]], targets: list[Any],
+                where: str, static: _Static | None) -> tuple[str, _CropPlan | None]:
+        H, W = x.shape[-2:]
+        key = self._plan_key(x, targets) if static is not None else ()
+        if static is not None and key in static.choice:
+            return static.choice[key]
+        result: tuple[str, _CropPlan | None] = (
+            # On the CPU a stacked batch buys no parallelism and its activations fall out of cache: in
+            # benchmarks/compose.py it was up to 1.7x slower than sequential calls at K = 16.
+            ("sequential" if x.device.type == "cpu" else "batched"), None)
+        plan = self._cached_crop_plan(x, masks, act, targets, where, static, strict=False)
         if plan is not None:
-            H, W = x.shape[-2:]
-            full = int(active.sum()) * H * W
+            full = sum(sum(row) for row in act) * H * W
             crop = sum(len(entries) * h * w for (h, w), entries in self._crop_groups(plan, targets).values())
             if crop <= _CROP_GAIN * full:
-                return "crop", plan
-        # On the CPU a stacked batch buys no parallelism and its activations fall out of cache: in
-        # benchmarks/compose.py it was up to 1.7x slower than sequential calls at K = 16.
-        return ("sequential" if x.device.type == "cpu" else "batched"), None
+                result = ("crop", plan)
+        if static is not None:
+            static.choice[key] = result
+        return result
 
-    def _crop_plan(self, x: Tensor, masks: list[Tensor | None], active: Tensor, targets: list[Any], where: str,
-                   *, strict: bool) -> _CropPlan | None:
+    def _cached_crop_plan(self, x: Tensor, masks: list[Tensor | None], act: list[list[bool]], targets: list[Any],
+                          where: str, static: _Static | None, *, strict: bool) -> _CropPlan | None:
+        """:meth:`_crop_plan`, kept in ``static`` when there is one (it then depends on the image size only)."""
+        if static is None:
+            return self._crop_plan(x, masks, act, targets, where, strict=strict)
+        key = (*self._plan_key(x, targets), strict)
+        if key not in static.plans:
+            static.plans[key] = self._crop_plan(x, masks, act, targets, where, strict=strict)
+        return static.plans[key]
+
+    def _crop_plan(self, x: Tensor, masks: list[Tensor | None], act: list[list[bool]], targets: list[Any],
+                   where: str, *, strict: bool) -> _CropPlan | None:
         """The crops of every active (component, image) pair; ``None`` if some component cannot be cropped."""
         B, _, H, W = x.shape
         n = len(targets)
-        act = active.tolist()
         radii: list[int] = []
         # Declarations of each distinct network, read once (bound components share their network's radii).
         decl: dict[int, tuple[int | None, int | None, str | None]] = {}
@@ -834,13 +972,15 @@ class Composition:
         # Effect boxes from the conditioner radius: valid positions +- r (Chebyshev), for bind(D, c) over
         # the unconditional background of the same D.
         fn_bg, c_bg, _ = self._bg_target(B, x.device)
-        bg_uncond = c_bg is None or not bool(c_bg.valid.any())
+        bg_host = self._host_cond(self.background, B)
+        bg_uncond = c_bg is None or bg_host is None or not any(any(v) for v in bg_host[1])
         for j, (fn, c, bound) in enumerate(targets):
             if not any(act[b][j] for b in range(B)):
                 continue
             r = decl[id(fn)][1] if bound else None
             same_net = bound and fn is fn_bg and bg_uncond
-            if r is None or not same_net or c is None:
+            host = self._host_cond(self.components[j], B)
+            if r is None or not same_net or c is None or host is None:
                 if (j, 0) in boxes:
                     continue
                 if strict:
@@ -853,7 +993,7 @@ class Composition:
                                "give the component a mask, declare `conditioner_radius` on the network, or use "
                                "strategy='batched'.")
                 return None
-            pos, valid = c.pos.detach().tolist(), c.valid.tolist()
+            pos, valid = host
             for b in range(B):
                 pts = [p for p, v in zip(pos[b], valid[b]) if v]
                 if not pts:
@@ -891,13 +1031,12 @@ class Composition:
             groups[key] = ((max(h, e[7] - e[6] + 1), max(w, e[9] - e[8] + 1)), lst)
         return groups
 
-    def _eval_crop(self, x: Tensor, s: Tensor, coef: Tensor, masks: list[Tensor | None],
-                   targets: list[Any], plan: _CropPlan, where: str) -> Tensor:
-        B, _, H, W = x.shape
-        dev = x.device
-        fn_bg, c_bg, _ = self._bg_target(B, dev)
-        jobs: list[_Job] = [_Job(("bg",), fn_bg, x, s, c_bg, "background")]
-        placed: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = []
+    def _crop_layout(self, plan: _CropPlan, targets: list[Any], H: int, W: int, dev: torch.device
+                     ) -> list[_CropGroup]:
+        """The plan's crops on the device, one group per network (built once per plan)."""
+        if plan.groups is not None:
+            return plan.groups
+        out: list[_CropGroup] = []
         for key, ((h, w), entries) in self._crop_groups(plan, targets).items():
             # Crops placed inside the image: start at the needed box, moved in where it would overflow.
             rows_meta = [(e[0], e[1], e[2], e[3], e[4], e[5], min(e[6], H - h), min(e[8], W - w)) for e in entries]
@@ -905,7 +1044,9 @@ class Composition:
             jj, bi, box, top, left = meta[:, 0], meta[:, 1], meta[:, 2:6], meta[:, 6], meta[:, 7]
             rows = top[:, None] + torch.arange(h, device=dev)  # [N, h]
             cols = left[:, None] + torch.arange(w, device=dev)  # [N, w]
-            crops = x[bi[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # [N, C, h, w]
+            r3, c3 = rows[:, :, None], cols[:, None, :]
+            inside = ((r3 >= box[:, 0, None, None]) & (r3 <= box[:, 1, None, None])
+                      & (c3 >= box[:, 2, None, None]) & (c3 <= box[:, 3, None, None]))  # [N, h, w]
             fn = targets[entries[0][0]][0]
             cc = None
             if key[1] == "cond":
@@ -919,9 +1060,21 @@ class Composition:
                 valid = torch.stack([c.valid for c in conds])[li, bi]
                 attr = None if conds[0].attr is None else torch.stack([c.attr for c in conds])[li, bi]
                 shift = torch.stack([top, left], dim=1).to(pos.dtype)[:, None, :]
-                cc = Conditions(pos - shift, attr, valid)
-            jobs.append(_Job((*key, h, w), fn, crops.contiguous(), s[bi], cc, "components"))
-            placed.append((jj, bi, box, rows, cols))
+                cc = Conditions._derived(pos - shift, attr, valid)  # finite positions, shifted: still valid
+            out.append(_CropGroup((*key, h, w), fn, jj, bi, rows, cols, inside, cc))
+        plan.groups = out
+        return out
+
+    def _eval_crop(self, x: Tensor, s: Tensor, coef: Tensor, masks: list[Tensor | None],
+                   targets: list[Any], plan: _CropPlan, where: str) -> Tensor:
+        B, _, H, W = x.shape
+        dev = x.device
+        fn_bg, c_bg, _ = self._bg_target(B, dev)
+        jobs: list[_Job] = [_Job(("bg",), fn_bg, x, s, c_bg, "background")]
+        layout = self._crop_layout(plan, targets, H, W, dev)
+        for g in layout:
+            crops = x[g.bi[:, None, None], :, g.rows[:, :, None], g.cols[:, None, :]].permute(0, 3, 1, 2)  # N C h w
+            jobs.append(_Job(g.key, g.fn, crops.contiguous(), s[g.bi], g.cond, "components"))
         outs = _run_jobs(jobs, where, merge=False, max_batch=self.max_batch, max_pixels=self.max_pixels)
         d_bg = outs[0]
         out = d_bg.permute(0, 2, 3, 1)  # [B, H, W, C] view
@@ -930,13 +1083,11 @@ class Composition:
             cm = max(m.shape[1] for m in masks if m is not None)
             one = torch.ones(1, dtype=x.dtype, device=dev).expand(B, cm, H, W)
             stacked_masks = torch.stack([one if m is None else m.to(x.dtype).expand(B, cm, H, W) for m in masks])
-        for (jj, bi, box, rows, cols), y in zip(placed, outs[1:]):
-            b3, r3, c3 = bi[:, None, None], rows[:, :, None], cols[:, None, :]
-            inside = ((r3 >= box[:, 0, None, None]) & (r3 <= box[:, 1, None, None])
-                      & (c3 >= box[:, 2, None, None]) & (c3 <= box[:, 3, None, None]))  # [N, h, w]
-            a = coef[bi, jj].view(-1, 1, 1, 1) * inside[..., None].to(x.dtype)  # [N, h, w, 1]
+        for g, y in zip(layout, outs[1:]):
+            b3, r3, c3 = g.bi[:, None, None], g.rows[:, :, None], g.cols[:, None, :]
+            a = coef[g.bi, g.jj].view(-1, 1, 1, 1) * g.inside[..., None].to(x.dtype)  # [N, h, w, 1]
             if stacked_masks is not None:
-                a = a * stacked_masks[jj[:, None, None], b3, :, r3, c3]  # [N, h, w, 1 or C]
+                a = a * stacked_masks[g.jj[:, None, None], b3, :, r3, c3]  # [N, h, w, 1 or C]
             delta = a * (y.permute(0, 2, 3, 1) - d_bg[b3, :, r3, c3])
             out = out.index_put((b3, r3, c3), delta, accumulate=True)
         return out.permute(0, 3, 1, 2).contiguous()
@@ -1126,6 +1277,7 @@ def guidance(cond: Any, uncond: Any, w: WeightSpec, *, window: Window | None = N
 
 
 # --------------------------------------------------------------------------------------------- residual
+@summary_repr
 @dataclass(frozen=True)
 class CompositionResidual:
     """How far a model's joint output is from the projective composition of its single-object outputs.
@@ -1198,9 +1350,11 @@ def residual(denoiser: Any, x: Tensor, sigma: Any, cond: Conditions, *,
     cond = _check_cond_arg(cond, where)
     cond.check_batch(x.shape[0], where, device=x.device)
     s = as_sigma(sigma, x.shape[0], where, like=x)
-    joint = call_denoiser(denoiser, x, s, cond, where)
-    none = call_denoiser(denoiser, x, s, cond.drop_all(), where)
-    proj = projective_from(denoiser, cond, strategy=strategy, max_batch=max_batch)(x, s)
+    with checked_call(where) as scope:  # the three evaluations read their checks back once, at the end
+        scope.vouch(x, s)
+        joint = call_denoiser(denoiser, x, s, cond, where)
+        none = call_denoiser(denoiser, x, s, cond.drop_all(), where)
+        proj = projective_from(denoiser, cond, strategy=strategy, max_batch=max_batch)(x, s)
     err = joint - proj
     sig = joint - none
     err_norm = err.flatten(1).norm(dim=1)

@@ -18,12 +18,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import check_same_device
-from ._errors import describe, fail
+from ._checks import check_same_device, current_scope
+from ._errors import LocalScoreError, describe, fail
 
 __all__ = ["Conditions"]
 
 _Index = int | slice | Sequence[int] | Tensor
+
+
+def _bad_object(bad: Tensor, pos: Tensor) -> LocalScoreError:
+    b, k = (int(i) for i in bad.nonzero()[0])
+    return fail(
+        "Conditions",
+        f"object {k} of image {b} has a non-finite position or attribute (pos = {pos[b, k].tolist()}).",
+        "pass finite values, or mark the slot as padding with valid[b, k] = False.",
+    )
 
 
 class Conditions:
@@ -107,14 +116,20 @@ class Conditions:
         if attr is not None:
             finite_attr = torch.isfinite(attr).all(-1)
             bad = bad | (valid & ~finite_attr)
+        scope = current_scope()
+        if scope is not None:  # inside a sampler step or another checked call: no read-back, raised at its end
+            values = pos.detach()
+            scope.require_false(bad, lambda: _bad_object(bad, values))
+            zero = torch.zeros((), dtype=pos.dtype, device=pos.device)
+            pos = torch.where(finite_pos[..., None], pos, zero)
+            if attr is not None:
+                attr = torch.where(torch.isfinite(attr), attr, zero.to(attr.dtype))
+            object.__setattr__(self, "pos", pos)
+            object.__setattr__(self, "attr", attr)
+            object.__setattr__(self, "valid", valid)
+            return
         if bool(bad.any()):
-            b, k = (int(i) for i in bad.nonzero()[0])
-            raise fail(
-                where,
-                f"object {k} of image {b} has a non-finite position or attribute "
-                f"(pos = {pos[b, k].tolist()}).",
-                "pass finite values, or mark the slot as padding with valid[b, k] = False.",
-            )
+            raise _bad_object(bad, pos)
         if not bool(finite_pos.all()):
             pos = torch.where(finite_pos[..., None], pos, torch.zeros((), dtype=pos.dtype, device=pos.device))
         if attr is not None and not bool(torch.isfinite(attr).all()):
@@ -122,6 +137,20 @@ class Conditions:
         object.__setattr__(self, "pos", pos)
         object.__setattr__(self, "attr", attr)
         object.__setattr__(self, "valid", valid)
+
+    @classmethod
+    def _derived(cls, pos: Tensor, attr: Tensor | None, valid: Tensor) -> Conditions:
+        """A Conditions built from the (already checked) tensors of others, without checking the values again.
+
+        Slicing, selecting, padding, concatenating or shifting valid finite positions keeps them valid and
+        finite, so these operations skip the constructor's value checks, which read values back to the host
+        (a device sync on a GPU) and run inside every sampler step.
+        """
+        out = object.__new__(cls)
+        object.__setattr__(out, "pos", pos)
+        object.__setattr__(out, "attr", attr)
+        object.__setattr__(out, "valid", valid)
+        return out
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Conditions is immutable; build a new one instead.")
@@ -246,7 +275,9 @@ class Conditions:
         dtype = dtype or torch.get_default_dtype()
         pos = torch.zeros(batch_size, 0, 2, dtype=dtype, device=device)
         attr = None if attr_dim is None else torch.zeros(batch_size, 0, attr_dim, dtype=dtype, device=device)
-        return cls(pos, attr, torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
+        if not pos.is_floating_point():
+            return cls(pos, attr, torch.zeros(batch_size, 0, dtype=torch.bool, device=device))  # raises
+        return cls._derived(pos, attr, torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
 
     # ----------------------------------------------------------------- properties
     @property
@@ -287,9 +318,31 @@ class Conditions:
         return self.batch_size
 
     def __repr__(self) -> str:
-        counts = "?" if self.device.type == "meta" else self.counts().tolist()
-        return (f"Conditions(B={self.batch_size}, K={self.num_slots}, A={self.attr_dim}, "
-                f"counts={counts}, device={self.device})")
+        """Sizes, counts, and the valid positions by slot (``pos=[{slot: (row, col)}, ...]`` per image) when
+        there are at most 16 valid objects, else a summary of ``pos``; attributes are summarised, never listed.
+
+        Examples:
+            >>> Conditions.from_lists([[(3.0, 4.0), (10.0, 2.5)], []])
+            Conditions(B=2, K=2, A=None, counts=[2, 0], dtype=float32, device=cpu, pos=[{0: (3, 4), 1: (10, 2.5)}, {}])
+        """
+        from ._repr import tensor_summary
+
+        text = f"Conditions(B={self.batch_size}, K={self.num_slots}, A={self.attr_dim}, "
+        where = f"dtype={str(self.dtype).removeprefix('torch.')}, device={self.device}"
+        if self.device.type == "meta":  # no values
+            return text + where + ")"
+        counts = self.counts().tolist()
+        text += f"counts={counts}, {where}"
+        if sum(counts) <= 16:
+            valid, pos = self.valid.tolist(), self.pos.tolist()
+            per_image = ("{" + ", ".join(f"{k}: ({p[0]:.6g}, {p[1]:.6g})" for k, p in enumerate(ps) if v[k]) + "}"
+                         for ps, v in zip(pos, valid))
+            text += f", pos=[{', '.join(per_image)}]"
+        else:
+            text += f", pos={tensor_summary(self.pos)}"
+        if self.attr is not None:
+            text += f", attr={tensor_summary(self.attr)}"
+        return text + ")"
 
     # ----------------------------------------------------------------- slot operations
     def _check_slot(self, j: int, where: str) -> int:
@@ -313,7 +366,7 @@ class Conditions:
         """
         j = self._check_slot(j, "Conditions.select")
         attr = None if self.attr is None else self.attr[:, j : j + 1]
-        return Conditions(self.pos[:, j : j + 1], attr, self.valid[:, j : j + 1])
+        return Conditions._derived(self.pos[:, j : j + 1], attr, self.valid[:, j : j + 1])
 
     def drop(self, j: int) -> Conditions:
         """The conditioner set without slot ``j`` (``K - 1`` slots): an ablation of object ``j``.
@@ -329,7 +382,7 @@ class Conditions:
     def _take_slots(self, slots: Sequence[int]) -> Conditions:
         idx = torch.as_tensor(list(slots), dtype=torch.long, device=self.device)
         attr = None if self.attr is None else self.attr[:, idx]
-        return Conditions(self.pos[:, idx], attr, self.valid[:, idx])
+        return Conditions._derived(self.pos[:, idx], attr, self.valid[:, idx])
 
     def drop_all(self) -> Conditions:
         """The unconditional set ``none`` with this batch size, attribute length, dtype and device."""
@@ -355,7 +408,7 @@ class Conditions:
         if self.attr is not None:
             attr = torch.gather(self.attr, 1, order[..., None].expand_as(self.attr))
         K = int(valid.sum(1).max()) if self.num_slots else 0
-        return Conditions(pos[:, :K], None if attr is None else attr[:, :K], valid[:, :K])
+        return Conditions._derived(pos[:, :K], None if attr is None else attr[:, :K], valid[:, :K])
 
     def pad_to(self, num_slots: int) -> Conditions:
         """Pad with invalid slots up to ``num_slots`` (which must be ``>= K``)."""
@@ -374,7 +427,7 @@ class Conditions:
         attr = None
         if self.attr is not None:
             attr = torch.cat([self.attr, self.attr.new_zeros(B, extra, self.attr.shape[2])], 1)
-        return Conditions(pos, attr, valid)
+        return Conditions._derived(pos, attr, valid)
 
     # ----------------------------------------------------------------- batch operations
     def __getitem__(self, index: _Index) -> Conditions:
@@ -409,7 +462,7 @@ class Conditions:
             raise fail("Conditions[...]", f"index {describe(index)} selects no image from B = {self.batch_size} "
                        "(or is not a batch index).", "a Conditions holds at least one image.")
         attr = None if self.attr is None else self.attr[index]
-        return Conditions(pos, attr, self.valid[index])
+        return Conditions._derived(pos, attr, self.valid[index])
 
     def __iter__(self) -> Iterator[Conditions]:
         """Iterate over images, each as a batch of one."""
@@ -421,7 +474,8 @@ class Conditions:
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise fail("Conditions.repeat_interleave", f"`repeats` is {repeats!r}, expected an int >= 1.")
         attr = None if self.attr is None else self.attr.repeat_interleave(repeats, 0)
-        return Conditions(self.pos.repeat_interleave(repeats, 0), attr, self.valid.repeat_interleave(repeats, 0))
+        return Conditions._derived(self.pos.repeat_interleave(repeats, 0), attr,
+                                   self.valid.repeat_interleave(repeats, 0))
 
     @staticmethod
     def cat(items: Sequence[Conditions]) -> Conditions:
@@ -457,7 +511,9 @@ class Conditions:
         attr = None
         if items[0].attr is not None:
             attr = torch.cat([c.attr.to(dtype) for c in padded if c.attr is not None])
-        return Conditions(pos, attr, valid)
+        if any(c.dtype != dtype and torch.finfo(c.dtype).max > torch.finfo(dtype).max for c in items):
+            return Conditions(pos, attr, valid)  # a narrowing cast may overflow: check the values again
+        return Conditions._derived(pos, attr, valid)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Conditions:
         """Move to ``device`` and/or cast positions and attributes to ``dtype`` (``valid`` stays bool)."""
@@ -471,7 +527,10 @@ class Conditions:
                            "pass e.g. 'cpu', 'cuda', 'cuda:1' or x.device.") from None
         pos = self.pos.to(device=device, dtype=dtype)
         attr = None if self.attr is None else self.attr.to(device=device, dtype=dtype)
-        return Conditions(pos, attr, self.valid.to(device=device))
+        valid = self.valid.to(device=device)
+        if dtype is not None and torch.finfo(dtype).max < torch.finfo(self.dtype).max:
+            return Conditions(pos, attr, valid)  # a narrowing cast may overflow: check the values again
+        return Conditions._derived(pos, attr, valid)
 
     def check_batch(self, batch_size: int, where: str, *, device: torch.device | None = None) -> Conditions:
         """Raise unless this batch has ``batch_size`` images (on ``device`` if given); return self.

@@ -24,8 +24,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from ._checks import as_sigma, check_image, check_tensor
-from ._errors import describe, fail
+from ._checks import as_sigma, check_flag, check_image, check_tensor, checked_call, current_scope, trusted
+from ._checks import vouch as _vouch  # inputs an adapter derived from checked ones (c_in * x)
+from ._errors import LocalScoreError, describe, fail
 from .conditions import Conditions
 
 __all__ = [
@@ -72,7 +73,9 @@ def call_denoiser(
     """Call ``denoiser(x, sigma, cond)`` and check that it returned a tensor shaped like ``x``.
 
     Used by samplers and operators so a misbehaving model fails with a message, not a broadcast.
-    Non-finite outputs raise too.
+    Non-finite outputs raise too: at once when called from user code; inside a sampler (or another
+    checked call) the finiteness check runs on the device and the sampler raises at the end of its
+    call, naming the first step whose output was not finite.
     """
     out = denoiser(x, sigma, cond)
     if not isinstance(out, torch.Tensor):
@@ -82,11 +85,18 @@ def call_denoiser(
         raise fail(where, f"`{name}` returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}; "
                    "expected the same shape.",
                    "check the network's output channels and that it does not down- or up-sample.")
+    scope = current_scope()
+    if scope is not None:  # sigma [B] is small: the message reads it only if the check fails
+        scope.require_finite(out, _non_finite_output, where, name, sigma)
+        return out
     if not bool(torch.isfinite(out).all()):
-        raise fail(where, f"`{name}` returned non-finite values at sigma = "
-                   f"{sigma.detach().flatten()[:4].tolist()}.",
-                   "check the model (and its preconditioning) at this noise level.")
+        raise _non_finite_output(where, name, sigma)
     return out
+
+
+def _non_finite_output(where: str, name: str, sigma: Tensor) -> LocalScoreError:
+    return fail(where, f"`{name}` returned non-finite values at sigma = {sigma.detach().flatten()[:4].tolist()}.",
+                "check the model (and its preconditioning) at this noise level.")
 
 
 def _find_int_attr(obj: Any, attr: str) -> int | None:
@@ -130,7 +140,9 @@ class _Score:
     def __call__(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
         x = check_image(x, "score")
         s = as_sigma(sigma, x.shape[0], "score", like=x)
-        d = call_denoiser(self.inner, x, s, cond, "score")
+        with checked_call("score") as scope:
+            scope.vouch(x, s)
+            d = call_denoiser(self.inner, x, s, cond, "score")
         return (d - x) / s.view(-1, 1, 1, 1) ** 2
 
     def __repr__(self) -> str:
@@ -174,13 +186,28 @@ class _Adapter(nn.Module):
         self.inner = _as_module_or_callable(model, self._where)
         self.noise_input = noise_input
 
-    def _prepare(self, x: Tensor, sigma: Any) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+        """``D(x [B, C, H, W], sigma [B] or float, cond) -> [B, C, H, W]``.
+
+        The inputs are checked here, once; the network runs inside a checked call (see
+        :func:`~localscore.denoisers.call_denoiser`), so nested checks do not read values back.
+        """
+        if trusted(x, sigma):  # called by a sampler or a composition with inputs it has checked
+            return self._denoise(x, sigma, cond)
         x = check_image(x, self._where)
         s = as_sigma(sigma, x.shape[0], self._where, like=x)
-        return x, s
+        if current_scope() is not None:  # nested in a sampler or composition: its scope holds x and s
+            return self._denoise(x, s, cond)
+        with checked_call(self._where) as scope:
+            scope.vouch(x, s)
+            return self._denoise(x, s, cond)
+
+    def _denoise(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
+        raise NotImplementedError  # pragma: no cover - every adapter overrides it
 
     def _net(self, x_in: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
         noise = self.noise_input(s) if self.noise_input is not None else s
+        _vouch(x_in)
         out = self.inner(x_in, noise, cond)
         if not isinstance(out, torch.Tensor) or out.shape != x_in.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else describe(out)
@@ -221,8 +248,7 @@ class EpsilonDenoiser(_Adapter):
         super().__init__(model, noise_input)
         self.vp_input = vp_input
 
-    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
-        x, s = self._prepare(x, sigma)
+    def _denoise(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
         sv = s.view(-1, 1, 1, 1)
         c_in = _vp_scale(sv, 1.0) if self.vp_input else torch.ones_like(sv)
         eps = self._net(x * c_in, s, cond)
@@ -254,8 +280,7 @@ class VDenoiser(_Adapter):
             raise fail(self._where, f"`sigma_data` is {sigma_data!r}, expected a positive float.")
         self.sigma_data = float(sigma_data)
 
-    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
-        x, s = self._prepare(x, sigma)
+    def _denoise(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
         sv, sd = s.view(-1, 1, 1, 1), self.sigma_data
         c_skip = sd**2 / (sv**2 + sd**2)
         c_out = -sv * sd / torch.sqrt(sv**2 + sd**2)
@@ -282,8 +307,7 @@ class X0Denoiser(_Adapter):
         super().__init__(model, noise_input)
         self.vp_input = vp_input
 
-    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
-        x, s = self._prepare(x, sigma)
+    def _denoise(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
         sv = s.view(-1, 1, 1, 1)
         c_in = _vp_scale(sv, 1.0) if self.vp_input else torch.ones_like(sv)
         return self._net(x * c_in, s, cond)
@@ -303,8 +327,7 @@ class ScoreDenoiser(_Adapter):
 
     _where = "ScoreDenoiser"
 
-    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
-        x, s = self._prepare(x, sigma)
+    def _denoise(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
         return x + s.view(-1, 1, 1, 1) ** 2 * self._net(x, s, cond)
 
 
@@ -334,14 +357,15 @@ class EDMPreconditioner(_Adapter):
             raise fail(self._where, f"`sigma_data` is {sigma_data!r}, expected a positive float.")
         self.sigma_data = float(sigma_data)
 
-    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
-        x, s = self._prepare(x, sigma)
+    def _denoise(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
         sv, sd = s.view(-1, 1, 1, 1), self.sigma_data
         c_skip = sd**2 / (sv**2 + sd**2)
         c_out = sv * sd / torch.sqrt(sv**2 + sd**2)
         c_in = 1.0 / torch.sqrt(sv**2 + sd**2)
         c_noise = torch.log(s) / 4
-        out = self.inner(x * c_in, c_noise, cond)
+        x_in = x * c_in
+        _vouch(x_in)
+        out = self.inner(x_in, c_noise, cond)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else describe(out)
             raise fail(self._where, f"the wrapped network returned {got} for input shape "
@@ -406,16 +430,18 @@ class DiscreteDDPMDenoiser(_Adapter):
         sigmas = torch.sqrt((1 - ac.double()) / ac.double())
         self.register_buffer("sigmas", sigmas.to(torch.get_default_dtype()), persistent=False)
         self.register_buffer("log_sigmas", sigmas.log().to(torch.get_default_dtype()), persistent=False)
+        ends = self.sigmas[[0, -1]].tolist()  # read once here, not on every call
+        self._range = (float(ends[0]), float(ends[1]))
 
     @property
     def sigma_min(self) -> float:
         """The smallest noise level of the table."""
-        return float(self.sigmas[0])
+        return self._range[0]
 
     @property
     def sigma_max(self) -> float:
         """The largest noise level of the table."""
-        return float(self.sigmas[-1])
+        return self._range[1]
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """Fractional timestep for ``sigma [N]``: linear interpolation in ``log sigma``."""
@@ -436,16 +462,26 @@ class DiscreteDDPMDenoiser(_Adapter):
         return torch.exp((1 - w) * ls[lo] + w * ls[lo + 1])
 
     def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
-        x, s = self._prepare(x, sigma)
+        """``D(x [B, C, H, W], sigma [B] or float, cond) -> [B, C, H, W]``; ``sigma`` must lie in the table's range."""
+        x = check_image(x, self._where)
+        s = as_sigma(sigma, x.shape[0], self._where, like=x)
         lo, hi = self.sigma_min, self.sigma_max
-        if bool(((s < lo * (1 - 1e-4)) | (s > hi * (1 + 1e-4))).any()):
-            raise fail(self._where, f"sigma = {s.flatten()[:4].tolist()} lies outside the model's range "
-                       f"[{lo:.4g}, {hi:.4g}].",
-                       "clip the sampler's sigma grid to [sigma_min, sigma_max] (the final 0 is fine).")
+        values = s.detach()
+        check_flag((s < lo * (1 - 1e-4)) | (s > hi * (1 + 1e-4)), lambda: fail(
+            self._where, f"sigma = {values.flatten()[:4].tolist()} lies outside the model's range "
+            f"[{lo:.4g}, {hi:.4g}].",
+            "clip the sampler's sigma grid to [sigma_min, sigma_max] (the final 0 is fine)."))
+        with checked_call(self._where) as scope:
+            scope.vouch(x, s)
+            return self._denoise(x, s, cond)
+
+    def _denoise(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
         sv = s.view(-1, 1, 1, 1)
         c_in = _vp_scale(sv, 1.0)
         t = self.sigma_to_t(s).to(x.dtype)
-        out = self.inner(x * c_in, t, cond)
+        x_in = x * c_in
+        _vouch(x_in)
+        out = self.inner(x_in, t, cond)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else describe(out)
             raise fail(self._where, f"the wrapped model returned {got}; expected shape {tuple(x.shape)}.")
@@ -494,9 +530,13 @@ class BoundDenoiser(nn.Module):
         if cond is not None:
             raise fail("BoundDenoiser", "this denoiser already has its conditions bound; got another `cond`.",
                        "call it with cond=None, or bind the conditions you want instead.")
+        if trusted(x, sigma):  # called by a sampler or a composition with inputs it has checked
+            return call_denoiser(self.inner, x, sigma, self.conditions_for(x.shape[0], x.device), "BoundDenoiser")
         x = check_image(x, "BoundDenoiser")
         s = as_sigma(sigma, x.shape[0], "BoundDenoiser", like=x)
-        return call_denoiser(self.inner, x, s, self.conditions_for(x.shape[0], x.device), "BoundDenoiser")
+        with checked_call("BoundDenoiser") as scope:
+            scope.vouch(x, s)
+            return call_denoiser(self.inner, x, s, self.conditions_for(x.shape[0], x.device), "BoundDenoiser")
 
     def __repr__(self) -> str:
         return f"BoundDenoiser({self.inner!r}, {self.cond!r})"

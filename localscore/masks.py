@@ -18,6 +18,7 @@ the Chebyshev distance (a disc of radius ``r`` lies inside the box of half-size 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -25,7 +26,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from ._checks import as_sigma
+from ._checks import as_sigma, check_flag
 from ._errors import describe, fail
 from .conditions import Conditions
 
@@ -106,25 +107,29 @@ def _squared_distances(cond: Conditions, size: tuple[int, int]) -> Tensor:
     return (dr * dr)[..., :, None] + (dc * dc)[..., None, :]
 
 
+_INT_OF_FLOAT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+_ULP_STEPS = 4  # candidates r*r + k ulps for |k| <= this; the answer is within 2 ulps of r*r (see below)
+
+
 def _sqrt_threshold(r: Tensor) -> Tensor:
     """The largest float ``t`` with ``sqrt(t) <= r`` (elementwise, ``r >= 0``), so that ``d2 <= t`` is exactly
     ``sqrt(d2) <= r`` for every float ``d2 >= 0`` (``sqrt`` is correctly rounded, hence monotone) without a
-    square root per pixel. Starts at ``r * r`` (within an ulp or two of the answer) and steps by ulps."""
-    t = r * r
-    down = torch.full_like(t, float("-inf"))
-    up = torch.full_like(t, float("inf"))
-    for _ in range(64):  # at most a few steps are ever taken
-        over = torch.sqrt(t) > r
-        if not bool(over.any()):
-            break
-        t = torch.where(over, torch.nextafter(t, down), t)
-    for _ in range(64):
-        nxt = torch.nextafter(t, up)
-        fits = torch.sqrt(nxt) <= r
-        if not bool(fits.any()):
-            break
-        t = torch.where(fits, nxt, t)
-    return t
+    square root per pixel.
+
+    ``fits(t) = sqrt(t) <= r`` is monotone (true up to the answer ``T``, false above), and ``T`` lies within
+    two ulps of ``t0 = r * r``: ``sqrt(t)`` rounds to at most ``r`` iff ``t < (r + ulp(r) / 2)**2``, about
+    ``r**2 + r ulp(r)``, and ``r ulp(r)`` is between 0.7 and 1.5 ulps of ``r**2``, while ``t0`` is within half
+    an ulp of ``r**2``. So ``T`` is the largest fitting one of the floats ``t0 + k ulps``, ``|k| <= 4``, which
+    are consecutive integers in the floats' bit patterns (``t0 >= 0``; patterns below ``+0`` read as NaN,
+    which never fits). All candidates are tested at once: no value is read back to the host.
+    """
+    t0 = r * r
+    ints = _INT_OF_FLOAT[t0.element_size()]
+    steps = torch.arange(-_ULP_STEPS, _ULP_STEPS + 1, dtype=ints, device=r.device)
+    cand = (t0.view(ints)[..., None] + steps).view(t0.dtype)  # [..., 2 * _ULP_STEPS + 1], increasing
+    fits = torch.sqrt(cand) <= r[..., None]
+    ninf = torch.full((), float("-inf"), dtype=t0.dtype, device=r.device)
+    return torch.where(fits, cand, ninf).amax(dim=-1)
 
 
 def distances(cond: Conditions, size: tuple[int, int], metric: Metric = "euclidean") -> Tensor:
@@ -174,8 +179,12 @@ def resolve_radius(spec: RadiusSpec, cond: Conditions, sigma: Any, where: str, n
     if isinstance(value, bool):
         raise fail(where, f"`{name}` is a bool, expected a size in pixels.")
     if isinstance(value, (int, float)):
-        r = torch.full((B, K), float(value), dtype=cond.dtype, device=cond.device)
-    elif isinstance(value, Tensor):
+        v = float(value)
+        if not (math.isfinite(v) and 0 <= v <= torch.finfo(cond.dtype).max):  # checked here, on the host
+            raise fail(where, f"`{name}` holds invalid sizes {[v] * min(6, B * K)}; expected finite values >= 0.",
+                       "radii are distances in pixels; use 0 for 'the conditioner's own pixel only'.")
+        return torch.full((B, K), v, dtype=cond.dtype, device=cond.device)
+    if isinstance(value, Tensor):
         t = value.to(device=cond.device, dtype=cond.dtype)
         if t.dim() == 0 or (t.dim() == 1 and t.shape[0] == 1):
             r = t.reshape(1, 1).expand(B, K)
@@ -188,9 +197,10 @@ def resolve_radius(spec: RadiusSpec, cond: Conditions, sigma: Any, where: str, n
                        f"[B, K] = [{B}, {K}].")
     else:
         raise fail(where, f"`{name}` is {describe(value)}, expected a number, a tensor, or a callable of sigma.")
-    if not bool(torch.isfinite(r).all()) or bool((r < 0).any()):
-        raise fail(where, f"`{name}` holds invalid sizes {r.flatten()[:6].tolist()}; expected finite values >= 0.",
-                   "radii are distances in pixels; use 0 for 'the conditioner's own pixel only'.")
+    values = r.detach()
+    check_flag(~torch.isfinite(r) | (r < 0), lambda: fail(
+        where, f"`{name}` holds invalid sizes {values.flatten()[:6].tolist()}; expected finite values >= 0.",
+        "radii are distances in pixels; use 0 for 'the conditioner's own pixel only'."))
     return r
 
 

@@ -19,6 +19,16 @@ Every sampler is a pure function with one signature::
 Nothing runs under ``torch.no_grad``: wrap the call in it yourself when you do not need gradients, or
 differentiate through the sampler with respect to ``x``, the grid, or the denoiser's parameters.
 
+Checks: every sampler checks its inputs once, when called (``sigmas`` and ``x`` are read back to the host
+together, and the grid's values drive the branching such as ``if sigma' > 0``). Inside the loop no value
+is read back (on a GPU each read would wait for the device): the finiteness of every denoiser output, and
+the value checks of the library code the denoiser runs (adapters, networks, compositions), are computed on
+the device and recorded; the sampler reads them back once, at the end of the call, and raises
+:class:`~localscore.LocalScoreError` for the first failure, naming its step and noise levels. A denoiser
+returning NaN at step ``i`` therefore lets the call run to its end (``callback`` sees the non-finite
+states) before it raises. Shape and type errors still raise at once, and ``callback`` runs outside the
+deferral (library calls it makes check their inputs at once).
+
 The correctors :func:`langevin_correct` and :func:`mala_correct` run Langevin dynamics at one fixed noise
 level; MALA accepts or rejects **each sample of the batch separately** with the Metropolis-Hastings rule.
 """
@@ -26,14 +36,14 @@ level; MALA accepts or rejects **each sample of the batch separately** with the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import as_sigma, check_finite, check_tensor
+from ._checks import CheckScope, as_sigma, check_finite, check_flag, check_tensor, checked_call, unchecked_section
 from ._errors import describe, fail
 from .conditions import Conditions
 from .denoisers import call_denoiser
@@ -90,8 +100,12 @@ def _check_common(where: str, denoiser: Any, x: Any, cond: Any, generator: Any, 
     return x, cond
 
 
-def _check_sigmas(sigmas: Any, x: Tensor, where: str) -> Tensor:
-    """Validate a decreasing grid ``[N + 1]`` on x's device; return it in x's dtype (gradients kept)."""
+def _check_sigmas(sigmas: Any, x: Tensor, where: str) -> tuple[Tensor, list[float]]:
+    """Validate a decreasing grid ``[N + 1]`` on x's device, and ``x``'s values, with one read-back.
+
+    Returns the grid in x's dtype (gradients kept) and its values as Python floats, for the samplers'
+    branching (``if sigma' > 0``), so that no step reads a value back from the device.
+    """
     sigmas = check_tensor(sigmas, where, "sigmas")
     if sigmas.dim() != 1 or sigmas.shape[0] < 2:
         raise fail(where, f"argument `sigmas` has shape {tuple(sigmas.shape)}, expected [N + 1] with N >= 1 "
@@ -100,20 +114,36 @@ def _check_sigmas(sigmas: Any, x: Tensor, where: str) -> Tensor:
     if sigmas.device != x.device:
         raise fail(where, f"argument `sigmas` is on {sigmas.device} but `x` is on {x.device}.",
                    "move the grid with `sigmas.to(x.device)` (or build it with `device=x.device`).")
-    if sigmas.device.type != "meta":
-        check_finite(sigmas, where, "sigmas")
-        if bool((sigmas < 0).any()):
-            raise fail(where, f"argument `sigmas` holds negative values {sigmas[sigmas < 0].tolist()[:4]}; "
-                       "expected noise levels >= 0.", "noise levels are standard deviations; end the grid at 0.")
-        if not bool((sigmas[1:] < sigmas[:-1]).all()):
-            i = int((sigmas[1:] >= sigmas[:-1]).nonzero()[0, 0])
-            raise fail(where, f"argument `sigmas` is not strictly decreasing: sigmas[{i}] = {float(sigmas[i])!r}, "
-                       f"sigmas[{i + 1}] = {float(sigmas[i + 1])!r}.",
+    grid = sigmas.to(x.dtype)
+    n = sigmas.shape[0]
+    if sigmas.device.type == "meta":
+        return grid, [1.0] * n
+    # One read-back: the grid in x's dtype, x's smallest and largest value (NaN if any is), and the grid as
+    # given when its dtype differs (the checks below are on the values given).
+    parts = [grid.detach(), torch.stack(torch.aminmax(x.detach()))]  # x is not on "meta" here (nor the grid)
+    if sigmas.dtype != grid.dtype:
+        parts = [p.double() for p in parts] + [sigmas.detach().double()]
+    values = torch.cat(parts).tolist()
+    converted, x_range = values[:n], values[n : n + 2]
+    given = values[-n:] if sigmas.dtype != grid.dtype else converted
+    n_nan, n_inf = sum(math.isnan(v) for v in given), sum(math.isinf(v) for v in given)
+    if n_nan or n_inf:
+        raise fail(where, f"argument `sigmas` holds {n_nan} NaN and {n_inf} infinite values (shape {(n,)}).",
+                   "find where the non-finite values come from (a diverging sampler step, a division by "
+                   "sigma = 0) and pass finite values.")
+    negative = [v for v in given if v < 0]
+    if negative:
+        raise fail(where, f"argument `sigmas` holds negative values {negative[:4]}; expected noise levels >= 0.",
+                   "noise levels are standard deviations; end the grid at 0.")
+    for i in range(n - 1):
+        if not given[i + 1] < given[i]:
+            raise fail(where, f"argument `sigmas` is not strictly decreasing: sigmas[{i}] = {given[i]!r}, "
+                       f"sigmas[{i + 1}] = {given[i + 1]!r}.",
                        "samplers walk from high to low noise; flip an increasing grid with `sigmas.flip(0)` "
                        "and remove repeated values.")
-    if x.device.type != "meta":
-        check_finite(x, where, "x")
-    return sigmas.to(x.dtype)
+    if not all(map(math.isfinite, x_range)):
+        check_finite(x, where, "x")  # raises, with the counts
+    return grid, converted
 
 
 def _check_float(value: Any, where: str, name: str, *, lo: float = 0.0, hi: float = math.inf,
@@ -138,27 +168,48 @@ def _steps(n: int, progress: bool, where: str) -> Iterable[int]:
     return trange(n, desc=where, leave=False)  # type: ignore[no-any-return,unused-ignore]
 
 
-def _values(sigmas: Tensor) -> list[float]:
-    """The grid as Python floats, for branching (the tensor keeps carrying gradients)."""
-    if sigmas.device.type == "meta":
-        return [1.0] * sigmas.shape[0]
-    return [float(v) for v in sigmas.detach().cpu().tolist()]
+def _levels(sigmas: Tensor, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """The grid split once per call: 0-d levels ``sigmas[i]`` and ``[B]`` rows ``sigmas[i] * 1_B`` (fresh memory:
+    a denoiser that writes into its ``sigma`` never touches the grid)."""
+    return list(sigmas.unbind(0)), list((sigmas[:, None] * x.new_ones(x.shape[0])).unbind(0))
+
+
+def _loop(n: int, progress: bool, where: str, call: checked_call, scope: CheckScope, grid: list[float]
+          ) -> Iterator[int]:
+    """The steps ``0 .. n - 1``; a sampler that owns its check scope stamps each step on the checks it records."""
+    if not call.owned:
+        yield from _steps(n, progress, where)
+        return
+    scope.step_info = lambda i: f"step {i} (sigma = {grid[i]:.6g} -> {grid[i + 1]:.6g})"
+    for i in _steps(n, progress, where):
+        scope.begin_step(i)
+        yield i
+    scope.begin_step(None)
 
 
 def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
-def _denoise(denoiser: Any, x: Tensor, sigma: Tensor, cond: Conditions | None, where: str) -> Tensor:
-    """``D(x, sigma * 1_B, cond)`` for a 0-d (or ``[B]``) ``sigma``, with the output checked."""
-    s = sigma * x.new_ones(x.shape[0]) if sigma.dim() == 0 else sigma
+def _denoise(scope: CheckScope, denoiser: Any, x: Tensor, s: Tensor, cond: Conditions | None, where: str) -> Tensor:
+    """``D(x, s, cond)`` for ``s [B]``; the output's finiteness is checked on the device (see the module doc)."""
+    scope.vouch(x, s)
     return call_denoiser(denoiser, x, s, cond, where)
+
+
+def _finish(scope: CheckScope, x: Tensor, where: str) -> None:
+    """Record that the final state must be finite (when every denoiser output was, only an overflowing update
+    can break it)."""
+    scope.require_finite(x, lambda: fail(where, "the sampler's state became non-finite although every denoiser "
+                                         "output was finite (an update overflowed).",
+                                         "check the grid and the scale of x (noise already scaled by sigmas[0])."))
 
 
 def _report(callback: Callback | None, i: int, x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Tensor,
             **extra: Any) -> None:
     if callback is not None:
-        callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised, **extra})
+        with unchecked_section():  # user code: library calls it makes check their inputs at once
+            callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised, **extra})
 
 
 # ---------------------------------------------------------------------------------------------- samplers
@@ -190,6 +241,7 @@ def sample_euler(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | No
 
     Raises:
         LocalScoreError: on bad shapes, devices, grids, conditions, or a denoiser returning bad output.
+            Non-finite denoiser outputs raise at the end of the call, naming the first bad step.
 
     Examples:
         >>> import torch
@@ -200,12 +252,18 @@ def sample_euler(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | No
     """
     where = "sample_euler"
     x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
-    sigmas = _check_sigmas(sigmas, x, where)
-    for i in _steps(len(sigmas) - 1, progress, where):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        d = _denoise(denoiser, x, sigma, cond, where)
-        x = x + (sigma_next - sigma) * (x - d) / sigma
-        _report(callback, i, x, sigma, sigma_next, d)
+    sigmas, grid = _check_sigmas(sigmas, x, where)
+    levels, rows = _levels(sigmas, x)
+    call = checked_call(where)
+    with call as scope:
+        for i in _loop(len(grid) - 1, progress, where, call, scope, grid):
+            sigma, sigma_next = levels[i], levels[i + 1]
+            scope.vouch(x, rows[i])
+            d = call_denoiser(denoiser, x, rows[i], cond, where)
+            x = x + (sigma_next - sigma) * (x - d) / sigma
+            if callback is not None:
+                _report(callback, i, x, sigma, sigma_next, d)
+        _finish(scope, x, where)
     return x
 
 
@@ -249,6 +307,7 @@ def sample_heun(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
 
     Raises:
         LocalScoreError: on bad shapes, devices, grids, churn parameters, or bad denoiser output.
+            Non-finite denoiser outputs raise at the end of the call, naming the first bad step.
 
     Examples:
         >>> import torch
@@ -258,7 +317,7 @@ def sample_heun(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
     """
     where = "sample_heun"
     x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
-    sigmas = _check_sigmas(sigmas, x, where)
+    sigmas, grid = _check_sigmas(sigmas, x, where)
     s_churn = _check_float(s_churn, where, "s_churn")
     s_tmin = _check_float(s_tmin, where, "s_tmin")
     s_tmax = _check_float(s_tmax, where, "s_tmax", allow_inf=True)
@@ -266,22 +325,28 @@ def sample_heun(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
     if s_tmin > s_tmax:
         raise fail(where, f"s_tmin = {s_tmin!r} is above s_tmax = {s_tmax!r}; expected s_tmin <= s_tmax.",
                    "churn is applied where s_tmin <= sigma <= s_tmax.")
-    n = len(sigmas) - 1
-    grid = _values(sigmas)
-    for i in _steps(n, progress, where):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= grid[i] <= s_tmax else 0.0
-        sigma_h = sigma * (1 + gamma)
-        x_h = x
-        if gamma > 0:
-            x_h = x + torch.sqrt(sigma_h**2 - sigma**2) * s_noise * _noise(x, generator)
-        den = _denoise(denoiser, x_h, sigma_h, cond, where)
-        d = (x_h - den) / sigma_h
-        x = x_h + (sigma_next - sigma_h) * d
-        if grid[i + 1] > 0:
-            d_next = (x - _denoise(denoiser, x, sigma_next, cond, where)) / sigma_next
-            x = x_h + (sigma_next - sigma_h) * (d + d_next) / 2
-        _report(callback, i, x, sigma, sigma_next, den, sigma_hat=sigma_h)
+    n = len(grid) - 1
+    levels, rows = _levels(sigmas, x)
+    call = checked_call(where)
+    with call as scope:
+        for i in _loop(n, progress, where, call, scope, grid):
+            sigma, sigma_next = levels[i], levels[i + 1]
+            gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= grid[i] <= s_tmax else 0.0
+            x_h = x
+            if gamma > 0:
+                sigma_h = sigma * (1 + gamma)
+                s_h = sigma_h * x.new_ones(x.shape[0])
+                x_h = x + torch.sqrt(sigma_h**2 - sigma**2) * s_noise * _noise(x, generator)
+            else:  # sigma * (1 + 0.0) is sigma, bit for bit
+                sigma_h, s_h = sigma, rows[i]
+            den = _denoise(scope, denoiser, x_h, s_h, cond, where)
+            d = (x_h - den) / sigma_h
+            x = x_h + (sigma_next - sigma_h) * d
+            if grid[i + 1] > 0:
+                d_next = (x - _denoise(scope, denoiser, x, rows[i + 1], cond, where)) / sigma_next
+                x = x_h + (sigma_next - sigma_h) * (d + d_next) / 2
+            _report(callback, i, x, sigma, sigma_next, den, sigma_hat=sigma_h)
+        _finish(scope, x, where)
     return x
 
 
@@ -316,6 +381,7 @@ def sample_ddpm(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
 
     Raises:
         LocalScoreError: on bad shapes, devices, grids, conditions, or a denoiser returning bad output.
+            Non-finite denoiser outputs raise at the end of the call, naming the first bad step.
 
     Examples:
         >>> import torch
@@ -326,16 +392,21 @@ def sample_ddpm(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
     """
     where = "sample_ddpm"
     x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
-    sigmas = _check_sigmas(sigmas, x, where)
-    grid = _values(sigmas)
-    for i in _steps(len(sigmas) - 1, progress, where):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        d = _denoise(denoiser, x, sigma, cond, where)
-        r = (sigma_next / sigma) ** 2
-        x = r * x + (1 - r) * d
-        if grid[i + 1] > 0:
-            x = x + (sigma_next / sigma) * torch.sqrt(sigma**2 - sigma_next**2) * _noise(x, generator)
-        _report(callback, i, x, sigma, sigma_next, d)
+    sigmas, grid = _check_sigmas(sigmas, x, where)
+    levels, rows = _levels(sigmas, x)
+    call = checked_call(where)
+    with call as scope:
+        for i in _loop(len(grid) - 1, progress, where, call, scope, grid):
+            sigma, sigma_next = levels[i], levels[i + 1]
+            scope.vouch(x, rows[i])
+            d = call_denoiser(denoiser, x, rows[i], cond, where)
+            r = (sigma_next / sigma) ** 2
+            x = r * x + (1 - r) * d
+            if grid[i + 1] > 0:
+                x = x + (sigma_next / sigma) * torch.sqrt(sigma**2 - sigma_next**2) * _noise(x, generator)
+            if callback is not None:
+                _report(callback, i, x, sigma, sigma_next, d)
+        _finish(scope, x, where)
     return x
 
 
@@ -369,6 +440,7 @@ def sample_ddim(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
 
     Raises:
         LocalScoreError: on bad shapes, devices, grids, ``eta`` outside ``[0, 1]``, or bad denoiser output.
+            Non-finite denoiser outputs raise at the end of the call, naming the first bad step.
 
     Examples:
         >>> import torch
@@ -380,19 +452,24 @@ def sample_ddim(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
     """
     where = "sample_ddim"
     x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
-    sigmas = _check_sigmas(sigmas, x, where)
+    sigmas, grid = _check_sigmas(sigmas, x, where)
     eta = _check_float(eta, where, "eta", hi=1.0)
-    grid = _values(sigmas)
-    for i in _steps(len(sigmas) - 1, progress, where):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        d = _denoise(denoiser, x, sigma, cond, where)
-        eps = (x - d) / sigma
-        c = eta * (sigma_next / sigma) * torch.sqrt(sigma**2 - sigma_next**2)
-        x_new = d + torch.sqrt((sigma_next**2 - c**2).clamp_min(0)) * eps
-        if eta > 0 and grid[i + 1] > 0:
-            x_new = x_new + c * _noise(x, generator)
-        x = x_new
-        _report(callback, i, x, sigma, sigma_next, d)
+    levels, rows = _levels(sigmas, x)
+    call = checked_call(where)
+    with call as scope:
+        for i in _loop(len(grid) - 1, progress, where, call, scope, grid):
+            sigma, sigma_next = levels[i], levels[i + 1]
+            scope.vouch(x, rows[i])
+            d = call_denoiser(denoiser, x, rows[i], cond, where)
+            eps = (x - d) / sigma
+            c = eta * (sigma_next / sigma) * torch.sqrt(sigma**2 - sigma_next**2)
+            x_new = d + torch.sqrt((sigma_next**2 - c**2).clamp_min(0)) * eps
+            if eta > 0 and grid[i + 1] > 0:
+                x_new = x_new + c * _noise(x, generator)
+            x = x_new
+            if callback is not None:
+                _report(callback, i, x, sigma, sigma_next, d)
+        _finish(scope, x, where)
     return x
 
 
@@ -427,6 +504,7 @@ def sample_euler_maruyama(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Condit
 
     Raises:
         LocalScoreError: on bad shapes, devices, grids, conditions, or a denoiser returning bad output.
+            Non-finite denoiser outputs raise at the end of the call, naming the first bad step.
 
     Examples:
         >>> import torch
@@ -436,17 +514,22 @@ def sample_euler_maruyama(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Condit
     """
     where = "sample_euler_maruyama"
     x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
-    sigmas = _check_sigmas(sigmas, x, where)
-    grid = _values(sigmas)
-    for i in _steps(len(sigmas) - 1, progress, where):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        d = _denoise(denoiser, x, sigma, cond, where)
-        du = sigma**2 - sigma_next**2
-        x_new = x + du * (d - x) / sigma**2
-        if grid[i + 1] > 0:
-            x_new = x_new + torch.sqrt(du) * _noise(x, generator)
-        x = x_new
-        _report(callback, i, x, sigma, sigma_next, d)
+    sigmas, grid = _check_sigmas(sigmas, x, where)
+    levels, rows = _levels(sigmas, x)
+    call = checked_call(where)
+    with call as scope:
+        for i in _loop(len(grid) - 1, progress, where, call, scope, grid):
+            sigma, sigma_next = levels[i], levels[i + 1]
+            scope.vouch(x, rows[i])
+            d = call_denoiser(denoiser, x, rows[i], cond, where)
+            du = sigma**2 - sigma_next**2
+            x_new = x + du * (d - x) / sigma**2
+            if grid[i + 1] > 0:
+                x_new = x_new + torch.sqrt(du) * _noise(x, generator)
+            x = x_new
+            if callback is not None:
+                _report(callback, i, x, sigma, sigma_next, d)
+        _finish(scope, x, where)
     return x
 
 
@@ -465,7 +548,8 @@ def _scores(denoiser: Any, xs: Tensor, sigma: Tensor, cond: Conditions | None, w
     flat = xs.reshape(k * b, *xs.shape[2:])
     s_rep = sigma.repeat(k)
     c_rep = None if cond is None else (cond if k == 1 else Conditions.cat([cond] * k))
-    d = call_denoiser(denoiser, flat, s_rep, c_rep, where)
+    with checked_call(where):  # a nested check records; the points are not vouched for (x_new is unchecked)
+        d = call_denoiser(denoiser, flat, s_rep, c_rep, where)
     return ((d - flat) / s_rep.view(-1, 1, 1, 1) ** 2).reshape(xs.shape)
 
 
@@ -578,6 +662,7 @@ def langevin_correct(denoiser: Any, x: Tensor, sigma: Any, cond: Conditions | No
 
     Raises:
         LocalScoreError: on bad shapes, devices, noise levels, step parameters, or bad model outputs.
+            Non-finite denoiser outputs raise at the end of the call, naming the first bad step.
 
     Examples:
         >>> import torch
@@ -605,15 +690,34 @@ def langevin_correct(denoiser: Any, x: Tensor, sigma: Any, cond: Conditions | No
         raise fail(where, f"argument `log_prob` is {describe(log_prob)}, expected a callable or None.",
                    "pass a function log_prob(x, sigma, cond) -> [B], e.g. an oracle's `log_prob`.")
     n_quad = _check_n_quad(n_quad, where)
+    call = checked_call(where)
+    with call as scope:
+        x = _langevin(scope, call, denoiser, x, sig, cond, generator, callback, progress, n_steps, step_scale,
+                      metropolis, log_prob, n_quad, where)
+        _finish(scope, x, where)
+    return x
+
+
+def _langevin(scope: CheckScope, call: checked_call, denoiser: Any, x: Tensor, sig: Tensor,
+              cond: Conditions | None, generator: torch.Generator | None, callback: Callback | None,
+              progress: bool, n_steps: int, step_scale: float, metropolis: bool, log_prob: LogProb | None,
+              n_quad: int, where: str) -> Tensor:
+    """The loop of :func:`langevin_correct` (inputs checked), run inside its check scope."""
+    if call.owned:
+        scope.step_info = lambda i: "the initial evaluation" if i < 0 else f"Langevin step {i}"
+        scope.begin_step(-1)
     bshape = (-1, 1, 1, 1)
     eps = (step_scale * sig**2).view(bshape)
-    d = _denoise(denoiser, x, sig, cond, where)
+    d = _denoise(scope, denoiser, x, sig, cond, where)
     s = (d - x) / sig.view(bshape) ** 2
     lp = _call_log_prob(log_prob, x, sig, cond, where) if (metropolis and log_prob is not None) else None
+    accepted: Tensor
     for i in _steps(n_steps, progress, where):
+        if call.owned:
+            scope.begin_step(i)
         z = _noise(x, generator)
         x_p = x + eps * s + torch.sqrt(2 * eps) * z
-        d_p = _denoise(denoiser, x_p, sig, cond, where)
+        d_p = _denoise(scope, denoiser, x_p, sig, cond, where)
         s_p = (d_p - x_p) / sig.view(bshape) ** 2
         if not metropolis:
             accepted = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
@@ -636,9 +740,9 @@ def langevin_correct(denoiser: Any, x: Tensor, sigma: Any, cond: Conditions | No
             s = torch.where(keep, s_p, s)
             if lp is not None:
                 lp = torch.where(accepted, lp_p, lp)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sig, "sigma_next": sig, "denoised": d, "step_size": eps.flatten(),
-                      "accepted": accepted})
+        _report(callback, i, x, sig, sig, d, step_size=eps.flatten(), accepted=accepted)
+    if call.owned:
+        scope.begin_step(None)
     return x
 
 
@@ -689,6 +793,7 @@ def _call_log_prob(log_prob: LogProb, x: Tensor, sigma: Tensor, cond: Conditions
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else describe(out)
         raise fail(where, f"`log_prob` returned {got}, expected a tensor of shape [B] = ({x.shape[0]},).",
                    "log_prob(x, sigma, cond) returns one log-density per image.")
-    if x.device.type != "meta" and bool(torch.isnan(out).any()):
-        raise fail(where, "`log_prob` returned NaN values.", "check the log-density at these points.")
+    if x.device.type != "meta":
+        check_flag(torch.isnan(out), lambda: fail(where, "`log_prob` returned NaN values.",
+                                                  "check the log-density at these points."))
     return out.to(x.dtype)

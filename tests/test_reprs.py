@@ -133,12 +133,8 @@ def _other_results() -> list[Any]:
     return [residual, banded, probes, scene]
 
 
-_PENDING = pytest.mark.xfail(strict=True, reason="its module is owned elsewhere: decorate the class with "
-                             "localscore._repr.summary_repr (above @dataclass), then drop this mark")
 
-
-@pytest.mark.parametrize("result", [pytest.param(r, marks=_PENDING if type(r).__name__ == "CompositionResidual" else (),
-                                                  id=type(r).__name__) for r in _other_results()])
+@pytest.mark.parametrize("result", [pytest.param(r, id=type(r).__name__) for r in _other_results()])
 def test_other_result_reprs_summarise_every_tensor(result: Any) -> None:
     text = repr(result)
     _assert_summary_only(text)

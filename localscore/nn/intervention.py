@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import as_sigma, check_image
+from .._checks import as_sigma, check_flag, check_image, checked_call
+from .._checks import vouch as _vouch
 from .._errors import describe, fail
 from ..conditions import Conditions
 from ..denoisers import call_denoiser, conditioner_radius, receptive_radius
@@ -379,20 +380,29 @@ class LocalizedDenoiser(nn.Module):
         """``x [B, C, H, W]``, ``sigma``, ``cond`` → ``[B, C, H, W]``, the rule-gated composition."""
         where = "LocalizedDenoiser"
         x = check_image(x, where)
-        B, C, H, W = x.shape
+        B = x.shape[0]
         s = as_sigma(sigma, B, where, like=x)
         if cond is not None and not isinstance(cond, Conditions):
             raise fail(where, f"`cond` is {describe(cond)}, expected a localscore.Conditions or None.")
+        if cond is not None:
+            cond.check_batch(B, where, device=x.device)
+        with checked_call(where) as scope:  # nested checks record, and read back once, at the end
+            scope.vouch(x, s)
+            return self._forward(x, s, cond)
+
+    def _forward(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
+        where = "LocalizedDenoiser"
+        B, C, H, W = x.shape
         if cond is None or cond.num_slots == 0:
             return call_denoiser(self.inner, x, s, cond, where)
-        cond.check_batch(B, where, device=x.device)
         K = cond.num_slots
         masks = self.rule(cond, (H, W), sigma=s).to(x.dtype)  # [B, K, H, W]
         # one batch: the unconditional pass, then every (image, slot) pair
         singles = Conditions.cat([cond.select(j) for j in range(K)])  # [K * B], slot-major
         if self.crop is None:
-            out = call_denoiser(self.inner, x.repeat(K + 1, 1, 1, 1), s.repeat(K + 1),
-                                Conditions.cat([cond.drop_all(), singles]), where)
+            xs, ss = x.repeat(K + 1, 1, 1, 1), s.repeat(K + 1)
+            _vouch(xs, ss)
+            out = call_denoiser(self.inner, xs, ss, Conditions.cat([cond.drop_all(), singles]), where)
             d0 = out[:B]
             delta = (out[B:] - d0.repeat(K, 1, 1, 1)).view(K, B, C, H, W)
         else:
@@ -417,19 +427,19 @@ class LocalizedDenoiser(nn.Module):
         n = torch.arange(K * B, device=x.device)
         b_of = n % B
         xw = x[b_of[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # [N, C, S, S]
-        shifted = Conditions(pos - top[:, None, :].to(pos.dtype), singles.attr, singles.valid)
+        shifted = Conditions._derived(pos - top[:, None, :].to(pos.dtype), singles.attr, singles.valid)
         # the rule's support must lie inside the window for every valid object (the image border may cut it)
         sup = self.support
         lo = pos[:, 0] - top.to(pos.dtype)  # [N, 2] position inside the window
         last = torch.tensor([H - S, W - S], device=x.device)
         low_ok = (torch.ceil(lo - sup) >= 0) | (top == 0)
         high_ok = (torch.floor(lo + sup) <= S - 1) | (top == last)
-        if bool((singles.valid[:, 0] & ~(low_ok & high_ok).all(1)).any()):
-            raise fail(where, f"an object's mask (support {sup}) does not fit in its {S}x{S} window.",
-                       "use a larger crop.")
+        check_flag(singles.valid[:, 0] & ~(low_ok & high_ok).all(1), lambda: fail(
+            where, f"an object's mask (support {sup}) does not fit in its {S}x{S} window.", "use a larger crop."))
         ss = s.repeat(K)
-        both = call_denoiser(self.inner, torch.cat([xw, xw]), torch.cat([ss, ss]),
-                             Conditions.cat([shifted, shifted.drop_all()]), where)
+        xb, sb = torch.cat([xw, xw]), torch.cat([ss, ss])
+        _vouch(xb, sb)
+        both = call_denoiser(self.inner, xb, sb, Conditions.cat([shifted, shifted.drop_all()]), where)
         win = both[: K * B] - both[K * B :]  # [N, C, S, S]
         full = x.new_zeros(K * B, C, H, W)
         full[n[:, None, None], :, rows[:, :, None], cols[:, None, :]] = win.permute(0, 2, 3, 1)

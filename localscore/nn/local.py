@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_image
+from .._checks import check_flag, check_image, checked_call
 from .._errors import describe, fail
 from ..conditions import Conditions
 from ..denoisers import EDMPreconditioner
@@ -212,23 +212,29 @@ class LocalScoreNet(nn.Module):
                        f"{[B, K, *size]}.", "a MaskRule returns one [H, W] mask per conditioner slot.")
         if K > 0 and self._check_support:
             d = distances(cond, size, "chebyshev")
-            if bool(((m > 0) & (d > self.support + 1e-6)).any()):
-                raise fail("LocalScoreNet", f"the rule's masks reach beyond its declared support radius "
-                           f"{self.support} (pixels, Chebyshev).",
-                           "fix the rule's support_radius() so it bounds the masks for every sigma: the "
-                           "network's declared conditioner radius depends on it.")
+            check_flag((m > 0) & (d > self.support + 1e-6), lambda: fail(
+                "LocalScoreNet", f"the rule's masks reach beyond its declared support radius "
+                f"{self.support} (pixels, Chebyshev).",
+                "fix the rule's support_radius() so it bounds the masks for every sigma: the "
+                "network's declared conditioner radius depends on it."))
         return m
 
     def forward(self, x_in: Tensor, c_noise: Tensor, cond: Conditions | None = None) -> Tensor:
         """``x_in [B, C, H, W]``, ``c_noise [B]`` (EDM's ``log(sigma) / 4``), ``cond`` → ``[B, C, H, W]``."""
         where = "LocalScoreNet"
         x_in = check_image(x_in, where, "x")
-        B, C, H, W = x_in.shape
+        B, C = x_in.shape[:2]
         if C != self.config.channels:
             raise fail(where, f"`x` has {C} channels, expected {self.config.channels} (config.channels).",
                        "build the network with LocalNetConfig(channels=C).")
         if not isinstance(c_noise, Tensor) or tuple(c_noise.shape) != (B,):
             raise fail(where, f"`c_noise` is {describe(c_noise)}, expected a [B] = [{B}] tensor.")
+        with checked_call(where):  # the checks below (masks, conditions) read nothing back until the end
+            return self._forward(x_in, c_noise, cond)
+
+    def _forward(self, x_in: Tensor, c_noise: Tensor, cond: Conditions | None) -> Tensor:
+        where = "LocalScoreNet"
+        H, W = x_in.shape[-2:]
         cd = prepare_conditions(cond, x_in, self.config.attr_dim, where)
         sigma = torch.exp(4 * c_noise)
         mask = self.masks(cd, (H, W), sigma)

@@ -288,8 +288,8 @@ class GlobalConditionalDenoiser(EDMPreconditioner):
     cross-attention; :func:`~localscore.nn.localize` gives the sampling-time local form.
 
     Args:
-        config: a :class:`~localscore.nn.UNetConfig` (default: the 16x16 U-Net of the earlier study in the experiments docs); or pass its
-            fields as keyword arguments.
+        config: a :class:`~localscore.nn.UNetConfig` (default: the 16x16 U-Net of the earlier study in the
+            experiments docs); or pass its fields as keyword arguments.
 
     Examples:
         >>> import torch
