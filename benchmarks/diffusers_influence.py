@@ -1,8 +1,9 @@
 """Cost of the diffusers tools, as ratios to one plain forward pass of the same model, measured side by side.
 
 Rows: the wrapped denoiser; regional attention installed but unused (pass-through) and used (with the
-bias); influence maps by ablation (G + 1 passes) and by gradient (exact: one forward-mode product per
-embedding coordinate of each concept; probes: n products per concept). A tiny random UNet on the CPU
+bias); influence maps (``localscore.metrics``) by ablation (G + 1 sets in one batched pass) and by
+gradient (exact: one forward-mode product per embedding coordinate of each concept; probes: n products
+per concept). A tiny random UNet on the CPU
 (no download); `--quick` shrinks it.
 
     python benchmarks/diffusers_influence.py [--quick] [--size 32] [--repeat 5]
@@ -16,13 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-from localscore.adapters.diffusers import (
-    DiffusersDenoiser,
-    PromptConditions,
-    ablation_influence,
-    gradient_influence,
-    install_regional_attention,
-)
+from localscore.adapters.diffusers import DiffusersDenoiser, PromptConditions, install_regional_attention
+from localscore.metrics import ablation_influence, gradient_influence
 
 
 def timeit(fn: Callable[[], object], repeat: int) -> float:
@@ -70,7 +66,8 @@ def main() -> None:
         pr = prompt.with_regions(regions)
         rows.append(("regional attention with regions", timeit(lambda: D(x, 1.0, pr), repeat)))
         handle.remove()
-        rows.append(("ablation influence (G = 2)", timeit(lambda: ablation_influence(D, x, 1.0, prompt), repeat)))
+        rows.append(("ablation influence (G = 2, one call of batch 3)",
+                     timeit(lambda: ablation_influence(D, x, 1.0, prompt), repeat)))
         n_exact = 3 * Dm
         rows.append((f"gradient influence, exact ({n_exact} JVPs)",
                      timeit(lambda: gradient_influence(D, x, 1.0, prompt), 1)))

@@ -32,16 +32,14 @@ from typing import Any
 
 import torch
 
+from localscore import bind
 from localscore.adapters.diffusers import (
     DiffusersDenoiser,
     FeatureMap,
     PromptConditions,
-    ablation_influence,
-    bind_prompt,
     concept_composition,
     concept_locality,
     concept_orthogonality,
-    gradient_influence,
     math_attention,
     regional_attention,
     sample_with_scheduler,
@@ -50,7 +48,7 @@ from localscore.adapters.diffusers import (
     vae_decoder,
     ve_to_vp,
 )
-from localscore.metrics import pixel_locality
+from localscore.metrics import ablation_influence, gradient_influence, pixel_locality
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -208,7 +206,7 @@ def main() -> None:
         # 2. spatial locality of the score in latent space (dense Jacobian, or exact rows at random pixels);
         #    forward-mode derivatives need the math kernel of scaled-dot-product attention
         with math_attention():
-            pl = pixel_locality(bind_prompt(D, prompt.with_regions(None)), x, s, target="score",
+            pl = pixel_locality(bind(D, prompt.with_regions(None)), x, s, target="score",
                                 method="dense" if dense else "probes", n_rows=16, generator=gen)
         level["pixel_locality"] = {"radius50": int(pl.radius(0.5)[0]), "radius90": int(pl.radius(0.9)[0]),
                                    "outside_r2": float(pl.outside(2)[0])}

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from . import compose, denoisers, masks, metrics, nn, oracles, sampling, schedules
     from ._errors import LocalScoreError
-    from .conditions import Conditions
+    from .conditions import Conditions, ConditionSet
     from .denoisers import Denoiser, bind, score
     from .nn import GlobalConditionalDenoiser, LocalConditionalDenoiser, enforce_locality, localize
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConditionSet",
     "Conditions",
     "Denoiser",
     "GlobalConditionalDenoiser",
@@ -52,6 +53,7 @@ __all__ = [
 
 # public name -> the submodule that defines it (submodules themselves load by name)
 _LAZY: dict[str, str] = {
+    "ConditionSet": ".conditions",
     "Conditions": ".conditions",
     "Denoiser": ".denoisers",
     "GlobalConditionalDenoiser": ".nn",

@@ -44,7 +44,7 @@ from torch import Tensor
 from ._checks import as_sigma, check_flag, check_image, check_tensor, checked_call, vouch
 from ._errors import describe, fail
 from ._repr import summary_repr
-from .conditions import Conditions
+from .conditions import Conditions, ConditionSet
 from .denoisers import BoundDenoiser, bind, call_denoiser, conditioner_radius, receptive_radius
 from .masks import MaskRule
 from .oracles._base import AnalyticDistribution
@@ -405,12 +405,12 @@ class _Job:
     fn: Any
     x: Tensor
     s: Tensor
-    cond: Conditions | None
+    cond: ConditionSet | None
     name: str
 
 
-def _target(d: Any, B: int, device: torch.device) -> tuple[Any, Conditions | None, bool]:
-    """``(network, conditions tiled to B or None, bound?)`` for a denoiser."""
+def _target(d: Any, B: int, device: torch.device) -> tuple[Any, ConditionSet | None, bool]:
+    """``(network, conditioner set tiled to B or None, bound?)`` for a denoiser (any bound one: objects, prompts)."""
     if isinstance(d, BoundDenoiser):
         return d.inner, d.conditions_for(B, device), True
     return d, None, False
@@ -436,10 +436,11 @@ def _crop_blocker(d: Any) -> str | None:
     return None
 
 
-def _group_key(fn: Any, cond: Conditions | None, extra: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+def _group_key(fn: Any, cond: ConditionSet | None, extra: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+    """Jobs of one key share calls: the same network, and conditioner sets that ``type(cond).cat`` joins."""
     if cond is None:
         return (id(fn), "none", *extra)
-    return (id(fn), "cond", cond.attr_dim, *extra)
+    return (id(fn), "cond", type(cond), getattr(cond, "attr_dim", None), *extra)
 
 
 def _chunks(n: int, per_item_pixels: int, max_batch: int | None, max_pixels: int | None) -> list[slice]:
@@ -468,7 +469,7 @@ def _run_jobs(jobs: list[_Job], where: str, *, merge: bool, max_batch: int | Non
             x = torch.cat([jobs[i].x for i in idx])
             s = torch.cat([jobs[i].s for i in idx])
             conds = [jobs[i].cond for i in idx]
-            cond = None if first.cond is None else Conditions.cat([c for c in conds if c is not None])
+            cond = None if first.cond is None else type(first.cond).cat([c for c in conds if c is not None])
         pix = x.shape[-1] * x.shape[-2]
         parts = []
         chunks = _chunks(x.shape[0], pix, max_batch, max_pixels)
@@ -830,8 +831,8 @@ class Composition:
 
         Read back once per conditions object (conditions are immutable) and kept; ``None`` if ``d`` is not bound.
         """
-        c = d.cond if isinstance(d, BoundDenoiser) else None
-        if c is None:
+        c = d.cond if isinstance(d, BoundDenoiser) and isinstance(d.cond, Conditions) else None
+        if c is None:  # unbound, or a set without positions (prompts): no effect boxes from positions
             return None
         hit = self._hosts.get(id(c))
         if hit is None or hit[0] is not c:
@@ -845,7 +846,7 @@ class Composition:
         Bc = len(pos)
         return [pos[b % Bc] for b in range(B)], [valid[b % Bc] for b in range(B)]
 
-    def _bg_target(self, B: int, device: torch.device) -> tuple[Any, Conditions | None, bool]:
+    def _bg_target(self, B: int, device: torch.device) -> tuple[Any, ConditionSet | None, bool]:
         return _target(self.background, B, device)
 
     def _eval_full(self, x: Tensor, s: Tensor, coef: Tensor, masks: list[Tensor | None], act: list[list[bool]],
@@ -1131,7 +1132,15 @@ def _check_cond_arg(cond: Any, where: str) -> Conditions:
     return cond
 
 
-def projective_from(denoiser: Any, cond: Conditions, weights: WeightSpec = None, *, windows: Any = None,
+def _check_set_arg(cond: Any, where: str) -> ConditionSet:
+    if not isinstance(cond, ConditionSet):
+        raise fail(where, f"`cond` is {describe(cond)}, expected a conditioner set (localscore.Conditions, a "
+                   "PromptConditions, or any localscore.conditions.ConditionSet).",
+                   "build one with `Conditions.from_lists([[(row, col), ...], ...])`.")
+    return cond
+
+
+def projective_from(denoiser: Any, cond: ConditionSet, weights: WeightSpec = None, *, windows: Any = None,
                     strategy: Strategy = "auto", max_batch: int | None = None,
                     max_pixels: int | None = None) -> Composition:
     r"""Projective composition of one conditional denoiser's single-object outputs.
@@ -1144,7 +1153,8 @@ def projective_from(denoiser: Any, cond: Conditions, weights: WeightSpec = None,
 
     Args:
         denoiser: a conditional denoiser ``D(x, sigma, cond)``.
-        cond: the conditioner sets ``[B, K]`` to compose, one per image (or ``B = 1`` for all images).
+        cond: the conditioner sets ``[B, K]`` to compose, one per image (or ``B = 1`` for all images): any
+            :class:`~localscore.conditions.ConditionSet` (objects, or the concepts of a prompt).
         weights: per-slot weights, see :class:`Composition` (``[K]``, ``[B, K]``, callables, schedules).
         windows: sigma windows, see :class:`Composition`.
         strategy: ``"auto"``, ``"sequential"``, ``"batched"`` or ``"crop"``.
@@ -1165,7 +1175,7 @@ def projective_from(denoiser: Any, cond: Conditions, weights: WeightSpec = None,
     where = "projective_from"
     if not callable(denoiser):
         raise fail(where, f"`denoiser` is {describe(denoiser)}, expected a conditional denoiser D(x, sigma, cond).")
-    cond = _check_cond_arg(cond, where)
+    cond = _check_set_arg(cond, where)
     return Composition(bind(denoiser, cond.drop_all()), [bind(denoiser, c) for c in cond.singletons()], weights,
                        windows=windows, strategy=strategy, max_batch=max_batch, max_pixels=max_pixels)
 

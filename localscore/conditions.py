@@ -8,12 +8,16 @@ stored padded to a common number of slots ``K``::
     valid [B, K]      bool, False marks padding
 
 ``K = 0``, or a batch whose slots are all invalid, is the unconditional set ``none``.
+
+:class:`ConditionSet` is the protocol every conditioner set implements (``Conditions``, and the prompts of
+:class:`localscore.adapters.diffusers.PromptConditions`, whose slots are token groups): what binding,
+composition and the influence metrics use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -21,7 +25,7 @@ from torch import Tensor
 from ._checks import check_same_device, current_scope
 from ._errors import LocalScoreError, describe, fail
 
-__all__ = ["Conditions"]
+__all__ = ["ConditionSet", "Conditions"]
 
 _Index = int | slice | Sequence[int] | Tensor
 
@@ -33,6 +37,95 @@ def _bad_object(bad: Tensor, pos: Tensor) -> LocalScoreError:
         f"object {k} of image {b} has a non-finite position or attribute (pos = {pos[b, k].tolist()}).",
         "pass finite values, or mark the slot as padding with valid[b, k] = False.",
     )
+
+
+_S = TypeVar("_S", bound="ConditionSet")
+
+
+@runtime_checkable
+class ConditionSet(Protocol):
+    """The conditioner-set protocol: what binding, compositions and metrics need of a batch of sets.
+
+    A conditioner set holds ``B`` sets of ``K`` slots each (padded; ``valid`` says which slots are
+    present). :class:`Conditions` (objects: positions and attributes) implements it, and so does
+    :class:`localscore.adapters.diffusers.PromptConditions` (the token groups of prompts). The slot
+    operations return a set of the same type:
+
+    * ``select(j)``: only slot ``j`` (the component of a projective composition);
+    * ``ablate(j)``: slot ``j`` absent, ``K`` unchanged (``valid[:, j]`` becomes False);
+    * ``drop_all()``: no slot present, the unconditional set ``none``;
+    * ``singletons()``: ``[select(j) for j in range(K)]``;
+    * ``pad_to(k)``: ``k >= K`` slots, the new ones absent;
+
+    and the batch operations: ``set[index]`` (an int keeps a batch of one; slices, lists and tensors
+    select sets), ``repeat_interleave(n)``, ``to(device=None, dtype=None)``, and ``type(set).cat(items)``,
+    which concatenates batches along ``B`` (padding ``K`` to the largest). A type may have more
+    (``Conditions.drop(j)`` removes slot ``j``: ``K - 1`` slots). ``isinstance(obj, ConditionSet)`` checks
+    that the names exist.
+
+    Examples:
+        >>> import torch
+        >>> c = Conditions.from_lists([[(0, 0), (5, 5)]])
+        >>> isinstance(c, ConditionSet), c.ablate(0).valid.tolist(), type(c).cat([c, c.drop_all()]).batch_size
+        (True, [[False, True]], 2)
+    """
+
+    @property
+    def batch_size(self) -> int:
+        """``B``, the number of sets."""
+        ...
+
+    @property
+    def num_slots(self) -> int:
+        """``K``, the number of slots per set."""
+        ...
+
+    @property
+    def valid(self) -> Tensor:
+        """``[B, K]`` bool: the slots present."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the set's tensors."""
+        ...
+
+    def select(self: _S, j: int) -> _S:
+        """Only slot ``j`` present."""
+        ...
+
+    def ablate(self: _S, j: int) -> _S:
+        """Slot ``j`` absent, ``K`` unchanged."""
+        ...
+
+    def drop_all(self: _S) -> _S:
+        """No slot present."""
+        ...
+
+    def singletons(self: _S) -> list[_S]:
+        """``[select(j) for j in range(K)]``."""
+        ...
+
+    def pad_to(self: _S, num_slots: int) -> _S:
+        """Absent slots up to ``num_slots``."""
+        ...
+
+    def __getitem__(self: _S, index: Any) -> _S:
+        """Batch indexing."""
+        ...
+
+    def repeat_interleave(self: _S, repeats: int) -> _S:
+        """Every set repeated ``repeats`` times along the batch."""
+        ...
+
+    def to(self: _S, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> _S:
+        """Moved and/or cast."""
+        ...
+
+    @staticmethod
+    def cat(items: Sequence[Any]) -> Any:
+        """Batches of one type concatenated along ``B``."""
+        ...
 
 
 class Conditions:
@@ -378,6 +471,21 @@ class Conditions:
         j = self._check_slot(j, "Conditions.drop")
         keep = [k for k in range(self.num_slots) if k != j]
         return self._take_slots(keep)
+
+    def ablate(self, j: int) -> Conditions:
+        """Slot ``j`` absent in every image, ``K`` unchanged (``valid[:, j] = False``): an ablation of object ``j``.
+
+        The model sees the same set as with :meth:`drop`; the slot keeps its place, so results indexed by
+        slot (influence maps, regions) stay aligned.
+
+        Examples:
+            >>> Conditions.from_lists([[(0, 0), (5, 5)]]).ablate(0).valid.tolist()
+            [[False, True]]
+        """
+        j = self._check_slot(j, "Conditions.ablate")
+        valid = self.valid.clone()
+        valid[:, j] = False
+        return Conditions._derived(self.pos, self.attr, valid)
 
     def _take_slots(self, slots: Sequence[int]) -> Conditions:
         idx = torch.as_tensor(list(slots), dtype=torch.long, device=self.device)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ._checks import as_sigma, check_flag, check_image, check_tensor, checked_call, current_scope, trusted
 from ._checks import vouch as _vouch  # inputs an adapter derived from checked ones (c_in * x)
 from ._errors import LocalScoreError, describe, fail
-from .conditions import Conditions
+from .conditions import Conditions, ConditionSet
 
 __all__ = [
     "BoundDenoiser",
@@ -68,7 +68,7 @@ ScoreFunction = Callable[..., Tensor]
 
 
 def call_denoiser(
-    denoiser: Any, x: Tensor, sigma: Tensor, cond: Conditions | None, where: str, name: str = "denoiser"
+    denoiser: Any, x: Tensor, sigma: Tensor, cond: ConditionSet | None, where: str, name: str = "denoiser"
 ) -> Tensor:
     """Call ``denoiser(x, sigma, cond)`` and check that it returned a tensor shaped like ``x``.
 
@@ -495,22 +495,25 @@ class DiscreteDDPMDenoiser(_Adapter):
 class BoundDenoiser(nn.Module):
     """A denoiser with its conditioner set fixed: ``D'(x, sigma) = D(x, sigma, cond)``.
 
-    Built by :func:`bind`. Called with ``cond=None``; a ``cond`` of batch size 1 is broadcast over
-    the images of ``x`` and a ``cond`` whose batch size divides ``x``'s is tiled (the batched
-    evaluation of compositions stacks copies of ``x``). Declared radii of the inner model are kept.
+    Built by :func:`bind`. ``cond`` is any :class:`~localscore.conditions.ConditionSet` (objects in
+    :class:`~localscore.Conditions`, prompts in :class:`~localscore.adapters.diffusers.PromptConditions`)
+    or ``None``. Called with ``cond=None``; a ``cond`` of batch size 1 is broadcast over the images of ``x``
+    and a ``cond`` whose batch size divides ``x``'s is tiled (``type(cond).cat``: the batched evaluation of
+    compositions stacks copies of ``x``). Declared radii of the inner model are kept.
     """
 
-    def __init__(self, denoiser: Any, cond: Conditions | None) -> None:
+    def __init__(self, denoiser: Any, cond: ConditionSet | None) -> None:
         super().__init__()
         if not callable(denoiser):
             raise fail("bind", f"`denoiser` is {describe(denoiser)}, expected a callable D(x, sigma, cond).")
-        if cond is not None and not isinstance(cond, Conditions):
-            raise fail("bind", f"`cond` is {describe(cond)}, expected Conditions or None.")
+        if cond is not None and not isinstance(cond, ConditionSet):
+            raise fail("bind", f"`cond` is {describe(cond)}, expected a conditioner set (Conditions, "
+                       "PromptConditions, or any localscore.conditions.ConditionSet) or None.")
         self.inner = denoiser
         self.cond = cond
 
-    def conditions_for(self, batch: int, device: torch.device) -> Conditions | None:
-        """The bound conditions tiled to ``batch`` images (``None`` stays ``None``)."""
+    def conditions_for(self, batch: int, device: torch.device) -> Any:
+        """The bound conditioner set tiled to ``batch`` images (``None`` stays ``None``)."""
         c = self.cond
         if c is None:
             return None
@@ -524,7 +527,7 @@ class BoundDenoiser(nn.Module):
                        f"{batch}; expected B = {c.batch_size}, 1, or a multiple.",
                        "bind one conditioner set per image.")
         n = batch // c.batch_size
-        return Conditions.cat([c] * n)
+        return type(c).cat([c] * n)
 
     def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
         if cond is not None:
@@ -542,11 +545,12 @@ class BoundDenoiser(nn.Module):
         return f"BoundDenoiser({self.inner!r}, {self.cond!r})"
 
 
-def bind(denoiser: Any, cond: Conditions | None) -> BoundDenoiser:
+def bind(denoiser: Any, cond: ConditionSet | None) -> BoundDenoiser:
     """Fix the conditions of a denoiser: ``bind(D, c)(x, sigma) == D(x, sigma, c)``.
 
-    ``bind(D, None)`` is the unconditional model. Bound denoisers are the components of
-    compositions and can be passed to every sampler (with ``cond=None``).
+    ``c`` is any conditioner set (:class:`~localscore.conditions.ConditionSet`: objects, prompts, ...);
+    ``bind(D, None)`` is the unconditional model. Bound denoisers are the components of compositions and
+    can be passed to every sampler (with ``cond=None``).
 
     Examples:
         >>> import torch

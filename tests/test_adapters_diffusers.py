@@ -15,29 +15,27 @@ from hypothesis import strategies as st
 
 diffusers = pytest.importorskip("diffusers")
 
-from localscore import LocalScoreError  # noqa: E402
+from localscore import LocalScoreError, bind  # noqa: E402
 from localscore.adapters.diffusers import (  # noqa: E402
     DiffusersDenoiser,
     FeatureMap,
     FeatureRecorder,
     PromptConditions,
     RegionalAttnProcessor,
-    ablation_influence,
-    bind_prompt,
     concept_composition,
     concept_feature_means,
     concept_locality,
     concept_orthogonality,
-    gradient_influence,
     install_regional_attention,
     list_blocks,
     regional_attention,
-    resize_regions,
     sample_with_scheduler,
     scheduler_sigmas,
     ve_to_vp,
     vp_to_ve,
 )
+from localscore.metrics import ablation_influence, gradient_influence  # noqa: E402
+from localscore.nn import pool_mask  # noqa: E402
 
 F64 = torch.float64
 T_TOK, D_EMB = 5, 8
@@ -82,7 +80,7 @@ def test_prompt_slot_semantics_mirror_conditions():
     p = prompt()
     assert p.num_groups == 2 and p.counts().tolist() == [1 * 2]
     e, null = p.embeds, p.null_embeds
-    d0 = p.drop(0).effective_embeds()
+    d0 = p.ablate(0).effective_embeds()
     assert torch.equal(d0[0, 1:3], null[0, 1:3]) and torch.equal(d0[0, [0, 3, 4]], e[0, [0, 3, 4]])
     none = p.drop_all().effective_embeds()
     assert torch.equal(none[0, 1:4], null[0, 1:4]) and torch.equal(none[0, [0, 4]], e[0, [0, 4]])
@@ -92,11 +90,11 @@ def test_prompt_slot_semantics_mirror_conditions():
     assert torch.equal(s1[0, 3], e[0, 3]) and torch.equal(s1[0, 1], null[0, 1])
     assert p.drop_all().is_empty and not p.is_empty
     # selecting an absent concept keeps it absent
-    assert p.drop(0).select(0).is_empty
+    assert p.ablate(0).select(0).is_empty
     # tiling and moving keep semantics
-    r = p.drop(1).repeat(3)
+    r = p.ablate(1).repeat(3)
     assert r.batch_size == 3 and r.active.tolist() == [[True, False]] * 3
-    assert torch.equal(r.effective_embeds()[2], p.drop(1).effective_embeds()[0])
+    assert torch.equal(r.effective_embeds()[2], p.ablate(1).effective_embeds()[0])
     assert p.to(dtype=torch.float32).embeds.dtype == torch.float32
     with pytest.raises(AttributeError):
         p.embeds = e  # type: ignore[misc]
@@ -128,7 +126,7 @@ def test_prompt_bad_input(kwargs, match):
 def test_prompt_bad_group_index_and_batch():
     p = prompt()
     with pytest.raises(LocalScoreError, match="out of range"):
-        p.drop(2)
+        p.ablate(2)
     with pytest.raises(LocalScoreError, match="divisor"):
         prompt(batch=2).for_batch(3, "t")
 
@@ -139,7 +137,7 @@ def test_denoiser_matches_hand_computation(unet, prediction):
     sched = diffusers.DDIMScheduler(prediction_type=prediction)
     ac = sched.alphas_cumprod.to(F64)
     D = DiffusersDenoiser(unet, sched, quantize=True)
-    p = prompt(batch=2).drop(1)
+    p = prompt(batch=2).ablate(1)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3), dtype=F64)
     ts = [37, 611]
     sig = torch.tensor([sigma_of(ac, t) for t in ts], dtype=F64)
@@ -235,12 +233,12 @@ def test_ddim_localscore_sampler_matches_diffusers_scheduler(unet):
     from localscore.adapters.diffusers import scheduler_start
 
     torch.testing.assert_close(scheduler_start(diffusers.DDIMScheduler(clip_sample=False), latents, n)[0], x0)
-    ours = sample_ddim(bind_prompt(D, p), x0, sigmas)
+    ours = sample_ddim(bind(D, p), x0, sigmas)
     # diffusers computes the scheduler's coefficients (sqrt of alphas_cumprod) in float32: 1e-5 is its round-off
     tol = dict(rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(ours, ref, **tol)
     # DDIM with eta = 0 is Euler in these variables
-    torch.testing.assert_close(sample_euler(bind_prompt(D, p), x0, sigmas), ref, **tol)
+    torch.testing.assert_close(sample_euler(bind(D, p), x0, sigmas), ref, **tol)
     assert (ours - latents).abs().max() > 0.1                 # the samplers really moved
     # and the scheduler bridge driving the wrapped denoiser reproduces the raw loop
     bridged = sample_with_scheduler(D, diffusers.DDIMScheduler(clip_sample=False), latents, p, num_inference_steps=n)
@@ -283,7 +281,7 @@ def hand_attention(attn, hs, ctx, weight):
 def test_regional_processor_matches_hand_attention(soft):
     from diffusers.models.attention_processor import Attention
 
-    from localscore.adapters.diffusers import REGIONS_KWARG, _RegionSpec
+    from localscore.adapters.diffusers.regional import REGIONS_KWARG, _RegionSpec
 
     torch.manual_seed(0)
     attn = Attention(query_dim=6, cross_attention_dim=D_EMB, heads=2, dim_head=3).to(F64)
@@ -322,10 +320,10 @@ def test_regional_attention_zero_influence_outside_region_at_a_block(unet):
     # without the intervention the same block sees every concept everywhere
     J0 = torch.func.jacrev(lambda e: block(x, 2.0, p.with_regions(None).replace(embeds=e)))(p.embeds)
     assert float(J0[0, :, :, :, 0][..., [3], :].abs().amax(dim=(0, 3, 4))[~regions[0, 1]].min()) > 1e-8
-    # gradient_influence (exact) equals the Frobenius norm of the dense Jacobian
+    # gradient_influence (exact) equals the squared Frobenius norm of the dense Jacobian
     with regional_attention(unet):
         gi = gradient_influence(block, x, 2.0, p)
-    fro = torch.stack([J[..., t, :].pow(2).sum(dim=(0, 3, 4)).sqrt() for t in ([1, 2], [3])])
+    fro = torch.stack([J[..., t, :].pow(2).sum(dim=(0, 3, 4)) for t in ([1, 2], [3])])
     torch.testing.assert_close(gi[0], fro, rtol=1e-8, atol=1e-12)
 
 
@@ -339,7 +337,7 @@ def test_regional_attention_at_the_output(unet):
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7), dtype=F64)
     with regional_attention(unet):
         J = torch.func.jacrev(lambda e: D(x, 1.5, p.replace(embeds=e)))(p.embeds)[0, :, :, :, 0]
-        abl = ablation_influence(D, x, 1.5, p)
+        abl = ablation_influence(D, x, 1.5, p, max_batch=1)   # one call per set: no batch-size round-off
     assert float(J[..., 3, :].abs().max()) == 0.0
     assert float(J[..., [1, 2], :].abs().max()) > 1e-6
     assert float(abl[0, 1].max()) == 0.0 and float(abl[0, 0].max()) > 1e-6
@@ -379,7 +377,7 @@ def test_regional_attention_composes_with_other_processors():
         def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, gain=1.0):
             return gain * self.inner(attn, hidden_states, encoder_hidden_states, attention_mask)
 
-    from localscore.adapters.diffusers import REGIONS_KWARG, _RegionSpec
+    from localscore.adapters.diffusers.regional import REGIONS_KWARG, _RegionSpec
 
     torch.manual_seed(1)
     attn = Attention(query_dim=6, cross_attention_dim=D_EMB, heads=2, dim_head=3).to(F64)
@@ -408,19 +406,33 @@ def test_regional_attention_errors(unet):
     with regional_attention(unet), pytest.raises(LocalScoreError, match="latent resolution"):
         D(x, 1.0, prompt().with_regions(halves(1, 4)))
     with pytest.raises(LocalScoreError, match="coarse"):
-        resize_regions(halves(), (4, 4), coarse="some")  # type: ignore[arg-type]
+        pool_mask(halves(), size=(4, 4), coarse="some")  # type: ignore[arg-type]
 
 
-def test_resize_regions_rules():
+@pytest.mark.parametrize("by", ["size", "stride"])
+def test_pool_mask_rules(by):
+    """The region resizing of the attention processors is localscore.nn.pool_mask (ex resize_regions)."""
     m = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
     m[..., 0, 0] = True                                   # a quarter of the top-left coarse cell
     m[..., 2:, 2:] = True                                 # all of the bottom-right one
     m[..., 0:2, 2] = True                                 # half of the top-right one
-    assert resize_regions(m, (2, 2), coarse="any")[0, 0].tolist() == [[True, True], [False, True]]
-    assert resize_regions(m, (2, 2), coarse="majority")[0, 0].tolist() == [[False, True], [False, True]]
-    assert resize_regions(m, (2, 2), coarse="all")[0, 0].tolist() == [[False, False], [False, True]]
-    soft = resize_regions(m.double(), (2, 2))
+    kw: dict = {"size": (2, 2)} if by == "size" else {"stride": 2}
+    assert pool_mask(m, coarse="any", **kw)[0, 0].tolist() == [[True, True], [False, True]]
+    assert pool_mask(m, coarse="majority", **kw)[0, 0].tolist() == [[False, True], [False, True]]
+    assert pool_mask(m, coarse="all", **kw)[0, 0].tolist() == [[False, False], [False, True]]
+    soft = pool_mask(m.double(), coarse="mean", **kw)
     assert soft[0, 0].tolist() == [[0.25, 0.5], [0.0, 1.0]]
+    assert pool_mask(m.double(), coarse="any", **kw)[0, 0].tolist() == [[1.0, 1.0], [0.0, 1.0]]
+    # upsampling (regions at the latent size, maps in pixels) repeats cells
+    assert torch.equal(pool_mask(m, size=(8, 8)), m.repeat_interleave(2, 2).repeat_interleave(2, 3))
+    with pytest.raises(LocalScoreError, match="does not apply"):
+        pool_mask(m, size=(2, 2), coarse="mean")
+    with pytest.raises(LocalScoreError, match="does not apply"):
+        pool_mask(m.double(), size=(2, 2), coarse="majority")
+    with pytest.raises(LocalScoreError, match="exactly one"):
+        pool_mask(m)
+    with pytest.raises(LocalScoreError, match="not divisible"):
+        pool_mask(m, 3)
 
 
 # ------------------------------------------------------------------------------------------------ features
@@ -478,15 +490,17 @@ def test_ablation_influence_modes_against_hand_differences(unet):
     x = torch.randn(2, 4, 8, 8, dtype=F64)
     drop = ablation_influence(D, x, 1.0, p)
     only = ablation_influence(D, x, 1.0, p, mode="only")
-    for g in range(2):
-        torch.testing.assert_close(drop[:, g], (D(x, 1.0, p) - D(x, 1.0, p.drop(g))).norm(dim=1))
-        torch.testing.assert_close(only[:, g], (D(x, 1.0, p.select(g)) - D(x, 1.0, p.drop_all())).norm(dim=1))
+    for g in range(2):   # squared channel norms of the differences, by hand
+        torch.testing.assert_close(drop[:, g], (D(x, 1.0, p) - D(x, 1.0, p.ablate(g))).pow(2).sum(1))
+        torch.testing.assert_close(only[:, g], (D(x, 1.0, p.select(g)) - D(x, 1.0, p.drop_all())).pow(2).sum(1))
+    # one batched call per chunk of variants: max_batch = 2 B evaluates the reference with each variant
+    torch.testing.assert_close(ablation_influence(D, x, 1.0, p, max_batch=4), drop)
     # an absent concept has no influence; a decoder maps the maps to its own resolution
-    assert float(ablation_influence(D, x, 1.0, p.drop(0))[:, 0].max()) == 0.0
+    assert float(ablation_influence(D, x, 1.0, p.ablate(0))[:, 0].max()) == 0.0
     up = ablation_influence(D, x, 1.0, p, decoder=lambda z: torch.nn.functional.interpolate(z, scale_factor=2))
     torch.testing.assert_close(up, torch.nn.functional.interpolate(drop, scale_factor=2))
     with pytest.raises(LocalScoreError, match="mode"):
-        ablation_influence(D, x, 1.0, p, mode="all")  # type: ignore[arg-type]
+        ablation_influence(D, x, 1.0, p, mode="drop")  # type: ignore[arg-type]
 
 
 def test_gradient_influence_exact_and_probes_on_a_known_jacobian():
@@ -500,13 +514,13 @@ def test_gradient_influence_exact_and_probes_on_a_known_jacobian():
 
     p = prompt()
     x = torch.zeros(1, 1, 3, 3, dtype=F64)
-    want = torch.stack([A[..., t, :].pow(2).sum(dim=(0, 3, 4)).sqrt() for t in ([1, 2], [3])])
+    want = torch.stack([A[..., t, :].pow(2).sum(dim=(0, 3, 4)) for t in ([1, 2], [3])])   # ||A_g||_F^2
     exact = gradient_influence(fn, x, 1.0, p)
     torch.testing.assert_close(exact[0], want, rtol=1e-12, atol=1e-12)
     assert float(exact[0, 0, 0, 0]) == 0.0
     est = gradient_influence(fn, x, 1.0, p, probes=400, generator=torch.Generator().manual_seed(1))
     # E |A v|^2 = ||A||_F^2 for Rademacher v: 400 probes put the squared norms within ~15 % per pixel
-    ratio = est[0, :, 1:, 1:].pow(2) / want[:, 1:, 1:].pow(2)
+    ratio = est[0, :, 1:, 1:] / want[:, 1:, 1:]
     assert float((ratio - 1).abs().max()) < 0.35 and float((ratio.mean() - 1).abs()) < 0.05
     with pytest.raises(LocalScoreError, match="probes"):
         gradient_influence(fn, x, 1.0, p, probes=0)
@@ -522,7 +536,7 @@ def test_gradient_influence_runs_without_graph(unet):
 
 
 def test_concept_locality_goes_through_the_metric():
-    p = prompt(batch=2).drop(1)                             # concept 1 absent in both prompts
+    p = prompt(batch=2).ablate(1)                             # concept 1 absent in both prompts
     regions = halves(1, 4)
     I = torch.zeros(2, 2, 2, 2, dtype=F64)
     I[:, 0, :, 0] = 1.0                                     # concept 0: left column, its region
@@ -665,20 +679,20 @@ def test_bad_input_of_the_public_functions(unet):
     p = prompt()
     x = torch.randn(1, 4, 8, 8, dtype=F64)
     cases = [
-        (lambda: bind_prompt(D, "a red hat"), "PromptConditions"),
-        (lambda: bind_prompt(D, p)(x, 1.0, p), "already has its prompt"),
+        (lambda: bind(D, "a red hat"), "conditioner set"),
+        (lambda: bind(D, p)(x, 1.0, p), "already has its conditions"),
         (lambda: scheduler_sigmas(object(), 4), "scheduler"),
         (lambda: scheduler_sigmas(diffusers.DDIMScheduler(), 0), "num_inference_steps"),
         (lambda: sample_with_scheduler(D, diffusers.DDIMScheduler(), x[0], p, num_inference_steps=2), "latents"),
         (lambda: sample_with_scheduler("D", diffusers.DDIMScheduler(), x, p, num_inference_steps=2), "denoiser"),
         (lambda: list_blocks("unet"), "nn.Module"),
         (lambda: FeatureMap(D, unet, "nope"), "no block named"),
-        (lambda: ablation_influence(D, x, 1.0, p.embeds), "PromptConditions"),
+        (lambda: ablation_influence(D, x, 1.0, p.embeds), "conditioner set"),
         (lambda: ablation_influence(D, x, -1.0, p), "sigma"),
         (lambda: gradient_influence(D, x, 1.0, p, chunk=0), "chunk"),
         (lambda: concept_feature_means(D, x, 1.0, p, p.drop_all()), "list of PromptConditions"),
         (lambda: concept_locality(torch.zeros(1, 2, 4), p, regions=halves()), "influence"),
-        (lambda: resize_regions(torch.zeros(2, 2), (1, 1)), "regions"),
+        (lambda: pool_mask(torch.zeros(2, 2), size=(1, 1)), "mask"),
         (lambda: p.replace(colour=1), "unknown fields"),
         (lambda: p.repeat(0), "n"),
         (lambda: DiffusersDenoiser(torch.nn.Linear(2, 2), diffusers.DDIMScheduler()), "convention"),
@@ -741,7 +755,7 @@ def test_scheduler_bridge_on_schedulers_with_their_own_sigma_grid(unet, make):
         from localscore.sampling import sample_euler
 
         x, sigmas = scheduler_start(make(), noise * sched.init_noise_sigma, 6)
-        torch.testing.assert_close(sample_euler(bind_prompt(D, p), x, sigmas), ref, rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(sample_euler(bind(D, p), x, sigmas), ref, rtol=2e-5, atol=2e-5)
 
 
 def test_scheduler_bridge_with_fractional_timesteps(unet):
@@ -759,7 +773,7 @@ def test_scheduler_bridge_with_fractional_timesteps(unet):
 
 
 def test_prompt_batch_indexing():
-    p = prompt(batch=3, regions=halves(1)).drop(0)
+    p = prompt(batch=3, regions=halves(1)).ablate(0)
     q = p[1]
     assert q.batch_size == 1 and torch.equal(q.embeds, p.embeds[1:2]) and q.regions.shape[0] == 1
     assert torch.equal(q.effective_embeds(), p.effective_embeds()[1:2])
@@ -769,3 +783,139 @@ def test_prompt_batch_indexing():
         p[3]
     with pytest.raises(LocalScoreError, match="selects no prompt"):
         p[3:]
+
+
+# ------------------------------------------------------------------------------------------------ the set protocol
+def test_prompts_implement_the_conditioner_set_protocol():
+    p = prompt(batch=2, regions=halves(1))
+    assert p.num_slots == 2 and p.valid is p.active
+    # pad_to: inactive groups without tokens, empty regions; the model input is unchanged
+    q = p.pad_to(4)
+    assert q.num_slots == 4 and q.valid[:, 2:].sum() == 0 and not q.groups[:, 2:].any()
+    assert torch.equal(q.effective_embeds(), p.effective_embeds()) and not q.regions[:, 2:].any()
+    with pytest.raises(LocalScoreError, match="below"):
+        p.pad_to(1)
+    with pytest.raises(LocalScoreError, match="no token"):           # only an inactive group may be empty
+        q.replace(active=torch.ones_like(q.active))
+    # cat: batches concatenate (G padded to the largest); the shared null embedding stays shared
+    one = PromptConditions(p.embeds[:1], [[1, 2]], null_embeds=p.null_embeds, regions=halves(1)[:, :1])
+    c = PromptConditions.cat([p, one])
+    assert c.batch_size == 3 and c.valid.tolist() == [[True, True], [True, True], [True, False]]
+    assert c.null_embeds is not None and c.null_embeds.shape[0] == 1
+    for b, (src, i) in enumerate([(p, 0), (p, 1), (one, 0)]):
+        assert torch.equal(c[b].effective_embeds(), src[i].effective_embeds())
+        assert torch.equal(c.regions[b, : src.num_slots], src.regions[0])
+    with pytest.raises(LocalScoreError, match="token shapes"):
+        PromptConditions.cat([p, PromptConditions(torch.zeros(1, 3, D_EMB, dtype=F64), [[1]])])
+    with pytest.raises(LocalScoreError, match="regions"):
+        PromptConditions.cat([p, p.with_regions(None)])
+    # repeat_interleave and batch indexing by lists and tensors
+    r = p.ablate(1)[[1, 0]].repeat_interleave(2)
+    assert r.batch_size == 4 and torch.equal(r.effective_embeds()[2], p.ablate(1).effective_embeds()[0])
+    assert p[torch.tensor([False, True])].batch_size == 1
+
+
+def test_influence_of_padding_and_absent_concepts_is_zero(unet):
+    D = DiffusersDenoiser(unet, diffusers.DDIMScheduler())
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3), dtype=F64)
+    p = prompt().pad_to(3)
+    abl = ablation_influence(D, x, 1.0, p)
+    assert abl.shape == (1, 3, 8, 8) and float(abl[0, 2].abs().max()) == 0.0 and float(abl[0, 0].max()) > 0
+    torch.testing.assert_close(abl[:, :2], ablation_influence(D, x, 1.0, prompt()))
+    with torch.no_grad():
+        gi = gradient_influence(D, x, 1.0, p.ablate(0), probes=2, generator=torch.Generator().manual_seed(0))
+    assert float(gi[0, 0].abs().max()) == 0.0 and float(gi[0, 2].abs().max()) == 0.0 and float(gi[0, 1].max()) > 0
+
+
+def test_deprecated_names_warn_and_keep_their_values(unet):
+    """0.1.0's adapter influence functions (norms), resize_regions and PromptConditions.drop, for one release."""
+    import localscore.adapters.diffusers as ad
+
+    D = DiffusersDenoiser(unet, diffusers.DDIMScheduler())
+    p = prompt()
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5), dtype=F64)
+    with pytest.warns(DeprecationWarning, match="localscore.metrics.ablation_influence") as rec:
+        old = ad.ablation_influence(D, x, 1.0, p, mode="only")
+    assert rec[0].filename == __file__
+    for g in range(2):                                   # 0.1.0's norm, not its square
+        torch.testing.assert_close(old[:, g], (D(x, 1.0, p.select(g)) - D(x, 1.0, p.drop_all())).norm(dim=1))
+    fn = FeatureMap(D, unet, "down_blocks.0.attentions.0")
+    with pytest.warns(DeprecationWarning, match="localscore.metrics.gradient_influence"):
+        old_g = ad.gradient_influence(fn, x, 1.0, p.ablate(1), probes=2, generator=torch.Generator().manual_seed(2))
+    new_g = gradient_influence(fn, x, 1.0, p.ablate(1), probes=2, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(old_g[:, 0], new_g[:, 0].sqrt())
+    assert float(old_g[:, 1].max()) > 0 and float(new_g[:, 1].max()) == 0   # 0.1.0 measured absent concepts too
+    with pytest.warns(DeprecationWarning, match="localscore.nn.pool_mask"):
+        assert torch.equal(ad.resize_regions(halves(), (4, 4), coarse="all"), pool_mask(halves(), 2, coarse="all"))
+    with pytest.warns(DeprecationWarning, match="PromptConditions.ablate"):
+        assert torch.equal(p.drop(0).active, p.ablate(0).active)
+    with pytest.warns(DeprecationWarning, match="use localscore.bind"):
+        bound = ad.bind_prompt(D, p)
+    with pytest.warns(DeprecationWarning, match="localscore.denoisers.BoundDenoiser"):
+        bound2 = ad.PromptBound(D, p)
+    assert bound.prompt is p and bound2.cond is p
+    torch.testing.assert_close(bound(x, 1.0), bind(D, p)(x, 1.0), rtol=0, atol=0)
+
+
+def test_importing_the_adapter_never_imports_diffusers():
+    import subprocess
+    import sys
+
+    code = ("import sys, localscore.adapters.diffusers as d, localscore.metrics; "
+            "assert 'diffusers' not in sys.modules, 'imported'; print(len(d.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    # positive control: the check sees diffusers in sys.modules (planted, without the cost of importing it)
+    planted = code.replace("localscore.metrics; ", "localscore.metrics; sys.modules['diffusers'] = sys; ")
+    bad = subprocess.run([sys.executable, "-c", planted], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "imported" in bad.stderr
+
+
+class TinyEps(torch.nn.Module):
+    """A stand-in with diffusers' UNet signature whose output depends on the prompt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(D_EMB, 4, dtype=F64))
+
+    def forward(self, sample, timestep, encoder_hidden_states, return_dict=False):
+        shift = (encoder_hidden_states.mean(1) @ self.w)[:, :, None, None]
+        return (0.3 * sample + shift * torch.tanh(sample),)
+
+
+@pytest.mark.parametrize("model", ["fake", "unet"])
+def test_concept_composition_batched_is_one_call_per_step(unet, model):
+    """The composition of a prompt's concepts goes through compose like objects do: with strategy "batched"
+    the background and the G components share one model call, as projective_from on any set, and give the
+    numbers of the sequential strategy (G + 1 calls)."""
+    from localscore.compose import projective_from
+    from localscore.sampling import sample_euler
+
+    net = TinyEps() if model == "fake" else unet
+    calls = {"n": 0}
+    hook = net.register_forward_pre_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        D = DiffusersDenoiser(net, diffusers.DDIMScheduler(clip_sample=False))
+        p = PromptConditions(torch.randn(1, T_TOK, D_EMB, dtype=F64), [[1], [2], [3]],
+                             null_embeds=torch.zeros(1, T_TOK, D_EMB, dtype=F64))
+        x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+        outs = {}
+        for strategy, want in (("sequential", 4), ("batched", 1)):
+            calls["n"] = 0
+            outs[strategy] = concept_composition(D, p, strategy=strategy)(x, 1.5)
+            assert calls["n"] == want, (strategy, calls["n"])
+        torch.testing.assert_close(outs["batched"], outs["sequential"], rtol=1e-10, atol=1e-12)
+        calls["n"] = 0
+        torch.testing.assert_close(projective_from(D, p, strategy="batched")(x, 1.5), outs["sequential"],
+                                   rtol=1e-10, atol=1e-12)
+        assert calls["n"] == 1
+        # by hand: D(none) + sum_g (D(p_g) - D(none))
+        bg = D(x, 1.5, p.drop_all())
+        want = bg + sum(D(x, 1.5, q) - bg for q in p.singletons())
+        torch.testing.assert_close(outs["batched"], want, rtol=1e-10, atol=1e-12)
+        # one call per sampler step
+        calls["n"] = 0
+        sample_euler(concept_composition(D, p, strategy="batched"), x, torch.tensor([2.0, 1.0, 0.5, 0.0], dtype=F64))
+        assert calls["n"] == 3
+    finally:
+        hook.remove()

@@ -371,3 +371,19 @@ def test_empty_rejects_bad_attr_dim() -> None:
     for bad in (0, -2, 1.0, True):
         with pytest.raises(LocalScoreError, match="attr_dim"):
             Conditions.empty(2, attr_dim=bad)  # type: ignore[arg-type]
+
+
+def test_ablate_keeps_the_slot_and_the_protocol_holds() -> None:
+    from localscore.conditions import ConditionSet
+
+    c = Conditions.from_lists([[(1.0, 2.0), (3.0, 4.0)], [(5.0, 6.0)]], attrs=[[[1.0], [2.0]], [[3.0]]])
+    a = c.ablate(1)
+    assert a.num_slots == 2 and a.valid.tolist() == [[True, False], [True, False]]
+    assert torch.equal(a.pos, c.pos) and a.attr is not None and torch.equal(a.attr, c.attr)
+    # the model sees the same set as with drop (which removes the slot): the same valid objects
+    assert torch.equal(a.compact().pos, c.drop(1).compact().pos)
+    with pytest.raises(LocalScoreError, match="out of range"):
+        c.ablate(2)
+    assert isinstance(c, ConditionSet) and not isinstance(c.pos, ConditionSet)
+    for name in ("select", "ablate", "drop_all", "singletons", "pad_to", "repeat_interleave", "to", "cat"):
+        assert callable(getattr(c, name))

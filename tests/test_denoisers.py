@@ -306,3 +306,51 @@ def test_call_denoiser_checks_the_output(case: str) -> None:
                                                                                 "type": "float",
                                                                                 "nan": "non-finite"}[case]):
         call_denoiser(out, torch.zeros(2, 1, 1, 1), torch.ones(2), None, "test")
+
+
+def test_bind_takes_any_conditioner_set() -> None:
+    """A set type other than Conditions (a minimal one here) is bound and tiled through its own `cat`."""
+    from localscore import LocalScoreError, bind
+
+    class Tags:
+        """K tags per image as a conditioner set: values [B, K], valid [B, K]."""
+
+        def __init__(self, values: torch.Tensor, valid: torch.Tensor) -> None:
+            self.values, self.valid = values, valid
+            self.batch_size, self.num_slots, self.device = values.shape[0], values.shape[1], values.device
+
+        def select(self, j):
+            return Tags(self.values[:, j : j + 1], self.valid[:, j : j + 1])
+
+        def ablate(self, j):
+            return Tags(self.values, self.valid & (torch.arange(self.num_slots) != j))
+
+        def drop_all(self):
+            return Tags(self.values, self.valid & False)
+
+        def singletons(self):
+            return [self.select(j) for j in range(self.num_slots)]
+
+        def pad_to(self, k):
+            return self
+
+        def __getitem__(self, i):
+            return Tags(self.values[i], self.valid[i])
+
+        def repeat_interleave(self, n):
+            return Tags(self.values.repeat_interleave(n, 0), self.valid.repeat_interleave(n, 0))
+
+        def to(self, device=None, dtype=None):
+            return self
+
+        @staticmethod
+        def cat(items):
+            return Tags(torch.cat([t.values for t in items]), torch.cat([t.valid for t in items]))
+
+    t = Tags(torch.tensor([[1.0, 2.0]]), torch.tensor([[True, True]]))
+    D = lambda x, s, c: x + (c.values * c.valid).sum(1).view(-1, 1, 1, 1)  # noqa: E731
+    out = bind(D, t)(torch.zeros(3, 1, 1, 1), 1.0)                      # the set is tiled to 3 images
+    assert out.flatten().tolist() == [3.0, 3.0, 3.0]
+    assert bind(D, t.ablate(0))(torch.zeros(1, 1, 1, 1), 1.0).item() == 2.0
+    with pytest.raises(LocalScoreError, match="conditioner set"):
+        bind(D, torch.zeros(1, 2))

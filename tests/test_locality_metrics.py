@@ -11,8 +11,10 @@ import torch
 
 from localscore import Conditions, LocalScoreError
 from localscore.metrics import (
+    ablation_influence,
     conditional_locality,
     feature_orthogonality,
+    gradient_influence,
     influence_radius,
     locality_index,
     pixel_locality,
@@ -248,6 +250,37 @@ def test_conditional_locality_correlated_gaussian_matches_closed_form(sigma: flo
     assert res.index["ablation"].item() == pytest.approx(float(np.mean(expected_inside)), rel=1e-10)
     assert res.index["ablation"].item() < 0.99  # not local: the correlated background spreads influence
     json.dumps(res.to_dict())
+
+
+def test_influence_functions_on_conditions_match_the_closed_form() -> None:
+    """The shared influence functions (the ones conditional_locality uses): mode "only", probes, padding."""
+    H, W, sigma = 6, 7, 0.8
+    n = H * W
+    grid = np.stack(np.meshgrid(np.arange(H), np.arange(W), indexing="ij"), -1).reshape(n, 2)
+    d2 = ((grid[:, None] - grid[None]) ** 2).sum(-1)
+    S = np.exp(-d2 / (2 * 1.5**2)) + 0.05 * np.eye(n)
+    oracle = _CondGaussian(H, W, S, width=1.0, cutoff=None)
+    cond = Conditions.from_lists([[(1.0, 1.0), (4.0, 5.0)], [(2.0, 3.0)]], dtype=torch.float64)
+    x = torch.randn(2, 1, H, W, dtype=torch.float64)
+    Minv = np.linalg.inv(S + sigma**2 * np.eye(n))
+    only = ablation_influence(oracle, x, sigma, cond, mode="only")
+    exact = gradient_influence(oracle, x, sigma, cond)
+    for b, k, (pr, pc) in [(0, 0, (1.0, 1.0)), (0, 1, (4.0, 5.0)), (1, 0, (2.0, 3.0))]:
+        bump = np.exp(-((grid[:, 0] - pr) ** 2 + (grid[:, 1] - pc) ** 2) / 2.0)
+        # D(c_k) - D(none) = s^2 (S + s^2 I)^-1 bump_k: the same as dropping k, for this linear oracle
+        np.testing.assert_allclose(only[b, k].numpy().flatten(), (sigma**2 * Minv @ bump) ** 2, rtol=1e-9,
+                                   atol=1e-14)
+        g = sum((sigma**2 * Minv @ (bump * (grid[:, a] - p))) ** 2 for a, p in ((0, pr), (1, pc)))
+        np.testing.assert_allclose(exact[b, k].numpy().flatten(), g, rtol=1e-8, atol=1e-14)
+    assert float(only[1, 1].abs().max()) == 0.0 and float(exact[1, 1].abs().max()) == 0.0    # padding slot
+    est = gradient_influence(oracle, x, sigma, cond, probes=200, chunk=100, generator=torch.Generator().manual_seed(0))
+    # E |J v|^2 = ||J||_F^2 for Rademacher v on the slot's 2 coordinates: the cross term averages out
+    ratio = est.sum(dim=(2, 3))[cond.valid] / exact.sum(dim=(2, 3))[cond.valid]
+    assert float((ratio - 1).abs().max()) < 0.2
+    with pytest.raises(LocalScoreError, match="conditioner set"):
+        ablation_influence(oracle, x, sigma, None)
+    with pytest.raises(LocalScoreError, match="mode"):
+        ablation_influence(oracle, x, sigma, cond, mode="drop")  # type: ignore[arg-type]
 
 
 def test_conditional_locality_local_network_and_global_network() -> None:

@@ -1,4 +1,5 @@
-"""Measure locality: Jacobians (dense, coloured, probes), pixel and conditional locality, feature geometry.
+"""Measure locality: Jacobians (dense, coloured, probes), influence maps of conditioners, pixel and conditional
+locality, feature geometry.
 
 Distances are Chebyshev (square neighbourhoods, the metric of declared receptive radii) unless a
 function takes ``metric="euclidean"``; every result records the metric it used.
@@ -12,6 +13,7 @@ from __future__ import annotations
 from ..compose import CompositionResidual
 from ..compose import residual as composition_residual
 from .features import feature_orthogonality
+from .influence import ablation_influence, gradient_influence, math_attention
 from .jacobians import BandedJacobian, JacobianProbes, LocalityViolation, jacobian, jvp_batch, vjp_batch
 from .locality import conditional_locality, influence_radius, locality_index, pixel_locality
 from .results import ConditionalLocality, FeatureOrthogonality, LocalityIndex, PixelLocality
@@ -25,13 +27,16 @@ __all__ = [
     "LocalityIndex",
     "LocalityViolation",
     "PixelLocality",
+    "ablation_influence",
     "composition_residual",
     "conditional_locality",
     "feature_orthogonality",
+    "gradient_influence",
     "influence_radius",
     "jacobian",
     "jvp_batch",
     "locality_index",
+    "math_attention",
     "pixel_locality",
     "vjp_batch",
 ]

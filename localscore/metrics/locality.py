@@ -25,6 +25,7 @@ from .._errors import describe, fail
 from ..conditions import Conditions
 from ..denoisers import call_denoiser, receptive_radius
 from ..masks import distances
+from .influence import _ablation, _gradient
 from .jacobians import BandedJacobian, JacobianProbes, jacobian
 from .results import ConditionalLocality, LocalityIndex, PixelLocality
 
@@ -411,55 +412,6 @@ def influence_radius(influence: Tensor, cond: Conditions, *, quantile: float = 0
 
 
 # ----------------------------------------------------------------------------- conditional locality
-def _ablation(denoiser: Any, x: Tensor, s: Tensor, cond: Conditions, max_batch: int, where: str) -> Tensor:
-    """Squared output change per pixel when each slot is dropped; the full set is re-evaluated in every
-    batched call, so the difference is not polluted by batch-size-dependent kernels."""
-    B, K = cond.batch_size, cond.num_slots
-    out = x.new_zeros(B, K, *x.shape[2:])
-    per = max(1, max_batch // B - 1)
-    for k0 in range(0, K, per):
-        ks = list(range(k0, min(K, k0 + per)))
-        conds = [cond]
-        for k in ks:
-            keep = cond.valid.clone()
-            keep[:, k] = False
-            conds.append(Conditions(cond.pos, cond.attr, keep))
-        n = len(ks) + 1
-        y = call_denoiser(denoiser, x.repeat(n, 1, 1, 1), s.repeat(n), Conditions.cat(conds), where)
-        y = y.detach().view(n, B, *x.shape[1:])
-        diff = (y[:1] - y[1:]).pow(2).sum(2)  # [n - 1, B, H, W]
-        out[:, ks] = diff.transpose(0, 1)
-    return out * cond.valid[:, :, None, None].to(out.dtype)
-
-
-def _gradient(denoiser: Any, x: Tensor, s: Tensor, cond: Conditions, where: str) -> Tensor:
-    B, K = cond.batch_size, cond.num_slots
-    pos = cond.pos.detach().to(x.dtype)
-    attr = None if cond.attr is None else cond.attr.detach().to(x.dtype)
-    out = x.new_zeros(B, K, *x.shape[2:])
-
-    def f(p: Tensor, a: Tensor | None) -> Tensor:
-        return call_denoiser(denoiser, x, s, Conditions(p, a, cond.valid), where)
-
-    n_params = 2 + (0 if attr is None else attr.shape[-1])
-    for k in range(K):
-        for j in range(n_params):
-            tp = torch.zeros_like(pos)
-            ta = None if attr is None else torch.zeros_like(attr)
-            if j < 2:
-                tp[:, k, j] = 1
-            else:
-                assert ta is not None
-                ta[:, k, j - 2] = 1
-            if attr is None:
-                t = torch.func.jvp(lambda p: f(p, None), (pos,), (tp,))[1]
-            else:
-                assert ta is not None
-                t = torch.func.jvp(f, (pos, attr), (tp, ta))[1]
-            out[:, k] += t.detach().pow(2).sum(1)
-    return out * cond.valid[:, :, None, None].to(out.dtype)
-
-
 def conditional_locality(
     denoiser: Any,
     x: Tensor,
@@ -474,12 +426,15 @@ def conditional_locality(
 ) -> ConditionalLocality:
     r"""Per-conditioner influence maps and the conditional locality index, at one or several sigmas.
 
-    Influence of conditioner ``k`` on output pixel ``i`` (summed over output channels ``c``):
+    Influence of conditioner ``k`` on output pixel ``i`` (summed over output channels ``c``), the squared
+    norms of :mod:`localscore.metrics.influence`:
 
-    * ``"ablation"``: ``I[b, k, i] = sum_c (D(x, sigma, cond)[b, c, i] - D(x, sigma, cond \ k)[b, c, i])^2``,
-      where ``cond \ k`` marks slot ``k`` invalid (the object is dropped). Works for any model.
-    * ``"gradient"``: ``I[b, k, i] = sum_c sum_theta (d D[b, c, i] / d theta)^2`` over the position
-      ``(row, col)`` and the attributes ``theta`` of conditioner ``k`` (forward-mode JVPs). It is zero
+    * ``"ablation"`` (:func:`~localscore.metrics.ablation_influence`):
+      ``I[b, k, i] = sum_c (D(x, sigma, cond)[b, c, i] - D(x, sigma, cond \ k)[b, c, i])^2``,
+      where ``cond \ k`` marks slot ``k`` invalid (the object is absent). Works for any model.
+    * ``"gradient"`` (:func:`~localscore.metrics.gradient_influence`, exact):
+      ``I[b, k, i] = sum_c sum_theta (d D[b, c, i] / d theta)^2`` over the position ``(row, col)`` and the
+      attributes ``theta`` of conditioner ``k`` (forward-mode JVPs, ``max_batch // B`` per call). It is zero
       for models whose output is piecewise constant in positions (hard-edged renderings).
 
     Then per method: ``influence_radius`` (the smallest distance from ``pos[b, k]`` holding ``quantile`` of
@@ -497,7 +452,7 @@ def conditional_locality(
         regions: see above.
         quantile: for the influence radius.
         metric: ``"chebyshev"`` or ``"euclidean"``.
-        max_batch: the largest batch passed to the denoiser (ablations are batched).
+        max_batch: the largest batch passed to the denoiser (ablations and gradient directions are batched).
 
     Returns:
         :class:`~localscore.metrics.ConditionalLocality`.
@@ -539,10 +494,13 @@ def conditional_locality(
         raise fail(where, f"`regions` has shape {tuple(regions.shape)}, expected [B, K, H, W] = {[B, K, H, W]}.")
     label = ("given" if isinstance(regions, torch.Tensor) else "influence_radius" if regions is None
              else f"radius={regions}" if isinstance(regions, (int, float)) else "rule")
+    def fn(xx: Tensor, ss: Tensor, cc: Conditions) -> Tensor:
+        return call_denoiser(denoiser, xx, ss, cc, where)
+
     for s in sig:
         for m in meths:
-            I = (_ablation(denoiser, x, s, c, max_batch, where) if m == "ablation"
-                 else _gradient(denoiser, x, s, c, where)).detach().double()
+            I = (_ablation(fn, x, s, c, "ablate", None, max_batch, where) if m == "ablation"
+                 else _gradient(fn, x, s, c, None, None, None, max(1, max_batch // B), where)).detach().double()
             r = influence_radius(I, c, quantile=quantile, metric=metric)
             if regions is None:
                 d = distances(c.to(dtype=torch.float64), (H, W), metric)

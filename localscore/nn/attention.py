@@ -11,6 +11,7 @@ implements the locality protocol of :func:`localscore.nn.enforce_locality` (``lo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -261,30 +262,81 @@ def _auto_neighbors(mask: Tensor | None, valid: Tensor, mode: SparseMode, condit
     return _build_neighbor_list(mask, allowed, count) if build else True
 
 
-def pool_mask(mask: Tensor, stride: int) -> Tensor:
-    r"""A full-resolution mask ``[B, K, H, W]`` at a coarser resolution ``[B, K, H/s, W/s]`` (max over cells).
+Coarse = Literal["any", "majority", "all", "mean"]
+"""How :func:`pool_mask` reduces a coarse cell: ``"any"``, ``"majority"``, ``"all"`` (bool masks) or ``"mean"``."""
 
-    A coarse cell may see a conditioner when any of the ``s x s`` full-resolution pixels it covers may:
-    ``out[b, k, i, j] = max_{0 <= u, v < s} mask[b, k, s i + u, s j + v]``. ``H`` and ``W`` must be
-    divisible by ``s``. Bool masks stay bool.
+
+def pool_mask(mask: Tensor, stride: int | None = None, *, size: Sequence[int] | None = None,
+              coarse: Coarse = "any") -> Tensor:
+    r"""A mask ``[B, K, H, W]`` at another resolution: ``[B, K, H/s, W/s]`` for a stride ``s``, or ``[B, K, h, w]``.
+
+    Each output cell covers a block of input pixels: the ``s x s`` pixels ``(s i + u, s j + v)`` for a
+    stride (``H`` and ``W`` divisible by ``s``), or for ``size = (h, w)`` the cells of area interpolation
+    (``F.interpolate(mode="area")``, which also upsamples). With ``f`` the fraction of the cell inside a
+    bool mask:
+
+    * ``"any"`` (default): ``f > 0``, that is ``out[b, k, i, j] = max_{cell} mask[b, k, .]``: a coarse cell
+      may see a conditioner when any pixel it covers may. Soft masks take the maximum too.
+    * ``"majority"``: ``f >= 1/2``; ``"all"``: ``f == 1`` (bool masks only).
+    * ``"mean"``: the area average of a soft mask (in its dtype), what a resized weight map keeps.
+
+    Bool masks stay bool. A mask already of the output size is returned as it is.
+
+    Args:
+        mask: ``[B, K, H, W]`` bool, or floating in ``[0, 1]``.
+        stride: the integer downsampling factor; give it or ``size``.
+        size: the output size ``(h, w)``.
+        coarse: the reduction, see above.
 
     Examples:
         >>> import torch
         >>> m = torch.zeros(1, 1, 4, 4, dtype=torch.bool); m[0, 0, 3, 0] = True
         >>> pool_mask(m, 2)[0, 0].int().tolist()
         [[0, 0], [1, 0]]
+        >>> m[..., :2, :3] = True                        # the top-left cell full, the top-right one half
+        >>> pool_mask(m, size=(2, 2), coarse="majority")[0, 0].tolist()
+        [[True, True], [False, False]]
+        >>> pool_mask(m.double(), size=(2, 2), coarse="mean")[0, 0].tolist()
+        [[1.0, 0.5], [0.25, 0.0]]
     """
-    if stride == 1:
-        return mask
+    where = "pool_mask"
+    if not isinstance(mask, Tensor) or mask.dim() != 4:
+        raise fail(where, f"argument `mask` is {describe(mask)}, expected a tensor [B, K, H, W].")
+    if coarse not in ("any", "majority", "all", "mean"):
+        raise fail(where, f"`coarse` is {coarse!r}, expected 'any', 'majority', 'all' or 'mean'.")
+    hard = mask.dtype == torch.bool
+    if (hard and coarse == "mean") or (not hard and coarse in ("majority", "all")):
+        kind = "bool" if hard else "soft (floating)"
+        raise fail(where, f"`coarse` = {coarse!r} does not apply to a {kind} mask.",
+                   "bool masks take 'any', 'majority' or 'all'; soft masks take 'any' or 'mean'.")
     B, K, H, W = mask.shape
-    if H % stride or W % stride:
-        raise fail("pool_mask", f"mask size {(H, W)} is not divisible by the stride {stride}.")
+    if (stride is None) == (size is None):
+        raise fail(where, f"give exactly one of `stride` and `size`; got stride={stride!r}, size={size!r}.")
+    if stride is not None:
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise fail(where, f"`stride` is {stride!r}, expected an int >= 1.")
+        if H % stride or W % stride:
+            raise fail(where, f"mask size {(H, W)} is not divisible by the stride {stride}.",
+                       "pass size=(h, w) for sizes that are not multiples.")
+        h, w = H // stride, W // stride
+    else:
+        assert size is not None
+        h, w = int(size[0]), int(size[1])
+        if h < 1 or w < 1:
+            raise fail(where, f"`size` is {tuple(size)!r}, expected two ints >= 1.")
+    if (h, w) == (H, W):
+        return mask
     if K == 0:
-        return mask.new_zeros(B, 0, H // stride, W // stride)
-    m = F.max_pool2d(mask.to(torch.float32 if mask.dtype == torch.bool else mask.dtype).reshape(B * K, 1, H, W),
-                     stride)
-    m = m.reshape(B, K, H // stride, W // stride)
-    return m > 0 if mask.dtype == torch.bool else m
+        return mask.new_zeros(B, 0, h, w)
+    if coarse == "any":
+        m = mask.to(torch.float32 if hard else mask.dtype).reshape(B * K, 1, H, W)
+        m = F.max_pool2d(m, stride) if stride is not None else F.adaptive_max_pool2d(m, (h, w))
+        m = m.reshape(B, K, h, w)
+        return m > 0 if hard else m
+    if coarse == "mean":
+        return F.interpolate(mask, size=(h, w), mode="area")
+    f = F.interpolate(mask.double(), size=(h, w), mode="area")   # the fraction of each cell inside the mask
+    return f >= 0.5 if coarse == "majority" else f >= 1 - 1e-9
 
 
 def _pixel_positions(hh: int, ww: int, stride: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -587,7 +639,7 @@ class RenderedConditioning(ConditioningLayer):
     The input features ``h`` only set the output size (the map does not depend on them). A pixel no mask
     covers gets ``b``, the unconditional path. Output at ``q`` depends exactly on the conditioners with
     ``m_qk > 0``. This is the conditioning of the convolutional model that generalised perfectly in
-    the study of REFERENCES.md ("a rendered map of the objects within 3.5 px of each pixel").
+    the earlier 16x16 study of the experiments docs ("a rendered map of the objects within 3.5 px of each pixel").
     With ``ctx.neighbors`` (a :class:`NeighborList`) the sums run over the listed conditioners only
     (see :meth:`forward`); the function is the same.
 

@@ -1,0 +1,181 @@
+r"""diffusers schedulers and localscore's samplers: noise-level grids, starting points, and a diffusers
+scheduler's sampling loop driven by any localscore denoiser."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..._checks import check_image
+from ..._errors import describe, fail
+from ...denoisers import call_denoiser
+from .denoiser import _prediction_type
+
+__all__ = ["sample_with_scheduler", "scheduler_sigmas", "scheduler_start"]
+
+
+def _check_scheduler(scheduler: Any, where: str) -> None:
+    for attr in ("set_timesteps", "step", "scale_model_input", "timesteps", "alphas_cumprod", "config"):
+        if not hasattr(scheduler, attr):
+            raise fail(where, f"argument `scheduler` is {describe(scheduler)}, which has no `{attr}`; expected a "
+                       "diffusers scheduler of a variance-preserving model (DDIM, DDPM, Euler, DPM-Solver, ...).")
+
+
+def _timestep_index(t: Tensor, T: int, where: str) -> int:
+    v = float(t)
+    i = round(v)
+    if abs(v - i) > 1e-4 or not 0 <= i < T:
+        raise fail(where, f"the scheduler's timestep {v!r} is not an integer in [0, {T}); expected discrete "
+                   "timesteps into alphas_cumprod.",
+                   "use a scheduler with integer timesteps (DDIM, DDPM, DPMSolverMultistep, UniPC, Euler "
+                   "with timestep_spacing='leading'), or sample with localscore's samplers.")
+    return i
+
+
+def _grid(scheduler: Any, where: str) -> Tensor:
+    """``[N + 1]`` float64 noise levels (CPU) of the scheduler's current timesteps, last one included."""
+    steps = scheduler.timesteps
+    own = getattr(scheduler, "sigmas", None)
+    if isinstance(own, torch.Tensor) and own.dim() == 1 and own.numel() == len(steps) + 1:
+        # schedulers that keep their own sigma grid (Euler, LMS, DPM-Solver, UniPC, ...)
+        return own.detach().double().cpu()
+    ac = scheduler.alphas_cumprod.double().cpu()
+    a = ac[[_timestep_index(t, ac.numel(), where) for t in steps]]
+    final = 0.0
+    if getattr(scheduler.config, "set_alpha_to_one", True) is False and "DDIM" in type(scheduler).__name__:
+        final = math.sqrt((1 - float(ac[0])) / float(ac[0]))
+    return torch.cat([torch.sqrt((1 - a) / a), torch.tensor([final], dtype=torch.float64)])
+
+
+def scheduler_sigmas(scheduler: Any, num_inference_steps: int | None = None, *,
+                     device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    r"""The noise-level grid ``[N + 1]`` of a diffusers scheduler's timesteps, in localscore's variables.
+
+    ``sigmas[i] = sqrt((1 - a[t_i]) / a[t_i])`` for the scheduler's timesteps ``t_0 > ... > t_{N-1}``
+    (after ``set_timesteps(num_inference_steps)`` when given), and the final level ``0`` (or, for DDIM
+    with ``set_alpha_to_one=False``, ``sqrt((1 - a[0]) / a[0])``, where DDIM ends). Schedulers that keep
+    their own grid ``scheduler.sigmas`` of ``N + 1`` levels (Euler, LMS, DPM-Solver, UniPC) return it. With this grid,
+    deterministic DDIM in diffusers and :func:`localscore.sampling.sample_ddim` on
+    :class:`DiffusersDenoiser` take the same steps.
+
+    Examples:
+        >>> from diffusers import DDIMScheduler
+        >>> s = scheduler_sigmas(DDIMScheduler(), 4)          # timesteps 750, 500, 250, 0
+        >>> [round(v, 3) for v in s.tolist()]
+        [17.379, 3.443, 0.958, 0.01, 0.0]
+    """
+    where = "scheduler_sigmas"
+    _check_scheduler(scheduler, where)
+    if num_inference_steps is not None:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise fail(where, f"`num_inference_steps` is {num_inference_steps!r}, expected an int >= 1.")
+        scheduler.set_timesteps(num_inference_steps)
+    return _grid(scheduler, where).to(device=device, dtype=dtype or torch.get_default_dtype())
+
+
+def scheduler_start(scheduler: Any, latents: Tensor, num_inference_steps: int) -> tuple[Tensor, Tensor]:
+    r"""The starting point and noise-level grid for localscore's samplers that match a scheduler's run.
+
+    After ``scheduler.set_timesteps(num_inference_steps)``, ``sigmas = scheduler_sigmas(scheduler)`` and
+    ``x = scheduler.scale_model_input(latents, t_0) * sqrt(1 + sigmas[0]**2)``: the scheduler's starting
+    latents (``randn * scheduler.init_noise_sigma``, variance preserving for DDIM, variance exploding for
+    Euler) in localscore's variables. Then ``sample_euler(D, x, sigmas)`` takes the steps of diffusers'
+    ``EulerDiscreteScheduler`` and ``sample_ddim(D, x, sigmas)`` those of ``DDIMScheduler``.
+
+    Returns:
+        ``(x [B, C, H, W], sigmas [N + 1])`` in ``latents``' dtype and device.
+
+    Examples:
+        >>> import torch
+        >>> from diffusers import EulerDiscreteScheduler
+        >>> sched = EulerDiscreteScheduler(timestep_spacing="leading")
+        >>> sched.set_timesteps(4)
+        >>> x, sigmas = scheduler_start(sched, torch.ones(1, 1, 1, 1) * sched.init_noise_sigma, 4)
+        >>> round(x.item(), 4) == round(float(sched.init_noise_sigma), 4), len(sigmas)   # VE already
+        (True, 5)
+    """
+    where = "scheduler_start"
+    _check_scheduler(scheduler, where)
+    latents = check_image(latents, where, "latents")
+    sigmas = scheduler_sigmas(scheduler, num_inference_steps, device=latents.device, dtype=latents.dtype)
+    x_in = scheduler.scale_model_input(latents, scheduler.timesteps[0])
+    return x_in * torch.sqrt(1 + sigmas[0] ** 2), sigmas
+
+
+def sample_with_scheduler(
+    denoiser: Any,
+    scheduler: Any,
+    latents: Tensor,
+    cond: Any = None,
+    *,
+    num_inference_steps: int,
+    generator: torch.Generator | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> Tensor:
+    r"""Run a diffusers scheduler's sampling loop on any localscore denoiser (e.g. a composition).
+
+    At each timestep ``t`` (``sigma = sqrt((1 - a) / a)`` with ``a = alphas_cumprod[t]``, or the
+    scheduler's own ``sigmas[i]`` for schedulers that keep a sigma grid, such as Euler or DPM-Solver;
+    then ``a = 1 / (1 + sigma**2)``)::
+
+        x_in = scheduler.scale_model_input(latents, t)       (what a UNet would see: VP latents)
+        x    = x_in * sqrt(1 + sigma**2)                       (localscore's variables)
+        d    = denoiser(x, sigma, cond)
+        eps  = (x - d) / sigma
+        out  = eps | sqrt(a) * eps - sqrt(1 - a) * d | d       (epsilon | v_prediction | sample)
+        latents = scheduler.step(out, t, latents).prev_sample
+
+    so the scheduler receives exactly the model output it expects, computed from ``D``.
+
+    Args:
+        denoiser: ``D(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]`` (any localscore denoiser).
+        scheduler: a diffusers scheduler with integer timesteps into ``alphas_cumprod``.
+        latents: ``[B, C, H, W]`` starting latents in the scheduler's own variables (for DDIM
+            ``randn * scheduler.init_noise_sigma``).
+        cond: passed to the denoiser (a :class:`PromptConditions`, or ``None`` for a bound one).
+        num_inference_steps: number of scheduler steps.
+        generator: passed to ``scheduler.step`` when it accepts one (stochastic schedulers).
+        callback: called after each step with ``{"i", "t", "sigma", "latents", "denoised"}``.
+
+    Returns:
+        ``[B, C, H, W]`` the final latents (decode them with the pipeline's VAE).
+    """
+    where = "sample_with_scheduler"
+    if not callable(denoiser):
+        raise fail(where, f"argument `denoiser` is {describe(denoiser)}, expected a callable D(x, sigma, cond).")
+    _check_scheduler(scheduler, where)
+    latents = check_image(latents, where, "latents")
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise fail(where, f"`num_inference_steps` is {num_inference_steps!r}, expected an int >= 1.")
+    pred = _prediction_type(scheduler, None, where)
+    scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    grid = _grid(scheduler, where).to(device=latents.device)
+    takes_gen = "generator" in inspect.signature(scheduler.step).parameters
+    B = latents.shape[0]
+    for i, t in enumerate(scheduler.timesteps):
+        sig64 = grid[i]
+        sigma = sig64.to(latents.dtype)
+        x_in = scheduler.scale_model_input(latents, t)
+        x = x_in * torch.sqrt(1 + sigma**2)
+        d = call_denoiser(denoiser, x, sigma.expand(B), cond, where)   # shape and finiteness checked
+        eps = (x - d) / sigma
+        if pred == "epsilon":
+            out = eps
+        elif pred == "v_prediction":      # a = 1 / (1 + sigma^2): sqrt(a) = 1 / sqrt(1 + s^2), sqrt(1 - a) = s sqrt(a)
+            ra = (1 / torch.sqrt(1 + sig64**2)).to(x.dtype)
+            out = ra * eps - (sig64 * ra).to(x.dtype) * d
+        else:
+            out = d
+        step_kwargs: dict[str, Any] = {"return_dict": False}
+        if takes_gen and generator is not None:
+            step_kwargs["generator"] = generator
+        latents = scheduler.step(out, t, latents, **step_kwargs)[0]
+        if callback is not None:
+            callback({"i": i, "t": t, "sigma": sigma, "latents": latents, "denoised": d})
+    return latents
+
