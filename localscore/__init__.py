@@ -13,9 +13,9 @@ and (importing optional dependencies) :mod:`~localscore.testing` and :mod:`~loca
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import attach as _attach
 
 # The names below load on first access (PEP 562), so `import localscore` (and the pytest plugin that
 # pytest imports in every run of an environment where localscore is installed) costs no torch import.
@@ -66,26 +66,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def _is_submodule(name: str) -> bool:
-    if not name.isidentifier() or name.startswith("__"):
-        return False
-    return importlib.util.find_spec(f"{__name__}.{name}") is not None
-
-
-def _load(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    elif _is_submodule(name):
-        value = importlib.import_module(f".{name}", __name__)  # any submodule: `localscore.compose`, ...
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
+_load, __dir__ = _attach(__name__, _LAZY, __all__)
 
 if not TYPE_CHECKING:  # hidden from type checkers, which would otherwise type every unknown name as Any
     __getattr__ = _load

@@ -38,7 +38,7 @@ def test_plugin_import_loads_only_the_plugin_and_its_packages() -> None:
         print(sorted(m for m in new if m.split('.')[0] in ('torch', 'numpy', 'hypothesis')))
     """))
     ours, heavy = proc.stdout.strip().splitlines()
-    assert ours == str(["localscore", "localscore.testing", "localscore.testing.plugin"])
+    assert ours == str(["localscore", "localscore._lazy", "localscore.testing", "localscore.testing.plugin"])
     assert heavy == "[]"
 
 
@@ -78,7 +78,7 @@ def test_a_pytest_run_with_the_plugin_imports_torch_only_when_a_fixture_needs_it
         def test_first():  # the plugin is registered, but nothing of localscore beyond it was imported
             assert 'torch' not in sys.modules
             assert sorted(m for m in sys.modules if m.startswith('localscore')) == [
-                'localscore', 'localscore.testing', 'localscore.testing.plugin']
+                'localscore', 'localscore._lazy', 'localscore.testing', 'localscore.testing.plugin']
 
         def test_fixture_loads_on_use(locality):
             import torch

@@ -8,8 +8,9 @@ pytest plugin :mod:`localscore.testing.plugin`, which pytest imports in every ru
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import attach as _attach
 
 if TYPE_CHECKING:
     from . import strategies
@@ -48,20 +49,7 @@ _LAZY: dict[str, str] = {
 _SUBMODULES = frozenset({"assertions", "mixin", "models", "plugin", "strategies"})
 
 
-def _load(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f".{name}", __name__)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
+_load, __dir__ = _attach(__name__, _LAZY, __all__, _SUBMODULES)
 
 if not TYPE_CHECKING:  # hidden from type checkers, which would otherwise type every unknown name as Any
     __getattr__ = _load
