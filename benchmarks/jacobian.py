@@ -26,9 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def worker(method: str, size: int, radius: int, hidden: int, threads: int, device: str, out: str) -> None:
@@ -36,7 +33,6 @@ def worker(method: str, size: int, radius: int, hidden: int, threads: int, devic
 
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from localscore.metrics import BandedJacobian, jacobian
     from localscore.testing import LocalConvDenoiser
 
