@@ -544,3 +544,135 @@ def test_crop_is_exact_for_the_library_local_network():
         seq = comp.evaluate(x, 0.7, strategy="sequential")
         torch.testing.assert_close(comp.evaluate(x, 0.7, strategy="crop"), seq, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(comp.evaluate(x, 0.7, strategy="batched"), seq, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- one set of options
+def test_every_constructor_takes_the_same_evaluation_options():
+    D = LocalConvDenoiser()
+    x = _x(2)
+    cond = _cond([[(2.0, 3.0), (8.0, 8.0)], [(5.0, 5.0), (0.0, 0.0)]])
+    options = {"strategy": "batched", "max_batch": 3, "max_pixels": 3 * H * W, "skip_empty": True,
+               "skip_inactive": False}
+    bg, comps = bind(D, cond.drop_all()), [bind(D, c) for c in cond.singletons()]
+    m = box_masks(cond, (H, W), 2.0)
+    built = [projective(bg, comps, **options), projective_from(D, cond, **options), masked(bg, comps, m, **options),
+             masked_from(D, cond, BoxRule(2.0), **options), guidance(comps[0], bg, 2.0, **options)]
+    for comp in built:
+        assert (comp.strategy, comp.max_batch, comp.max_pixels, comp.skip_inactive) == ("batched", 3, 3 * H * W, False)
+        D.calls.clear()
+        comp(x, 1.0)
+        assert max(c[0] for c in D.calls) <= 3
+    torch.testing.assert_close(built[0](x, 1.0), _formula(D, x, 1.0, cond))
+    torch.testing.assert_close(built[3](x, 1.0), _formula(D, x, 1.0, cond, masks=m))
+    with pytest.raises(LocalScoreError, match="max_pixels"):
+        guidance(comps[0], bg, 2.0, max_pixels=0)
+    with pytest.raises(TypeError):
+        projective_from(D, cond, no_such_option=1)  # type: ignore[call-arg]
+    assert guidance(comps[0], bg, 2.0).skip_empty is False and projective(bg, comps).skip_empty is True
+
+
+def test_skip_inactive_false_evaluates_every_pair_and_reads_nothing_back():
+    D = LocalConvDenoiser()
+    x = _x(2)
+    cond = _cond([[(2.0, 3.0), (8.0, 8.0)], [(5.0, 5.0)]])  # image 1 has a padding slot
+    for make in (lambda **o: masked_from(D, cond, DiscRule(2.0), strategy="batched", **o),
+                 lambda **o: projective_from(D, cond, [1.0, torch.tensor([0.5, 2.0])], strategy="batched", **o)):
+        skipping, dense = make(), make(skip_inactive=False)
+        D.calls.clear()
+        ref = skipping(x, 0.7)
+        assert [c[0] for c in D.calls] == [2 + 2 + 1]  # the padding slot of image 1 is not evaluated
+        D.calls.clear()
+        torch.testing.assert_close(dense(x, 0.7), ref, rtol=0, atol=1e-6)
+        assert [c[0] for c in D.calls] == [2 + 2 + 2]
+        dense_reads: list[int] = []
+        with _ReadCounter(dense_reads):
+            dense(x, 0.7)
+        skipping_reads: list[int] = []
+        with _ReadCounter(skipping_reads):
+            skipping(x, 0.7)
+        # the same reads at the boundary (the inputs' checks, the deferred checks at the end); skipping reads
+        # back, once per call, which component acts on which image
+        assert len(skipping_reads) == len(dense_reads) + 1
+
+
+class _ReadCounter:
+    """Counts the host reads: ``aten::_local_scalar_dense`` (``.item()``, ``bool(t)``) and ``Tensor.tolist``."""
+
+    def __init__(self, reads: list[int]) -> None:
+        reads.clear()
+
+        class Dispatch(torch.utils._python_dispatch.TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+                if func is torch.ops.aten._local_scalar_dense.default:
+                    reads.append(1)
+                return func(*args, **(kwargs or {}))
+
+        class Function(torch.overrides.TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+                if func is torch.Tensor.tolist:
+                    reads.append(1)
+                return func(*args, **(kwargs or {}))
+
+        self.modes = (Dispatch(), Function())
+
+    def __enter__(self) -> None:
+        for mode in self.modes:
+            mode.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        for mode in reversed(self.modes):
+            mode.__exit__(*exc)
+
+
+# ----------------------------------------------------------------------------------------- windows (crop_size)
+def test_windows_equal_the_full_formula_when_they_hold_the_dilated_masks():
+    D = LocalConvDenoiser(layers=2, paint=1)  # receptive radius 2
+    x = _x(2, size=24)
+    cond = _cond([[(4.0, 5.0), (15.3, 18.6), (11.0, 11.0)], [(20.0, 2.0), (0.0, 0.0)]], attr=True)
+    rule = DiscRule(2.0)
+    full = masked_from(D, cond, rule, strategy="sequential")(x, 0.5)
+    S = 2 * (2 + 2) + 4
+    windows = masked_from(D, cond, rule, crop_size=S, skip_inactive=False)
+    assert windows.plan(x, 0.5) == "windows"
+    D.calls.clear()
+    torch.testing.assert_close(windows(x, 0.5), full, rtol=0, atol=1e-5)
+    assert D.calls == [(2, 2, 24, 24), (2 * 6, 2, S, S)]  # the background, then the windows and their backgrounds
+    skipping = masked_from(D, cond, rule, crop_size=S)
+    D.calls.clear()
+    torch.testing.assert_close(skipping(x, 0.5), full, rtol=0, atol=1e-5)
+    assert D.calls == [(2, 2, 24, 24), (2 * 5, 2, S, S)]  # the padding slot has an empty mask: not evaluated
+
+
+def test_windows_bad_input():
+    D = LocalConvDenoiser()
+    cond = _cond([[(2.0, 3.0), (8.0, 8.0)]])
+    bg, comps = bind(D, cond.drop_all()), [bind(D, c) for c in cond.singletons()]
+    with pytest.raises(LocalScoreError, match="exclude each other"):
+        projective_from(D, cond, crop_size=6, strategy="crop")
+    with pytest.raises(LocalScoreError, match="crop_size"):
+        projective_from(D, cond, crop_size=0)
+    with pytest.raises(LocalScoreError, match="one conditioner per image"):
+        projective(bg, [bind(D, cond)], crop_size=6)
+    with pytest.raises(LocalScoreError, match="background"):
+        projective(D, comps, crop_size=6)
+    with pytest.raises(LocalScoreError, match="larger than the image"):
+        projective_from(D, cond, crop_size=20)(_x(1), 1.0)
+    with pytest.raises(LocalScoreError, match="does not fit in its 4x4 window"):
+        masked_from(D, cond, DiscRule(3.0), crop_size=4)(_x(1), 1.0)
+    with pytest.raises(LocalScoreError, match="strategy"):
+        projective_from(D, cond, crop_size=6).evaluate(_x(1), 1.0, strategy="crop")
+
+
+def test_weights_are_checked_once_and_on_assignment():
+    D = LocalConvDenoiser()
+    cond = _cond([[(2.0, 3.0), (8.0, 8.0)]])
+    comp = projective_from(D, cond, [1.0, 2.0])
+    x = _x(1)
+    ref = comp(x, 1.0)
+    comp.weights = 2.0
+    assert comp.weights == 2.0
+    torch.testing.assert_close(comp(x, 1.0), _formula(D, x, 1.0, cond, weights=[2.0, 2.0]))
+    with pytest.raises(LocalScoreError, match="3 entries but there are 2 components"):
+        comp.weights = [1.0, 2.0, 3.0]
+    comp.weights = [1.0, 2.0]
+    torch.testing.assert_close(comp(x, 1.0), ref)

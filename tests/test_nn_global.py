@@ -7,6 +7,7 @@ import torch
 from _nn_helpers import cheb_to_points, jacobian_cond
 
 from localscore import Conditions, LocalScoreError
+from localscore.compose import projective_from
 from localscore.denoisers import conditioner_radius
 from localscore.masks import DiscRule
 from localscore.nn import (
@@ -262,16 +263,33 @@ def test_masked_unet_sampled_on_windows_changes_only_inside_the_objects_mask() -
     assert float(diff[~inside].max()) == 0.0 and float(diff[inside].max()) > 0
 
 
+class _Declared:
+    """Declares radii for the network it wraps (``inner``), so that only the translation flag can stop a crop."""
+
+    receptive_radius = 1
+    conditioner_radius = 3
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def __call__(self, x: torch.Tensor, sigma: object, cond: Conditions | None = None) -> torch.Tensor:
+        return self.inner(x, sigma, cond)  # type: ignore[operator]
+
+
 def test_translation_equivariance_declarations() -> None:
-    from localscore.compose import _crop_blocker
-
+    """compose's crop strategy reads the flag through the .inner chain (public route: evaluate and plan)."""
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    cond = one_object((4.0, 5.0))
     assert GlobalConditionalDenoiser(**TINY).translation_equivariant is False
-    assert _crop_blocker(GlobalConditionalDenoiser(**TINY)) is not None
-    assert _crop_blocker(localize(GlobalConditionalDenoiser(**TINY), DiscRule(1.0))) is not None
-    local = LocalConditionalDenoiser(width=8, heads=2)
-    assert local.translation_equivariant is True and _crop_blocker(local) is None
+    for D in (unet(), localize(unet(), DiscRule(1.0))):
+        comp = projective_from(_Declared(D), cond)
+        with pytest.raises(LocalScoreError, match="GlobalConditionalDenoiser declares translation_equivariant = False"):
+            comp.evaluate(x, 1.0, strategy="crop")
+        assert comp.plan(x, 1.0) == "sequential"  # auto never crops it (on the CPU)
+    local = LocalConditionalDenoiser(width=8, heads=2, attr_dim=3).double()
+    assert local.translation_equivariant is True
+    assert projective_from(local, cond).plan(x, 1.0) == "crop"
     assert LocalConditionalDenoiser(width=8, heads=2, absolute_positions=True).translation_equivariant is False
-
 
 
 def test_relative_freqs_give_every_cross_attention_the_token_offsets_and_stay_global() -> None:

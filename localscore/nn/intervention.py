@@ -14,8 +14,9 @@ Two tools, with different guarantees:
   self-attention and a pooled token embedding carry every conditioner everywhere.
 * :func:`localize` (*sampling-time*): wraps any denoiser as the rule-gated projective composition
   ``D(x, none) + sum_j m_j * (D(x, {c_j}) - D(x, none))``, optionally evaluating each object's pass on a
-  crop around it. Exactly conditionally local for every model (pixel ``p`` depends on conditioner ``j``
-  only where ``m_j(p) > 0``), at the price of ``K + 1`` passes.
+  crop around it: a front-end on :func:`localscore.compose.masked_from` (its ``crop_size`` windows). Exactly
+  conditionally local for every model (pixel ``p`` depends on conditioner ``j`` only where ``m_j(p) > 0``),
+  at the price of ``K + 1`` passes.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import as_sigma, check_flag, check_image, checked_call
-from .._checks import vouch as _vouch
+from .._checks import as_sigma, check_image, checked_call
 from .._errors import describe, fail
+from ..compose import Composition, masked_from
 from ..conditions import Conditions
 from ..denoisers import call_denoiser, conditioner_radius, receptive_radius
 from ..masks import MaskRule
@@ -315,7 +316,7 @@ def enforce_locality(model: nn.Module, rule: MaskRule, *, copy: bool = True) -> 
 
 
 class LocalizedDenoiser(nn.Module):
-    r"""The sampling-time local form of any denoiser (built by :func:`localize`).
+    r"""The sampling-time local form of any denoiser (built by :func:`localize`), a front-end on the composition engine.
 
     With the rule's masks ``m_j = rule({c_j}, (H, W), sigma)`` (``[B, 1, H, W]`` per slot, zero for
     padding) and ``D_0 = D(x, sigma, none)``::
@@ -323,16 +324,19 @@ class LocalizedDenoiser(nn.Module):
         out = D_0 + sum_j m_j * (D_j - D_0),     D_j = D(x, sigma, {c_j})             (crop = None)
         D_j - D_0 on the crop window W_j around c_j, zero elsewhere                  (crop = S)
 
-    With ``crop = S`` the two passes of object ``j`` run on the ``S x S`` window of ``x`` centred (clamped to
-    the image) on ``round(pos_j)``, with the conditioner's position shifted into the window; the rule's
-    support must fit in the window (checked). Guarantees, for *any* ``D``:
+    which is :func:`localscore.compose.masked_from` ``(D, cond, rule, strategy="batched",
+    skip_inactive=False, crop_size=crop)`` (see :meth:`composition`): a call evaluates that composition,
+    built once per conditioner set. With ``crop = S`` the two passes of object ``j`` run on the ``S x S``
+    window of ``x`` centred (clamped to the image) on ``round(pos_j)``, with the conditioner's position
+    shifted into the window; the rule's masks must fit in the windows (checked). Guarantees, for *any* ``D``:
 
     * conditioner locality: ``out`` at pixel ``p`` depends on conditioner ``j`` only if ``m_j(p) > 0``,
       i.e. ``|pos_j - p|_inf <= support`` (``conditioner_radius = ceil(support)``);
     * with ``crop``, the conditional part at ``p`` depends only on input pixels in the windows of the
       conditioners whose mask covers ``p``; the unconditional ``D_0`` keeps ``D``'s own pixel dependence.
 
-    Cost: ``K + 1`` passes of ``D`` (batched into one call).
+    Cost: ``K + 1`` passes of ``D`` batched into one call (with ``crop``: ``D_0`` on the full images, and the
+    ``2 K`` window passes in a second call); no host sync.
 
     Examples:
         >>> import torch
@@ -370,80 +374,49 @@ class LocalizedDenoiser(nn.Module):
         self.rule = rule
         self.crop = crop
         self.support = float(support)
+        self._held: tuple[Conditions, Composition] | None = None  # the composition of the last conditions
 
     @property
     def conditioner_radius(self) -> int:
         """``ceil(support)``: output pixel ``p`` depends on conditioner ``j`` only within this distance."""
         return int(torch.tensor(self.support).ceil())
 
+    def composition(self, cond: Conditions) -> Composition:
+        """The masked composition a call with ``cond`` evaluates (kept for the last ``cond`` seen).
+
+        Examples:
+            >>> from localscore import Conditions
+            >>> from localscore.masks import DiscRule
+            >>> L = localize(lambda x, s, c=None: x, DiscRule(1.0), crop=4)
+            >>> comp = L.composition(Conditions.from_lists([[(0.0, 0.0), (2.0, 2.0)]]))
+            >>> len(comp), comp.crop_size
+            (2, 4)
+        """
+        held = self._held
+        if held is None or held[0] is not cond:
+            comp = masked_from(self.inner, cond, self.rule, strategy="batched", skip_inactive=False,
+                               crop_size=self.crop)
+            held = (cond, comp)
+            self._held = held
+        return held[1]
+
     def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
         """``x [B, C, H, W]``, ``sigma``, ``cond`` → ``[B, C, H, W]``, the rule-gated composition."""
         where = "LocalizedDenoiser"
         x = check_image(x, where)
-        B = x.shape[0]
+        B, _, H, W = x.shape
         s = as_sigma(sigma, B, where, like=x)
         if cond is not None and not isinstance(cond, Conditions):
             raise fail(where, f"`cond` is {describe(cond)}, expected a localscore.Conditions or None.")
         if cond is not None:
             cond.check_batch(B, where, device=x.device)
+        if self.crop is not None and (self.crop > H or self.crop > W):
+            raise fail(where, f"`crop` = {self.crop} is larger than the image {(H, W)}.", "use a smaller crop.")
         with checked_call(where) as scope:  # nested checks record, and read back once, at the end
             scope.vouch(x, s)
-            return self._forward(x, s, cond)
-
-    def _forward(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
-        where = "LocalizedDenoiser"
-        B, C, H, W = x.shape
-        if cond is None or cond.num_slots == 0:
-            return call_denoiser(self.inner, x, s, cond, where)
-        K = cond.num_slots
-        masks = self.rule(cond, (H, W), sigma=s).to(x.dtype)  # [B, K, H, W]
-        # one batch: the unconditional pass, then every (image, slot) pair
-        singles = Conditions.cat([cond.select(j) for j in range(K)])  # [K * B], slot-major
-        if self.crop is None:
-            xs, ss = x.repeat(K + 1, 1, 1, 1), s.repeat(K + 1)
-            _vouch(xs, ss)
-            out = call_denoiser(self.inner, xs, ss, Conditions.cat([cond.drop_all(), singles]), where)
-            d0 = out[:B]
-            delta = (out[B:] - d0.repeat(K, 1, 1, 1)).view(K, B, C, H, W)
-        else:
-            d0 = call_denoiser(self.inner, x, s, cond.drop_all(), where)
-            delta = self._cropped_deltas(x, s, singles, K)
-        m = masks.transpose(0, 1)[:, :, None]  # [K, B, 1, H, W]
-        return d0 + (m * delta).sum(0)
-
-    def _cropped_deltas(self, x: Tensor, s: Tensor, singles: Conditions, K: int) -> Tensor:
-        where = "LocalizedDenoiser"
-        B, C, H, W = x.shape
-        S = int(self.crop or 0)
-        if S > H or S > W:
-            raise fail(where, f"`crop` = {S} is larger than the image {(H, W)}.", "use a smaller crop.")
-        pos = singles.pos  # [K * B, 1, 2]
-        top = (pos[:, 0].round() - (S // 2)).long()
-        top[:, 0] = top[:, 0].clamp(0, H - S)
-        top[:, 1] = top[:, 1].clamp(0, W - S)
-        ar = torch.arange(S, device=x.device)
-        rows = top[:, :1] + ar  # [N, S]
-        cols = top[:, 1:] + ar
-        n = torch.arange(K * B, device=x.device)
-        b_of = n % B
-        xw = x[b_of[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # [N, C, S, S]
-        shifted = Conditions._derived(pos - top[:, None, :].to(pos.dtype), singles.attr, singles.valid)
-        # the rule's support must lie inside the window for every valid object (the image border may cut it)
-        sup = self.support
-        lo = pos[:, 0] - top.to(pos.dtype)  # [N, 2] position inside the window
-        last = torch.tensor([H - S, W - S], device=x.device)
-        low_ok = (torch.ceil(lo - sup) >= 0) | (top == 0)
-        high_ok = (torch.floor(lo + sup) <= S - 1) | (top == last)
-        check_flag(singles.valid[:, 0] & ~(low_ok & high_ok).all(1), lambda: fail(
-            where, f"an object's mask (support {sup}) does not fit in its {S}x{S} window.", "use a larger crop."))
-        ss = s.repeat(K)
-        xb, sb = torch.cat([xw, xw]), torch.cat([ss, ss])
-        _vouch(xb, sb)
-        both = call_denoiser(self.inner, xb, sb, Conditions.cat([shifted, shifted.drop_all()]), where)
-        win = both[: K * B] - both[K * B :]  # [N, C, S, S]
-        full = x.new_zeros(K * B, C, H, W)
-        full[n[:, None, None], :, rows[:, :, None], cols[:, None, :]] = win.permute(0, 2, 3, 1)
-        return full.view(K, B, C, H, W)
+            if cond is None or cond.num_slots == 0:
+                return call_denoiser(self.inner, x, s, cond, where)
+            return self.composition(cond)(x, s)
 
 
 def localize(denoiser: Any, rule: MaskRule, *, crop: int | None = None) -> LocalizedDenoiser:
