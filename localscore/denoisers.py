@@ -8,18 +8,24 @@ Every model in localscore is a *denoiser* ``D(x, sigma, cond) -> x0_hat`` in the
 * ``cond``: a :class:`~localscore.Conditions` batch, or ``None`` for the unconditional model,
 * returns ``[B, C, H, W]``, an estimate of ``E[x_0 | x_sigma = x, cond]``.
 
-Tweedie's formula links it to the score: ``s(x, sigma, cond) = (D(x, sigma, cond) - x) / sigma**2``.
+Tweedie's formula links it to the score: ``s(x, sigma, cond) = (D(x, sigma, cond) - x) / sigma**2``
+(:func:`tweedie`, the one place the library computes it).
 
 The adapters below wrap networks that predict something else (noise, velocity, score, clean image,
-or a discrete-time DDPM network indexed by timestep) into this protocol, in the spirit of
-k-diffusion's ``external.py``. A wrapped network is called as ``model(x_in, noise_in, cond)``;
-wrap a network without conditioning as ``lambda x, t, cond: net(x, t)``.
+or a discrete-time DDPM network indexed by timestep) into this protocol, as k-diffusion's ``external.py``
+does: each parameterisation states only its scalings ``get_scalings(sigma) -> (c_skip, c_out, c_in)`` and
+the noise input ``c_noise(sigma)`` its network takes, and one shared forward computes
+
+    D(x, sigma, cond) = c_skip * x + c_out * F(c_in * x, c_noise(sigma), cond).
+
+A wrapped network is called as ``F(x_in, noise_in, cond)``; wrap a network without conditioning as
+``lambda x, t, cond: net(x, t)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +33,7 @@ from torch import Tensor, nn
 from ._checks import as_sigma, check_flag, check_image, check_tensor, checked_call, current_scope, trusted
 from ._checks import vouch as _vouch  # inputs an adapter derived from checked ones (c_in * x)
 from ._errors import LocalScoreError, describe, fail
-from .conditions import Conditions, ConditionSet
+from .conditions import ConditionSet
 
 __all__ = [
     "BoundDenoiser",
@@ -44,6 +50,7 @@ __all__ = [
     "conditioner_radius",
     "receptive_radius",
     "score",
+    "tweedie",
 ]
 
 
@@ -58,17 +65,25 @@ class Denoiser(Protocol):
     :func:`receptive_radius`. A model whose output is not translation equivariant (coordinate channels,
     absolute position embeddings) sets ``translation_equivariant = False`` so that it is never evaluated
     on crops (see :mod:`localscore.compose`).
+
+    For type checkers the protocol is what the library calls, ``D(x, sigma, cond)`` with three positional
+    arguments (any names will do; ``cond=None`` is the unconditional model), and ``cond`` is typed ``Any``:
+    a denoiser of objects takes :class:`~localscore.Conditions`, one of prompts
+    :class:`~localscore.adapters.diffusers.PromptConditions`, and both are denoisers.
     """
 
-    def __call__(self, x: Tensor, sigma: Tensor, cond: Conditions | None = None) -> Tensor: ...
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any, /) -> Tensor: ...
 
 
 ScoreFunction = Callable[..., Tensor]
 """A score ``s(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]``, ``grad_x log p_sigma(x | cond)``."""
 
+Network = Callable[..., Tensor]
+"""A network an adapter wraps: ``F(x_in [B, C, H, W], noise_in [B], cond) -> [B, C, H, W]`` (its ``inner``)."""
+
 
 def call_denoiser(
-    denoiser: Any, x: Tensor, sigma: Tensor, cond: ConditionSet | None, where: str, name: str = "denoiser"
+    denoiser: Denoiser, x: Tensor, sigma: Tensor, cond: ConditionSet | None, where: str, name: str = "denoiser"
 ) -> Tensor:
     """Call ``denoiser(x, sigma, cond)`` and check that it returned a tensor shaped like ``x``.
 
@@ -99,7 +114,7 @@ def _non_finite_output(where: str, name: str, sigma: Tensor) -> LocalScoreError:
                 "check the model (and its preconditioning) at this noise level.")
 
 
-def _find_int_attr(obj: Any, attr: str) -> int | None:
+def _find_int_attr(obj: object, attr: str) -> int | None:
     seen: set[int] = set()
     while obj is not None and id(obj) not in seen:
         seen.add(id(obj))
@@ -110,7 +125,7 @@ def _find_int_attr(obj: Any, attr: str) -> int | None:
     return None
 
 
-def receptive_radius(denoiser: Any) -> int | None:
+def receptive_radius(denoiser: Denoiser) -> int | None:
     """The declared receptive radius of ``denoiser``, or ``None`` if it declares none.
 
     Looks for an integer ``receptive_radius`` attribute on the denoiser, then on the model it wraps
@@ -126,31 +141,68 @@ def receptive_radius(denoiser: Any) -> int | None:
     return _find_int_attr(denoiser, "receptive_radius")
 
 
-def conditioner_radius(denoiser: Any) -> int | None:
+def conditioner_radius(denoiser: Denoiser) -> int | None:
     """The declared conditioner radius of ``denoiser`` (see :func:`receptive_radius`), or ``None``."""
     return _find_int_attr(denoiser, "conditioner_radius")
 
 
-class _Score:
-    """The score of a denoiser, ``s = (D(x, sigma, cond) - x) / sigma**2`` (Tweedie)."""
+def tweedie(denoised: Tensor, x: Tensor, sigma: Tensor | float) -> Tensor:
+    r"""Tweedie's map from a denoiser's output to the score: ``s = (denoised - x) / sigma**2``.
 
-    def __init__(self, denoiser: Any) -> None:
+    For the posterior mean ``denoised = E[x_0 | x_sigma = x]`` this is the score ``grad_x log p_sigma(x)``.
+    It is the one place localscore computes the score of a denoiser (:func:`score`, the oracles' ``score``,
+    the locality metrics). It checks shapes but reads no values (it runs inside sampling loops): pass
+    ``sigma > 0``.
+
+    Args:
+        denoised: ``[B, C, H, W]`` (or any ``[B, ...]``), the denoiser's output ``D(x, sigma)``.
+        x: the noisy input, shaped like ``denoised``.
+        sigma: ``[B]`` noise levels, one per item, broadcast over the other dimensions as
+            ``sigma.view(B, 1, 1, 1)``; or a 0-dim tensor or a float, for all items.
+
+    Returns:
+        ``(denoised - x) / sigma**2``, shaped like ``x``.
+
+    Examples:
+        Data ``N(mu, v I)``: ``D = mu + v / (v + sigma**2) * (x - mu)``, and the score is
+        ``-(x - mu) / (v + sigma**2)``.
+
+        >>> import torch
+        >>> x = torch.tensor([2.0, -1.0], dtype=torch.float64).view(2, 1, 1, 1)
+        >>> sigma = torch.tensor([0.5, 3.0], dtype=torch.float64)
+        >>> mu, v, s2 = 0.5, 2.0, sigma.view(2, 1, 1, 1) ** 2
+        >>> D = mu + v / (v + s2) * (x - mu)
+        >>> torch.allclose(tweedie(D, x, sigma), -(x - mu) / (v + s2), rtol=1e-15, atol=0)
+        True
+    """
+    if not isinstance(sigma, torch.Tensor) or sigma.dim() == 0:
+        return (denoised - x) / sigma**2
+    if sigma.dim() != 1 or x.dim() == 0 or sigma.shape[0] not in (1, x.shape[0]):
+        raise fail("tweedie", f"`sigma` has shape {tuple(sigma.shape)} for `x` of shape {tuple(x.shape)}; "
+                   "expected [B] (one noise level per item), a 0-dim tensor or a float.")
+    return (denoised - x) / sigma.view(-1, *([1] * (x.dim() - 1))) ** 2
+
+
+class _Score:
+    """The score of a denoiser, ``s = tweedie(D(x, sigma, cond), x, sigma)``."""
+
+    def __init__(self, denoiser: Denoiser) -> None:
         self.inner = denoiser
 
-    def __call__(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor | float, cond: ConditionSet | None = None) -> Tensor:
         x = check_image(x, "score")
         s = as_sigma(sigma, x.shape[0], "score", like=x)
         with checked_call("score") as scope:
             scope.vouch(x, s)
             d = call_denoiser(self.inner, x, s, cond, "score")
-        return (d - x) / s.view(-1, 1, 1, 1) ** 2
+        return tweedie(d, x, s)
 
     def __repr__(self) -> str:
         return f"score({self.inner!r})"
 
 
-def score(denoiser: Any) -> ScoreFunction:
-    r"""The score of a denoiser: ``s(x, sigma, cond) = (D(x, sigma, cond) - x) / sigma**2``.
+def score(denoiser: Denoiser) -> ScoreFunction:
+    r"""The score of a denoiser: ``s(x, sigma, cond) = (D(x, sigma, cond) - x) / sigma**2`` (:func:`tweedie`).
 
     Args:
         denoiser: any :class:`Denoiser`.
@@ -170,50 +222,72 @@ def score(denoiser: Any) -> ScoreFunction:
     return _Score(denoiser)
 
 
-def _as_module_or_callable(model: Any, where: str) -> Any:
+def _as_module_or_callable(model: Network, where: str) -> Network:
     if not callable(model):
         raise fail(where, f"`model` is {describe(model)}, expected a callable model(x, noise, cond).")
     return model
 
 
+def _col(c: Tensor, x: Tensor) -> Tensor:
+    """``c [B]`` as ``[B, 1, 1, 1]``, broadcast over ``x [B, C, H, W]``."""
+    return c.view(-1, *([1] * (x.dim() - 1)))
+
+
 class _Adapter(nn.Module):
-    """Shared plumbing: input checks, the noise-input map and the network call."""
+    r"""The one forward of every parameterisation: ``D = c_skip * x + c_out * F(c_in * x, c_noise(sigma), cond)``.
+
+    A parameterisation states only :meth:`get_scalings` (and :meth:`c_noise`, when its network takes
+    something other than ``sigma``); :meth:`forward` checks the inputs once, calls the network ``F`` (the
+    ``inner`` model) and combines.
+    """
 
     _where = "adapter"
 
-    def __init__(self, model: Any, noise_input: Callable[[Tensor], Tensor] | None = None) -> None:
+    def __init__(self, model: Network, noise_input: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__()
         self.inner = _as_module_or_callable(model, self._where)
         self.noise_input = noise_input
 
-    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+    def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(c_skip, c_out, c_in)``, each ``[B]``, for ``sigma [B]``."""
+        raise NotImplementedError  # pragma: no cover - every adapter overrides it
+
+    def c_noise(self, sigma: Tensor) -> Tensor:
+        """``[B]``: the network's noise input for ``sigma [B]``, ``noise_input(sigma)`` (default: ``sigma``)."""
+        return self.noise_input(sigma) if self.noise_input is not None else sigma
+
+    def _check_sigma(self, sigma: Tensor) -> None:
+        """Value checks a parameterisation adds on ``sigma [B]`` (a device-side flag inside a checked call)."""
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: ConditionSet | None = None) -> Tensor:
         """``D(x [B, C, H, W], sigma [B] or float, cond) -> [B, C, H, W]``.
 
         The inputs are checked here, once; the network runs inside a checked call (see
         :func:`~localscore.denoisers.call_denoiser`), so nested checks do not read values back.
         """
         if trusted(x, sigma):  # called by a sampler or a composition with inputs it has checked
-            return self._denoise(x, sigma, cond)
+            s = cast(Tensor, sigma)  # trusted() holds only for a vouched tensor [B]
+            self._check_sigma(s)
+            return self._denoise(x, s, cond)
         x = check_image(x, self._where)
         s = as_sigma(sigma, x.shape[0], self._where, like=x)
+        self._check_sigma(s)
         if current_scope() is not None:  # nested in a sampler or composition: its scope holds x and s
             return self._denoise(x, s, cond)
         with checked_call(self._where) as scope:
             scope.vouch(x, s)
             return self._denoise(x, s, cond)
 
-    def _denoise(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
-        raise NotImplementedError  # pragma: no cover - every adapter overrides it
-
-    def _net(self, x_in: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
-        noise = self.noise_input(s) if self.noise_input is not None else s
+    def _denoise(self, x: Tensor, s: Tensor, cond: ConditionSet | None) -> Tensor:
+        c_skip, c_out, c_in = (_col(c, x) for c in self.get_scalings(s))
+        x_in = x * c_in
         _vouch(x_in)
-        out = self.inner(x_in, noise, cond)
-        if not isinstance(out, torch.Tensor) or out.shape != x_in.shape:
+        out = self.inner(x_in, self.c_noise(s), cond)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else describe(out)
-            raise fail(self._where, f"the wrapped model returned {got} for input shape {tuple(x_in.shape)}; "
+            raise fail(self._where, f"the wrapped model returned {got} for input shape {tuple(x.shape)}; "
                        "expected a tensor of the same shape.")
-        return out
+        return c_skip * x + c_out * out
 
 
 def _vp_scale(s: Tensor, sigma_data: float) -> Tensor:
@@ -223,9 +297,9 @@ def _vp_scale(s: Tensor, sigma_data: float) -> Tensor:
 class EpsilonDenoiser(_Adapter):
     r"""Wrap a noise-predicting network: ``D = x - sigma * eps(c_in * x, noise_input(sigma), cond)``.
 
-    With ``vp_input=True`` (default) the network sees the variance-preserving input
-    ``c_in * x`` with ``c_in = 1 / sqrt(sigma**2 + 1)``, as VP-trained models expect; with
-    ``False`` it sees ``x`` itself (VE-trained models).
+    Scalings: ``c_skip = 1``, ``c_out = -sigma``, and ``c_in = 1 / sqrt(sigma**2 + 1)`` with
+    ``vp_input=True`` (default: the network sees the variance-preserving input, as VP-trained models
+    expect), ``c_in = 1`` with ``False`` (VE-trained models).
 
     Args:
         model: ``model(x_in [B, C, H, W], noise_in [B], cond) -> eps [B, C, H, W]``.
@@ -243,16 +317,15 @@ class EpsilonDenoiser(_Adapter):
 
     _where = "EpsilonDenoiser"
 
-    def __init__(self, model: Any, *, vp_input: bool = True,
+    def __init__(self, model: Network, *, vp_input: bool = True,
                  noise_input: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__(model, noise_input)
         self.vp_input = vp_input
 
-    def _denoise(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
-        sv = s.view(-1, 1, 1, 1)
-        c_in = _vp_scale(sv, 1.0) if self.vp_input else torch.ones_like(sv)
-        eps = self._net(x * c_in, s, cond)
-        return x - sv * eps
+    def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(1, -sigma, 1 / sqrt(sigma**2 + 1) or 1)`` for ``sigma [B]``."""
+        c_in = _vp_scale(sigma, 1.0) if self.vp_input else torch.ones_like(sigma)
+        return torch.ones_like(sigma), -sigma, c_in
 
 
 class VDenoiser(_Adapter):
@@ -273,25 +346,26 @@ class VDenoiser(_Adapter):
 
     _where = "VDenoiser"
 
-    def __init__(self, model: Any, *, sigma_data: float = 1.0,
+    def __init__(self, model: Network, *, sigma_data: float = 1.0,
                  noise_input: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__(model, noise_input)
         if not sigma_data > 0:
             raise fail(self._where, f"`sigma_data` is {sigma_data!r}, expected a positive float.")
         self.sigma_data = float(sigma_data)
 
-    def _denoise(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
-        sv, sd = s.view(-1, 1, 1, 1), self.sigma_data
-        c_skip = sd**2 / (sv**2 + sd**2)
-        c_out = -sv * sd / torch.sqrt(sv**2 + sd**2)
-        c_in = _vp_scale(sv, sd)
-        return c_skip * x + c_out * self._net(x * c_in, s, cond)
+    def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(c_skip, c_out, c_in)`` of the class docstring for ``sigma [B]``."""
+        sd = self.sigma_data
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = -sigma * sd / torch.sqrt(sigma**2 + sd**2)
+        return c_skip, c_out, _vp_scale(sigma, sd)
 
 
 class X0Denoiser(_Adapter):
     r"""Wrap a network that predicts the clean image: ``D = x0(c_in * x, noise_input(sigma), cond)``.
 
-    ``c_in = 1 / sqrt(sigma**2 + 1)`` when ``vp_input`` (default), else 1.
+    Scalings: ``c_skip = 0``, ``c_out = 1``, and ``c_in = 1 / sqrt(sigma**2 + 1)`` when ``vp_input``
+    (default), else 1.
 
     Examples:
         >>> import torch
@@ -302,21 +376,22 @@ class X0Denoiser(_Adapter):
 
     _where = "X0Denoiser"
 
-    def __init__(self, model: Any, *, vp_input: bool = True,
+    def __init__(self, model: Network, *, vp_input: bool = True,
                  noise_input: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__(model, noise_input)
         self.vp_input = vp_input
 
-    def _denoise(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
-        sv = s.view(-1, 1, 1, 1)
-        c_in = _vp_scale(sv, 1.0) if self.vp_input else torch.ones_like(sv)
-        return self._net(x * c_in, s, cond)
+    def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(0, 1, 1 / sqrt(sigma**2 + 1) or 1)`` for ``sigma [B]``."""
+        c_in = _vp_scale(sigma, 1.0) if self.vp_input else torch.ones_like(sigma)
+        return torch.zeros_like(sigma), torch.ones_like(sigma), c_in
 
 
 class ScoreDenoiser(_Adapter):
     r"""Wrap a score network: ``D = x + sigma**2 * s(x, noise_input(sigma), cond)`` (Tweedie).
 
-    The inverse of :func:`score`. The score network sees ``x`` unscaled.
+    The inverse of :func:`score`: scalings ``c_skip = 1``, ``c_out = sigma**2``, ``c_in = 1`` (the score
+    network sees ``x`` unscaled).
 
     Examples:
         >>> import torch
@@ -327,8 +402,10 @@ class ScoreDenoiser(_Adapter):
 
     _where = "ScoreDenoiser"
 
-    def _denoise(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
-        return x + s.view(-1, 1, 1, 1) ** 2 * self._net(x, s, cond)
+    def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(1, sigma**2, 1)`` for ``sigma [B]``."""
+        one = torch.ones_like(sigma)
+        return one, sigma**2, one
 
 
 class EDMPreconditioner(_Adapter):
@@ -351,26 +428,23 @@ class EDMPreconditioner(_Adapter):
 
     _where = "EDMPreconditioner"
 
-    def __init__(self, model: Any, *, sigma_data: float = 0.5) -> None:
+    def __init__(self, model: Network, *, sigma_data: float = 0.5) -> None:
         super().__init__(model, None)
         if not sigma_data > 0:
             raise fail(self._where, f"`sigma_data` is {sigma_data!r}, expected a positive float.")
         self.sigma_data = float(sigma_data)
 
-    def _denoise(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
-        sv, sd = s.view(-1, 1, 1, 1), self.sigma_data
-        c_skip = sd**2 / (sv**2 + sd**2)
-        c_out = sv * sd / torch.sqrt(sv**2 + sd**2)
-        c_in = 1.0 / torch.sqrt(sv**2 + sd**2)
-        c_noise = torch.log(s) / 4
-        x_in = x * c_in
-        _vouch(x_in)
-        out = self.inner(x_in, c_noise, cond)
-        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else describe(out)
-            raise fail(self._where, f"the wrapped network returned {got} for input shape "
-                       f"{tuple(x.shape)}; expected the same shape.")
-        return c_skip * x + c_out * out
+    def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(c_skip, c_out, c_in)`` of the class docstring for ``sigma [B]``."""
+        sd = self.sigma_data
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / torch.sqrt(sigma**2 + sd**2)
+        c_in = 1.0 / torch.sqrt(sigma**2 + sd**2)
+        return c_skip, c_out, c_in
+
+    def c_noise(self, sigma: Tensor) -> Tensor:
+        """``log(sigma) / 4`` for ``sigma [B]``."""
+        return torch.log(sigma) / 4
 
     def loss_weight(self, sigma: Tensor) -> Tensor:
         """EDM's loss weight ``(sigma**2 + sigma_data**2) / (sigma * sigma_data)**2`` for ``sigma [B]``."""
@@ -386,12 +460,16 @@ class DiscreteDDPMDenoiser(_Adapter):
 
     Timestep ``t`` has noise level ``sigma_t = sqrt((1 - alphas_cumprod[t]) / alphas_cumprod[t])``
     (VE variables: ``x_ve = x_vp / sqrt(alphas_cumprod[t])``). The network sees
-    ``x_in = x / sqrt(sigma**2 + 1)`` (that is ``x_vp``) and the timestep obtained by
-    interpolating ``log sigma`` between the table's entries (rounded when ``quantize``).
+    ``x_in = c_in * x`` with ``c_in = 1 / sqrt(sigma**2 + 1)`` (that is ``x_vp``) and the timestep
+    ``c_noise = t(sigma)`` obtained by interpolating ``log sigma`` between the table's entries (rounded
+    when ``quantize``). ``D = c_skip * x + c_out * model(...)`` with
 
-    * ``epsilon``: ``D = x - sigma * model(...)``
-    * ``v_prediction``: ``D = x / (sigma**2 + 1) - sigma / sqrt(sigma**2 + 1) * model(...)``
-    * ``sample``: ``D = model(...)``
+    * ``epsilon``: ``c_skip = 1``, ``c_out = -sigma``: ``D = x - sigma * model(...)``;
+    * ``v_prediction``: ``c_skip = 1 / (sigma**2 + 1)``, ``c_out = -sigma / sqrt(sigma**2 + 1)``
+      (:class:`VDenoiser` with ``sigma_data = 1``);
+    * ``sample``: ``c_skip = 0``, ``c_out = 1``: ``D = model(...)``.
+
+    ``sigma`` must lie in the table's range ``[sigma_min, sigma_max]``.
 
     Args:
         model: the network, called as ``model(x_in [B, C, H, W], t [B] float, cond)``.
@@ -411,7 +489,7 @@ class DiscreteDDPMDenoiser(_Adapter):
     sigmas: Tensor
     log_sigmas: Tensor
 
-    def __init__(self, model: Any, alphas_cumprod: Tensor, *, prediction: Prediction = "epsilon",
+    def __init__(self, model: Network, alphas_cumprod: Tensor, *, prediction: Prediction = "epsilon",
                  quantize: bool = False) -> None:
         super().__init__(model, None)
         ac = check_tensor(alphas_cumprod, self._where, "alphas_cumprod")
@@ -427,11 +505,32 @@ class DiscreteDDPMDenoiser(_Adapter):
                        "or 'sample'.")
         self.prediction = prediction
         self.quantize = bool(quantize)
-        sigmas = torch.sqrt((1 - ac.double()) / ac.double())
-        self.register_buffer("sigmas", sigmas.to(torch.get_default_dtype()), persistent=False)
-        self.register_buffer("log_sigmas", sigmas.log().to(torch.get_default_dtype()), persistent=False)
+        sigmas = torch.sqrt((1 - ac.double()) / ac.double())  # the table is float64; calls use it in x's dtype
+        self._table = {"sigmas": sigmas.detach().cpu(), "log_sigmas": sigmas.detach().log().cpu()}  # the masters
+        self.register_buffer("sigmas", sigmas, persistent=False)
+        self.register_buffer("log_sigmas", sigmas.log(), persistent=False)
         ends = self.sigmas[[0, -1]].tolist()  # read once here, not on every call
         self._range = (float(ends[0]), float(ends[1]))
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> DiscreteDDPMDenoiser:
+        # casting the module (``.half()``, ``.float()``, ``.to(dtype)``) never rounds the table: it moves where
+        # ``fn`` sends tensors and stays float64 (float32 on a device without float64, such as MPS)
+        before = self.sigmas.device
+        for name in self._table:
+            self._buffers.pop(name)
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            device = fn(torch.empty(0, device=before)).device
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            for name, master in self._table.items():
+                self._buffers[name] = master.to(device, dtype)
+        return self
+
+    @staticmethod
+    def _compute_dtype(like: Tensor) -> torch.dtype:
+        """The dtype of the table in a call: ``like``'s, at least float32 (half precision rounds timesteps)."""
+        return torch.promote_types(like.dtype, torch.float32) if like.is_floating_point() else torch.float32
 
     @property
     def sigma_min(self) -> float:
@@ -444,9 +543,13 @@ class DiscreteDDPMDenoiser(_Adapter):
         return self._range[1]
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
-        """Fractional timestep for ``sigma [N]``: linear interpolation in ``log sigma``."""
-        log_s = sigma.log().to(self.log_sigmas.dtype)
-        ls = self.log_sigmas.to(sigma.device)
+        """Fractional timestep for ``sigma [N]``: linear interpolation in ``log sigma``.
+
+        Computed in ``sigma``'s dtype (float32 for half precision), from the float64 table.
+        """
+        dtype = self._compute_dtype(sigma)
+        log_s = sigma.log().to(dtype)
+        ls = self.log_sigmas.to(sigma.device, dtype)
         idx = torch.searchsorted(ls, log_s.contiguous()).clamp(1, ls.numel() - 1)
         lo, hi = ls[idx - 1], ls[idx]
         w = ((log_s - lo) / (hi - lo)).clamp(0, 1)
@@ -454,42 +557,36 @@ class DiscreteDDPMDenoiser(_Adapter):
         return t.round() if self.quantize else t
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
-        """Noise level of fractional timestep ``t [N]``: linear interpolation in ``log sigma``."""
-        ls = self.log_sigmas.to(t.device)
+        """Noise level of fractional timestep ``t [N]``: linear interpolation in ``log sigma``.
+
+        Returned in ``t``'s floating dtype (float32 for integer or half-precision ``t``).
+        """
+        ls = self.log_sigmas.to(t.device, self._compute_dtype(t))
         t = t.to(ls.dtype).clamp(0, ls.numel() - 1)
         lo = t.floor().long().clamp(max=ls.numel() - 2)
         w = t - lo.to(t.dtype)
         return torch.exp((1 - w) * ls[lo] + w * ls[lo + 1])
 
-    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
-        """``D(x [B, C, H, W], sigma [B] or float, cond) -> [B, C, H, W]``; ``sigma`` must lie in the table's range."""
-        x = check_image(x, self._where)
-        s = as_sigma(sigma, x.shape[0], self._where, like=x)
+    def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(c_skip, c_out, c_in)`` of the class docstring for ``sigma [B]``, by ``prediction``."""
+        c_in = _vp_scale(sigma, 1.0)
+        if self.prediction == "epsilon":
+            return torch.ones_like(sigma), -sigma, c_in
+        if self.prediction == "v_prediction":
+            return 1.0 / (sigma**2 + 1), -sigma / torch.sqrt(sigma**2 + 1), c_in
+        return torch.zeros_like(sigma), torch.ones_like(sigma), c_in
+
+    def c_noise(self, sigma: Tensor) -> Tensor:
+        """``[B]``: the timestep ``t(sigma)`` (:meth:`sigma_to_t`) in ``sigma``'s dtype."""
+        return self.sigma_to_t(sigma).to(sigma.dtype)
+
+    def _check_sigma(self, sigma: Tensor) -> None:
         lo, hi = self.sigma_min, self.sigma_max
-        values = s.detach()
-        check_flag((s < lo * (1 - 1e-4)) | (s > hi * (1 + 1e-4)), lambda: fail(
+        values = sigma.detach()
+        check_flag((sigma < lo * (1 - 1e-4)) | (sigma > hi * (1 + 1e-4)), lambda: fail(
             self._where, f"sigma = {values.flatten()[:4].tolist()} lies outside the model's range "
             f"[{lo:.4g}, {hi:.4g}].",
             "clip the sampler's sigma grid to [sigma_min, sigma_max] (the final 0 is fine)."))
-        with checked_call(self._where) as scope:
-            scope.vouch(x, s)
-            return self._denoise(x, s, cond)
-
-    def _denoise(self, x: Tensor, s: Tensor, cond: Conditions | None) -> Tensor:
-        sv = s.view(-1, 1, 1, 1)
-        c_in = _vp_scale(sv, 1.0)
-        t = self.sigma_to_t(s).to(x.dtype)
-        x_in = x * c_in
-        _vouch(x_in)
-        out = self.inner(x_in, t, cond)
-        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else describe(out)
-            raise fail(self._where, f"the wrapped model returned {got}; expected shape {tuple(x.shape)}.")
-        if self.prediction == "epsilon":
-            return x - sv * out
-        if self.prediction == "v_prediction":
-            return x / (sv**2 + 1) - sv / torch.sqrt(sv**2 + 1) * out
-        return out
 
 
 class BoundDenoiser(nn.Module):
@@ -502,7 +599,7 @@ class BoundDenoiser(nn.Module):
     compositions stacks copies of ``x``). Declared radii of the inner model are kept.
     """
 
-    def __init__(self, denoiser: Any, cond: ConditionSet | None) -> None:
+    def __init__(self, denoiser: Denoiser, cond: ConditionSet | None) -> None:
         super().__init__()
         if not callable(denoiser):
             raise fail("bind", f"`denoiser` is {describe(denoiser)}, expected a callable D(x, sigma, cond).")
@@ -512,7 +609,7 @@ class BoundDenoiser(nn.Module):
         self.inner = denoiser
         self.cond = cond
 
-    def conditions_for(self, batch: int, device: torch.device) -> Any:
+    def conditions_for(self, batch: int, device: torch.device) -> ConditionSet | None:
         """The bound conditioner set tiled to ``batch`` images (``None`` stays ``None``)."""
         c = self.cond
         if c is None:
@@ -529,12 +626,13 @@ class BoundDenoiser(nn.Module):
         n = batch // c.batch_size
         return type(c).cat([c] * n)
 
-    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: ConditionSet | None = None) -> Tensor:
         if cond is not None:
             raise fail("BoundDenoiser", "this denoiser already has its conditions bound; got another `cond`.",
                        "call it with cond=None, or bind the conditions you want instead.")
         if trusted(x, sigma):  # called by a sampler or a composition with inputs it has checked
-            return call_denoiser(self.inner, x, sigma, self.conditions_for(x.shape[0], x.device), "BoundDenoiser")
+            return call_denoiser(self.inner, x, cast(Tensor, sigma), self.conditions_for(x.shape[0], x.device),
+                                 "BoundDenoiser")
         x = check_image(x, "BoundDenoiser")
         s = as_sigma(sigma, x.shape[0], "BoundDenoiser", like=x)
         with checked_call("BoundDenoiser") as scope:
@@ -545,7 +643,7 @@ class BoundDenoiser(nn.Module):
         return f"BoundDenoiser({self.inner!r}, {self.cond!r})"
 
 
-def bind(denoiser: Any, cond: ConditionSet | None) -> BoundDenoiser:
+def bind(denoiser: Denoiser, cond: ConditionSet | None) -> BoundDenoiser:
     """Fix the conditions of a denoiser: ``bind(D, c)(x, sigma) == D(x, sigma, c)``.
 
     ``c`` is any conditioner set (:class:`~localscore.conditions.ConditionSet`: objects, prompts, ...);

@@ -22,6 +22,7 @@ from localscore.denoisers import (
     call_denoiser,
     conditioner_radius,
     receptive_radius,
+    tweedie,
 )
 from localscore.oracles import Gaussian
 from localscore.schedules import ddpm_alphas_cumprod
@@ -354,3 +355,102 @@ def test_bind_takes_any_conditioner_set() -> None:
     assert bind(D, t.ablate(0))(torch.zeros(1, 1, 1, 1), 1.0).item() == 2.0
     with pytest.raises(LocalScoreError, match="conditioner set"):
         bind(D, torch.zeros(1, 2))
+
+
+# -------------------------------------------------------------------------------------- Tweedie, scalings, dtype
+def test_tweedie_is_the_closed_form_score() -> None:
+    x, sigma = _inputs(7)
+    torch.testing.assert_close(tweedie(ORACLE(x, sigma), x, sigma), dense_score(x, sigma), rtol=1e-10, atol=1e-12)
+    # a float and a 0-dim tensor act on every image; a [1] tensor broadcasts
+    d = torch.zeros_like(x)
+    assert torch.equal(tweedie(d, x, 2.0), -x / 4)
+    assert torch.equal(tweedie(d, x, torch.tensor(2.0, dtype=F64)), -x / 4)
+    assert torch.equal(tweedie(d, x, torch.tensor([2.0], dtype=F64)), -x / 4)
+    with pytest.raises(LocalScoreError, match="tweedie: `sigma` has shape"):
+        tweedie(d, x, torch.ones(3, dtype=F64))
+    with pytest.raises(LocalScoreError, match="tweedie"):
+        tweedie(d, x, torch.ones(5, 1, dtype=F64))
+
+
+def _textbook_scalings(kind: str, s: float) -> tuple[float, float, float]:
+    """(c_skip, c_out, c_in) written out from the papers, for one sigma."""
+    vp = 1 / math.sqrt(s**2 + 1)
+    return {
+        "eps": (1.0, -s, vp), "eps_ve": (1.0, -s, 1.0), "x0": (0.0, 1.0, vp), "x0_ve": (0.0, 1.0, 1.0),
+        "score": (1.0, s**2, 1.0),
+        "v": (0.25 / (s**2 + 0.25), -s * 0.5 / math.sqrt(s**2 + 0.25), 1 / math.sqrt(s**2 + 0.25)),
+        "edm": (0.25 / (s**2 + 0.25), s * 0.5 / math.sqrt(s**2 + 0.25), 1 / math.sqrt(s**2 + 0.25)),
+        "ddpm_epsilon": (1.0, -s, vp), "ddpm_v_prediction": (1 / (s**2 + 1), -s * vp, vp),
+        "ddpm_sample": (0.0, 1.0, vp),
+    }[kind]
+
+
+def _scaled_adapters(net: Any) -> dict[str, Any]:
+    ac = ddpm_alphas_cumprod(1000, dtype=F64)
+    return {
+        "eps": EpsilonDenoiser(net), "eps_ve": EpsilonDenoiser(net, vp_input=False), "x0": X0Denoiser(net),
+        "x0_ve": X0Denoiser(net, vp_input=False), "score": ScoreDenoiser(net), "v": VDenoiser(net, sigma_data=0.5),
+        "edm": EDMPreconditioner(net, sigma_data=0.5),
+        **{f"ddpm_{p}": DiscreteDDPMDenoiser(net, ac, prediction=p)  # type: ignore[arg-type]
+           for p in ("epsilon", "v_prediction", "sample")},
+    }
+
+
+@pytest.mark.parametrize("kind", ["eps", "eps_ve", "x0", "x0_ve", "score", "v", "edm", "ddpm_epsilon",
+                                  "ddpm_v_prediction", "ddpm_sample"])
+def test_every_adapter_is_its_scalings_and_the_one_forward(kind: str) -> None:
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def net(x_in: torch.Tensor, noise: torch.Tensor, c: Any) -> torch.Tensor:
+        seen.append((x_in, noise))
+        return torch.sin(3 * x_in) + 0.1 * _col(noise)
+
+    d = _scaled_adapters(net)[kind]
+    assert "forward" not in vars(type(d)) and "_denoise" not in vars(type(d))  # one shared forward
+    sigma = torch.tensor([0.05, 0.7, 3.0, 40.0], dtype=F64)
+    x = torch.randn(4, 2, 3, 3, dtype=F64, generator=torch.Generator().manual_seed(0)) * _col(1 + sigma)
+    out = d(x, sigma)
+    for b, s in enumerate(sigma.tolist()):
+        c_skip, c_out, c_in = _textbook_scalings(kind, s)
+        torch.testing.assert_close(seen[-1][0][b], c_in * x[b], rtol=1e-14, atol=0)
+        noise = seen[-1][1][b]
+        torch.testing.assert_close(out[b], c_skip * x[b] + c_out * (torch.sin(3 * c_in * x[b]) + 0.1 * noise),
+                                   rtol=1e-13, atol=1e-13)
+    # the noise input each parameterisation gives its network
+    noise = seen[-1][1]
+    if kind == "edm":
+        torch.testing.assert_close(noise, sigma.log() / 4, rtol=1e-15, atol=0)
+    elif kind.startswith("ddpm"):
+        torch.testing.assert_close(d.t_to_sigma(noise), sigma, rtol=1e-12, atol=0)
+    else:
+        assert torch.equal(noise, sigma)
+
+
+def _ddpm_reference(ac: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """t(sigma) in float64 by numpy: linear interpolation of the timestep in log sigma_t."""
+    import numpy as np
+
+    log_table = np.log(np.sqrt((1 - ac.numpy()) / ac.numpy()))
+    return torch.from_numpy(np.interp(np.log(sigma.numpy()), log_table, np.arange(float(len(log_table)))))
+
+
+def test_discrete_ddpm_keeps_its_table_in_the_input_dtype() -> None:
+    # float64 inputs: t(sigma) and D against a float64 closed form (with a float32 table: 3e-5 and 3e-6 off)
+    ac = ddpm_alphas_cumprod(1000, dtype=F64)
+    d = DiscreteDDPMDenoiser(lambda x, t, c: torch.sin(x) * (1 + _col(t) / 1000), ac)
+    sigma = torch.exp(torch.linspace(math.log(0.02), math.log(150.0), 9, dtype=F64))
+    t_ref = _ddpm_reference(ac, sigma)
+    assert d.sigma_to_t(sigma).dtype == F64
+    torch.testing.assert_close(d.sigma_to_t(sigma), t_ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(d.t_to_sigma(t_ref), sigma, rtol=1e-13, atol=0)
+    x = torch.randn(9, 2, 3, 3, dtype=F64, generator=torch.Generator().manual_seed(1)) * _col(1 + sigma)
+    want = x - _col(sigma) * torch.sin(x / _col(torch.sqrt(sigma**2 + 1))) * (1 + _col(t_ref) / 1000)
+    torch.testing.assert_close(d(x, sigma), want, rtol=0, atol=1e-12)
+    # float32 inputs use the table in float32 (as before); casting the module never rounds the table
+    assert d.sigma_to_t(sigma.float()).dtype == torch.float32
+    torch.testing.assert_close(d.sigma_to_t(sigma.float()).double(), t_ref, rtol=0, atol=2e-3)
+    d.half()
+    d.float()
+    assert d.sigmas.dtype == F64 and d.log_sigmas.dtype == F64
+    torch.testing.assert_close(d.sigma_to_t(sigma), t_ref, rtol=0, atol=1e-10)
+    assert d.sigma_to_t(sigma.half()).dtype == torch.float32  # half precision computes in float32

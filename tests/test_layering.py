@@ -23,7 +23,7 @@ SHIMS = ("localscore.experiments", "localscore.data", "localscore.evaluate", "lo
 """The 0.1.0 locations of moved names: deprecation shims that forward to the pipeline."""
 CORE = ("localscore.conditions", "localscore.denoisers", "localscore.schedules", "localscore.sampling",
         "localscore.compose", "localscore.masks", "localscore.nn", "localscore.metrics", "localscore.oracles",
-        "localscore.testing", "localscore.train", "localscore.adapters")
+        "localscore.empirical", "localscore.testing", "localscore.train", "localscore.adapters")
 """The core: what every user of the library needs, independent of the pipeline."""
 
 

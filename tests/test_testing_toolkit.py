@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from localscore import Conditions, LocalScoreError
-from localscore.oracles import PatchLocalEmpirical
+from localscore.empirical import PatchLocalEmpirical
 from localscore.testing import (
     GlobalConvDenoiser,
     LocalConvDenoiser,

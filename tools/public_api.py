@@ -10,8 +10,10 @@ fails for want of diffusers.
 
 Every name of every ``__all__`` is resolved to its object. Objects are told apart by identity (immutable
 scalars such as strings and numbers, which Python may intern, by their type, value and name instead). An
-object has one *canonical* name: ``obj.__module__`` plus its name there when that module is public and lists
-the object in its ``__all__``, else its shortest public dotted name. Its other names are re-exports. A group of
+object has one *canonical* name, the one a user imports it by: its shortest public dotted name below the root
+package (``localscore.compose.projective_from``, not ``localscore.compose.operators.projective_from``; the
+root's convenience re-exports such as ``localscore.bind`` are listed beside it). Its other names are
+re-exports. A group of
 names is an *alias* when the object is exported under two different names, or under one name by modules
 that are not on one line of packages (``localscore.nn`` re-exporting ``localscore.nn.local``'s class, or
 ``localscore`` re-exporting it again, is not an alias; ``localscore.nn`` re-exporting ``localscore.masks``'s
@@ -224,14 +226,15 @@ def is_alias(names: list[str]) -> bool:
 
 
 def canonical_name(obj: Any, names: list[str], modules: dict[str, types.ModuleType]) -> str:
-    """Where ``obj`` is defined, when that module is public and exports it; else its shortest public name."""
-    home = _home(obj, names)
-    if home is not None and home in modules:
-        here = [n for n in names if _module_of(n) == home]
-        own = getattr(obj, "__name__", None)
-        if here:
-            return next((n for n in here if _attr_of(n) == own), here[0])
-    return min(names, key=lambda n: (n.count("."), len(n), n))
+    """The name a user imports it by: its shortest public name below the root package.
+
+    A subpackage's re-export (``localscore.compose.projective_from``) wins over the submodule that defines it
+    (``localscore.compose.operators``); the root package's re-exports (``localscore.bind``) are listed as
+    "also", so each thing is listed under the module that documents it. A name only the root exports is its
+    own canonical name.
+    """
+    below = [n for n in names if _module_of(n) != PACKAGE] or names
+    return min(below, key=lambda n: (n.count("."), len(n), n))
 
 
 def kind_of(obj: Any) -> str:
@@ -299,18 +302,6 @@ def _trace(module_name: str, attr: str, seen: set[str] | None = None) -> tuple[s
             found = _trace(source, original, seen)
             if found is not None:
                 return found
-    return None
-
-
-def _home(obj: Any, names: list[str]) -> str | None:
-    """The module that defines ``obj``: its ``__module__`` for classes and functions, else where it is assigned."""
-    if inspect.isclass(obj) or inspect.isroutine(obj):
-        home = getattr(obj, "__module__", None)
-        return home if isinstance(home, str) else None
-    for name in names:
-        found = _trace(_module_of(name), _attr_of(name))
-        if found is not None:
-            return found[0]
     return None
 
 

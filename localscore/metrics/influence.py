@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .._checks import as_sigma, check_image
 from .._errors import describe, fail
-from ..conditions import Conditions
+from ..conditions import Conditions, ConditionSet
 
 __all__ = ["ablation_influence", "gradient_influence", "math_attention"]
 
@@ -68,7 +68,7 @@ def math_attention() -> Any:
 
 
 # ----------------------------------------------------------------------------- the conditioner-set operations
-def _check_set(cond: Any, where: str) -> Any:
+def _check_set(cond: Any, where: str) -> ConditionSet:
     missing = [a for a in _SLOT_OPS if not hasattr(cond, a)]
     if cond is None or missing:
         raise fail(where, f"argument `cond` is {describe(cond)}, expected a conditioner set (localscore.Conditions, "
@@ -77,7 +77,7 @@ def _check_set(cond: Any, where: str) -> Any:
     return cond
 
 
-def _ablate(cond: Any, k: int) -> Any:
+def _ablate(cond: ConditionSet, k: int) -> ConditionSet:
     """Slot ``k`` absent, ``K`` kept: ``cond.ablate(k)``."""
     ablate = getattr(cond, "ablate", None)
     if not callable(ablate):
@@ -86,7 +86,7 @@ def _ablate(cond: Any, k: int) -> Any:
     return ablate(k)
 
 
-def _cat(items: Sequence[Any]) -> Any:
+def _cat(items: Sequence[ConditionSet]) -> ConditionSet:
     """``type(items[0]).cat(items)``: batches of one conditioner-set type along ``B``."""
     if len(items) == 1:
         return items[0]
@@ -97,7 +97,7 @@ def _cat(items: Sequence[Any]) -> Any:
     return cat(list(items))
 
 
-def _for_batch(cond: Any, B: int, device: torch.device, where: str) -> Any:
+def _for_batch(cond: ConditionSet, B: int, device: torch.device, where: str) -> ConditionSet:
     """The set tiled to ``B`` images (its batch size must divide ``B``)."""
     dev = getattr(cond, "device", device)
     if dev != device:
@@ -136,7 +136,8 @@ def _coordinate_masks(cond: Any, k: int) -> tuple[Tensor, ...]:
     return tuple(cond.coordinate_masks(k))
 
 
-def _apply(fn: Any, decoder: Any, x: Tensor, s: Tensor, cond: Any, where: str) -> Tensor:
+def _apply(fn: Callable[..., Tensor], decoder: Callable[[Tensor], Tensor] | None, x: Tensor, s: Tensor,
+           cond: ConditionSet, where: str) -> Tensor:
     out = fn(x, s, cond)
     if decoder is not None:
         out = _check_output(out, x.shape[0], where, "fn")
@@ -151,7 +152,8 @@ def _check_output(out: Any, B: int, where: str, name: str) -> Tensor:
     return out
 
 
-def _check_common(fn: Any, x: Any, sigma: Any, cond: Any, where: str) -> tuple[Tensor, Tensor, Any]:
+def _check_common(fn: Callable[..., Tensor], x: Any, sigma: Any, cond: Any,
+                  where: str) -> tuple[Tensor, Tensor, ConditionSet]:
     if not callable(fn):
         raise fail(where, f"argument `fn` is {describe(fn)}, expected a callable fn(x, sigma, cond).")
     x = check_image(x, where)
@@ -164,8 +166,8 @@ def _check_common(fn: Any, x: Any, sigma: Any, cond: Any, where: str) -> tuple[T
 
 
 # ----------------------------------------------------------------------------- by ablation
-def _ablation(fn: Any, x: Tensor, s: Tensor, cond: Any, mode: str, decoder: Any, max_batch: int,
-              where: str) -> Tensor:
+def _ablation(fn: Callable[..., Tensor], x: Tensor, s: Tensor, cond: ConditionSet, mode: str,
+              decoder: Callable[[Tensor], Tensor] | None, max_batch: int, where: str) -> Tensor:
     """``[B, K, h, w]``: the squared change per position; the reference is re-evaluated in every batched call,
     so the difference is not polluted by batch-size-dependent kernels."""
     B, K = x.shape[0], int(cond.num_slots)
@@ -192,10 +194,10 @@ def _ablation(fn: Any, x: Tensor, s: Tensor, cond: Any, mode: str, decoder: Any,
 
 
 def ablation_influence(
-    fn: Any,
+    fn: Callable[..., Tensor],
     x: Tensor,
-    sigma: Any,
-    cond: Any,
+    sigma: Tensor | float,
+    cond: ConditionSet,
     *,
     mode: InfluenceMode = "ablate",
     decoder: Callable[[Tensor], Tensor] | None = None,
@@ -276,8 +278,8 @@ def _directions(values: tuple[Tensor, ...], masks: tuple[Tensor, ...], probes: i
     return max((len(e) for e in entries), default=0), basis
 
 
-def _jvp_sq(fn: Any, decoder: Any, x: Tensor, s: Tensor, cond: Any, values: tuple[Tensor, ...],
-            dirs: list[tuple[Tensor, ...]], where: str) -> Tensor:
+def _jvp_sq(fn: Callable[..., Tensor], decoder: Callable[[Tensor], Tensor] | None, x: Tensor, s: Tensor,
+            cond: ConditionSet, values: tuple[Tensor, ...], dirs: list[tuple[Tensor, ...]], where: str) -> Tensor:
     """``sum_c (J v_n)^2``, ``[n, B, h, w]``, for ``n`` directions in one forward-mode call of batch ``n B``.
 
     The images of a batch are independent, so stacking ``n`` copies of the batch and feeding direction ``n``
@@ -295,8 +297,9 @@ def _jvp_sq(fn: Any, decoder: Any, x: Tensor, s: Tensor, cond: Any, values: tupl
     return jv.pow(2).sum(1).reshape(n, B, *jv.shape[2:])
 
 
-def _gradient(fn: Any, x: Tensor, s: Tensor, cond: Any, probes: int | None, generator: torch.Generator | None,
-              decoder: Any, chunk: int, where: str, *, zero_absent: bool = True) -> Tensor:
+def _gradient(fn: Callable[..., Tensor], x: Tensor, s: Tensor, cond: ConditionSet, probes: int | None,
+              generator: torch.Generator | None, decoder: Callable[[Tensor], Tensor] | None, chunk: int, where: str,
+              *, zero_absent: bool = True) -> Tensor:
     """``[B, K, h, w]``: ``sum_n |J_k v_n|^2`` over the slot's basis directions, or its mean over probes."""
     values = _coordinates(cond, x.dtype)
     maps: list[Tensor | None] = []
@@ -324,10 +327,10 @@ def _gradient(fn: Any, x: Tensor, s: Tensor, cond: Any, probes: int | None, gene
 
 
 def gradient_influence(
-    fn: Any,
+    fn: Callable[..., Tensor],
     x: Tensor,
-    sigma: Any,
-    cond: Any,
+    sigma: Tensor | float,
+    cond: ConditionSet,
     *,
     probes: int | Literal["exact"] = "exact",
     generator: torch.Generator | None = None,

@@ -23,7 +23,7 @@ from torch import Tensor
 from .._checks import as_sigma, check_image, check_tensor
 from .._errors import describe, fail
 from ..conditions import Conditions
-from ..denoisers import call_denoiser, receptive_radius
+from ..denoisers import Denoiser, call_denoiser, receptive_radius, tweedie
 from ..masks import distances
 from .influence import _ablation, _gradient
 from .jacobians import BandedJacobian, JacobianProbes, jacobian
@@ -134,9 +134,9 @@ def _heat_probes(pr: JacobianProbes, Dm: int) -> Tensor:
 
 # ----------------------------------------------------------------------------- pixel locality
 def pixel_locality(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
-    sigma: Any,
+    sigma: Tensor | float | Sequence[Tensor | float],
     cond: Conditions | None = None,
     *,
     method: Literal["auto", "dense", "colored", "probes"] = "auto",
@@ -240,7 +240,7 @@ def pixel_locality(
     for s in sig:
         def fn(z: Tensor, s: Tensor = s) -> Tensor:
             d = call_denoiser(denoiser, z, s, cond, where)
-            return d if target == "denoiser" else (d - z) / s.view(-1, 1, 1, 1) ** 2
+            return d if target == "denoiser" else tweedie(d, z, s)
 
         if chosen == "dense":
             J = jacobian(fn, x, chunk_size=chunk_size, max_memory=max_memory)
@@ -413,9 +413,9 @@ def influence_radius(influence: Tensor, cond: Conditions, *, quantile: float = 0
 
 # ----------------------------------------------------------------------------- conditional locality
 def conditional_locality(
-    denoiser: Any,
+    denoiser: Denoiser,
     x: Tensor,
-    sigma: Any,
+    sigma: Tensor | float | Sequence[Tensor | float],
     cond: Conditions,
     *,
     methods: Sequence[Literal["ablation", "gradient"]] = ("ablation",),

@@ -7,6 +7,7 @@ it; ``to_dict()`` has the values.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -53,7 +54,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Any) -> None:
+def _save(fig: Any, path: str | os.PathLike[str] | None) -> None:
     if path is not None:
         fig.savefig(path, dpi=120, bbox_inches="tight")
 
@@ -111,7 +112,7 @@ class PixelLocality(_Result):
         r = min(int(radius), len(self.distances) - 1)
         return 1.0 - self.profile[:, r]
 
-    def plot(self, path: Any = None, *, max_offset: int | None = None) -> Any:
+    def plot(self, path: str | os.PathLike[str] | None = None, *, max_offset: int | None = None) -> Any:
         """Plot the profiles (one curve per sigma) and the heat-maps (log scale); return the figure.
 
         Args:
@@ -179,7 +180,7 @@ class LocalityIndex(_Result):
     index: float
     on_others_mean: float
 
-    def plot(self, path: Any = None) -> Any:
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Any:
         """Bar chart of ``inside`` and ``on_others`` per conditioner of the first image; returns the figure."""
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -231,7 +232,7 @@ class ConditionalLocality(_Result):
     regions: str
     metric: str
 
-    def plot(self, path: Any = None, *, image: int = 0) -> Any:
+    def plot(self, path: str | os.PathLike[str] | None = None, *, image: int = 0) -> Any:
         """Influence maps (summed over conditioners, one row per method, one column per sigma) of one image,
         with the conditioners marked, and the index against sigma. Returns the figure."""
         plt = _pyplot()
@@ -279,7 +280,7 @@ class FeatureOrthogonality(_Result):
     max_abs_offdiag: float
     labels: tuple[str, ...] | None = None
 
-    def plot(self, path: Any = None) -> Any:
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Any:
         """Heat-map of the cosine matrix; returns the figure."""
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(4.2, 3.6))

@@ -1,15 +1,29 @@
 """Analytic distributions with closed-form scores at every noise level: the test oracles.
 
 Every oracle is an :class:`AnalyticDistribution`: it is a denoiser (``oracle(x, sigma, cond)``), and has
-``score``, ``log_prob`` and exact ``sample``.
+``score``, ``log_prob`` and exact ``sample``. An oracle is defined on whole images of its shape, so it
+declares ``translation_equivariant = False`` and compositions never evaluate it on crops.
+
+The patch-local empirical machine moved to :mod:`localscore.empirical` in 0.2;
+``localscore.oracles.PatchLocalEmpirical`` still resolves, with a ``DeprecationWarning``, until 0.3.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from .._moved import forward
 from ._base import AnalyticDistribution
 from .gaussian import Gaussian, GaussianMixture
 from .objects import FactorizedObjects, OverlappingObjects
-from .patch_local import PatchLocalEmpirical
 
-__all__ = ["AnalyticDistribution", "FactorizedObjects", "Gaussian", "GaussianMixture", "OverlappingObjects",
-           "PatchLocalEmpirical"]
+__all__ = ["AnalyticDistribution", "FactorizedObjects", "Gaussian", "GaussianMixture", "OverlappingObjects"]
+
+_MOVED = {"PatchLocalEmpirical": "localscore.empirical"}
+"""Names of 0.1.0 that moved out of this package, and their new modules."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return forward(__name__, _MOVED[name], name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,7 @@ from torch import Tensor
 from .._checks import as_sigma, check_image
 from .._errors import fail
 from ..conditions import Conditions
+from ..denoisers import tweedie
 
 __all__ = ["AnalyticDistribution"]
 
@@ -21,8 +22,8 @@ class AnalyticDistribution(ABC):
     At noise level ``sigma`` the noised density is ``p_sigma = p_0 * N(0, sigma**2 I)``. Subclasses
     implement :meth:`denoise` (the exact posterior mean ``E[x0 | x_sigma = x, cond]``),
     :meth:`log_prob` (``log p_sigma(x | cond)``) and :meth:`sample`. The score follows from Tweedie,
-    ``score = (denoise - x) / sigma**2``, and ``oracle(x, sigma, cond)`` is ``denoise``, so every oracle
-    is a :class:`~localscore.Denoiser`.
+    ``score = (denoise - x) / sigma**2`` (:func:`~localscore.denoisers.tweedie`), and
+    ``oracle(x, sigma, cond)`` is ``denoise``, so every oracle is a :class:`~localscore.Denoiser`.
 
     Computations run in the oracle's ``dtype`` (float64 by default) and return in ``x``'s dtype.
     """
@@ -30,12 +31,15 @@ class AnalyticDistribution(ABC):
     #: ``(C, H, W)``, the image shape.
     shape: tuple[int, int, int]
 
+    #: ``False``: an oracle is defined on the whole image, so it must never be evaluated on crops.
+    translation_equivariant = False
+
     @abstractmethod
-    def denoise(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+    def denoise(self, x: Tensor, sigma: Tensor | float, cond: Conditions | None = None) -> Tensor:
         """Exact ``E[x0 | x_sigma = x, cond]`` for ``x [B, C, H, W]``, ``sigma [B]`` (or a float)."""
 
     @abstractmethod
-    def log_prob(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+    def log_prob(self, x: Tensor, sigma: Tensor | float, cond: Conditions | None = None) -> Tensor:
         """``[B]``: ``log p_sigma(x | cond)``; ``sigma = 0`` is the data density where it exists."""
 
     @abstractmethod
@@ -43,13 +47,13 @@ class AnalyticDistribution(ABC):
                generator: torch.Generator | None = None) -> Tensor:
         """Exact samples of ``x_sigma``: ``n`` images, or one per conditioner set of a batch."""
 
-    def score(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+    def score(self, x: Tensor, sigma: Tensor | float, cond: Conditions | None = None) -> Tensor:
         """``grad_x log p_sigma(x | cond) = (denoise(x, sigma, cond) - x) / sigma**2`` (Tweedie)."""
         x = check_image(x, f"{type(self).__name__}.score")
         s = as_sigma(sigma, x.shape[0], f"{type(self).__name__}.score", like=x)
-        return (self.denoise(x, s, cond) - x) / s.view(-1, 1, 1, 1) ** 2
+        return tweedie(self.denoise(x, s, cond), x, s)
 
-    def __call__(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor | float, cond: Conditions | None = None) -> Tensor:
         return self.denoise(x, sigma, cond)
 
     def _check_x(self, x: Any, where: str) -> Tensor:

@@ -136,12 +136,12 @@ class _GaussianFamily(AnalyticDistribution):
         return y, var, self._component_log_prob(y, var, where)
 
     # ------------------------------------------------------------------------------------- interface
-    def score(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+    def score(self, x: Tensor, sigma: Tensor | float, cond: Conditions | None = None) -> Tensor:
         """Exact ``grad_x log p_sigma(x) = (D(x, sigma) - x) / sigma**2`` for ``x [B, C, H, W]`` (``sigma > 0``)."""
         self._check_device(x, f"{self._name}.score")
         return super().score(x, sigma, cond)
 
-    def denoise(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+    def denoise(self, x: Tensor, sigma: Tensor | float, cond: Conditions | None = None) -> Tensor:
         """Exact ``E[x0 | x_sigma = x]`` for ``x [B, C, H, W]`` and ``sigma`` a float or ``[B]`` (``> 0``).
 
         ``D = sum_m r_m(x) (mu_m + U_m diag(lam_m / (lam_m + sigma**2)) U_m^T (x - mu_m))``.
@@ -154,7 +154,7 @@ class _GaussianFamily(AnalyticDistribution):
         out = torch.einsum("bm,bmd->bd", r, comp)
         return out.reshape(x.shape).to(x.dtype)
 
-    def log_prob(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+    def log_prob(self, x: Tensor, sigma: Tensor | float, cond: Conditions | None = None) -> Tensor:
         """``[B]``: ``log p_sigma(x) = logsumexp_m(log w_m + log N(x; mu_m, Sigma_m + sigma**2 I))``.
 
         ``sigma = 0`` gives the data density (the covariances must then be non-singular).
@@ -291,7 +291,7 @@ class Gaussian(_GaussianFamily):
 
     _name = "Gaussian"
 
-    def __init__(self, mean: Tensor, cov: Tensor | None = None, *, std: Any = None,
+    def __init__(self, mean: Tensor, cov: Tensor | None = None, *, std: Tensor | float | None = None,
                  dtype: torch.dtype = torch.float64) -> None:
         where = "Gaussian"
         dtype = _oracle_dtype(dtype, where)
@@ -326,7 +326,7 @@ class Gaussian(_GaussianFamily):
         """``[D, D]`` the covariance (oracle dtype)."""
         return self._covariances()[0]
 
-    def probability_flow(self, x: Tensor, sigma_from: Any, sigma_to: Any) -> Tensor:
+    def probability_flow(self, x: Tensor, sigma_from: Tensor | float, sigma_to: Tensor | float) -> Tensor:
         r"""The exact solution of the probability-flow ODE ``dx/dsigma = -sigma * score(x, sigma)``.
 
         In the eigenbasis (``y = U^T (x - mean)``) the ODE decouples into
@@ -392,7 +392,7 @@ class GaussianMixture(_GaussianFamily):
 
     _name = "GaussianMixture"
 
-    def __init__(self, weights: Tensor, means: Tensor, covs: Tensor | None = None, *, std: Any = None,
+    def __init__(self, weights: Tensor, means: Tensor, covs: Tensor | None = None, *, std: Tensor | float | None = None,
                  dtype: torch.dtype = torch.float64) -> None:
         where = "GaussianMixture"
         dtype = _oracle_dtype(dtype, where)
@@ -424,7 +424,7 @@ class GaussianMixture(_GaussianFamily):
                 raise fail(where, f"argument `covs` is on {covs.device} but `means` is on {means.device}.")
             lam, vec = _eig_of_cov(covs.to(dtype), d, where, "covs")
         else:
-            std_v: Any = 1.0 if std is None else std
+            std_v: Tensor | float = 1.0 if std is None else std
             if isinstance(std_v, torch.Tensor) and std_v.dim() == 1:
                 if std_v.shape[0] != m:
                     raise fail(where, f"argument `std` has shape {tuple(std_v.shape)}, expected a float, [M] = "

@@ -451,7 +451,7 @@ class _GaussianObjects(AnalyticDistribution):
         c = self._cond(cond, x.shape[0], x.device, where)
         return x.to(self.dtype), s, self._layout(c, where, (x.shape[2], x.shape[3]))
 
-    def denoise(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+    def denoise(self, x: Tensor, sigma: Tensor | float, cond: Conditions | None = None) -> Tensor:
         """Exact posterior mean ``E[x_0 | x_sigma = x, cond]``: ``[B, C, H, W]`` in ``x``'s dtype.
 
         ``D(x) = x - sigma**2 (Sigma_J + sigma**2 I)^{-1} (x - mu_J)`` (module docstring), solved block by
@@ -471,7 +471,7 @@ class _GaussianObjects(AnalyticDistribution):
         z, _ = self._solve(xd, s, lay)
         return (xd - s.view(-1, 1, 1, 1) ** 2 * z).to(x0.dtype)
 
-    def log_prob(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+    def log_prob(self, x: Tensor, sigma: Tensor | float, cond: Conditions | None = None) -> Tensor:
         """``log p_sigma(x | cond)`` ``[B]`` (in ``x``'s dtype); ``sigma = 0`` gives the data density.
 
         ``log p = -1/2 [ r^T A^{-1} r + log det A + C H W log(2 pi) ]`` with ``r = x - mu_J`` and
@@ -568,7 +568,7 @@ class _GaussianObjects(AnalyticDistribution):
             x = x + s * randn(B, C, H, W)
         return x.to(out_dtype)
 
-    def composition_gap(self, x: Tensor, sigma: Any, cond: Conditions) -> Tensor:
+    def composition_gap(self, x: Tensor, sigma: Tensor | float, cond: Conditions) -> Tensor:
         """The exact failure of projective composition: ``[B, C, H, W]`` in ``x``'s dtype.
 
         ``gap = D(x | c_J) - [ D(x | none) + sum_j ( D(x | c_j) - D(x | none) ) ]``, every term the closed-form

@@ -14,7 +14,7 @@ in pixels, as declared receptive radii are.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -88,9 +88,9 @@ def _perturbation_diagnosis(f: Any, x: Tensor, Jb: BandedJacobian, b: int, c: in
 
 
 def assert_pixel_local(
-    fn: Any,
+    fn: Callable[..., Tensor],
     x: Tensor,
-    sigma: Any,
+    sigma: Tensor | float | Sequence[Tensor | float],
     radius: int,
     *,
     cond: Conditions | None = None,
@@ -192,9 +192,9 @@ def assert_pixel_local(
 
 # ----------------------------------------------------------------------------- conditional locality
 def assert_conditionally_local(
-    fn: Any,
+    fn: Callable[..., Tensor],
     x: Tensor,
-    sigma: Any,
+    sigma: Tensor | float | Sequence[Tensor | float],
     cond: Conditions,
     radius: float,
     *,
@@ -286,9 +286,9 @@ def assert_conditionally_local(
 
 # ----------------------------------------------------------------------------- projective composition
 def assert_projective(
-    fn: Any,
+    fn: Callable[..., Tensor],
     x: Tensor,
-    sigma: Any,
+    sigma: Tensor | float | Sequence[Tensor | float],
     cond: Conditions,
     rtol: float = 1e-5,
     *,
@@ -360,9 +360,9 @@ def assert_projective(
 
 # ----------------------------------------------------------------------------- permutation invariance
 def assert_permutation_invariant(
-    fn: Any,
+    fn: Callable[..., Tensor],
     x: Tensor,
-    sigma: Any,
+    sigma: Tensor | float | Sequence[Tensor | float],
     cond: Conditions,
     *,
     permutations: int | Sequence[Sequence[int]] = 3,

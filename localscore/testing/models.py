@@ -13,7 +13,6 @@ hypothesis nor pytest.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -110,7 +109,7 @@ class LocalConvDenoiser(nn.Module):
             for p in self.net.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * (0.5 / max(1, p[0].numel()) ** 0.5))
 
-    def features(self, x: Tensor, sigma: Any, cond: Conditions | None) -> Tensor:
+    def features(self, x: Tensor, sigma: Tensor | float, cond: Conditions | None) -> Tensor:
         """The network input ``[x, log(sigma) / 4, m(cond)]``."""
         x = check_image(x, type(self).__name__)
         s = as_sigma(sigma, x.shape[0], type(self).__name__, like=x)
@@ -122,7 +121,7 @@ class LocalConvDenoiser(nn.Module):
             parts.append(m.expand(B, -1, H, W))
         return torch.cat(parts, 1)
 
-    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditions | None = None) -> Tensor:
         return x + self.net(self.features(x, sigma, cond))
 
 
@@ -153,7 +152,7 @@ class GlobalConvDenoiser(LocalConvDenoiser):
         self.pool = nn.Parameter(torch.randn(channels, channels, generator=g) / channels**0.5)
         self.embed = nn.Parameter(torch.randn(2 + attr_dim, channels, generator=g) * 0.5)
 
-    def forward(self, x: Tensor, sigma: Any, cond: Conditions | None = None) -> Tensor:
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditions | None = None) -> Tensor:
         out = super().forward(x, sigma, cond)
         g = torch.tanh(out - x).mean(dim=(2, 3)) @ self.pool  # [B, C]
         if self.cond_radius is not None and cond is not None and cond.num_slots > 0:

@@ -21,9 +21,19 @@ affected (``tests/test_plugin_lazy.py`` checks this).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:  # the plugin imports nothing heavy when pytest loads it
+    from collections.abc import Callable, Sequence
+
+    from torch import Tensor
+
+    from ..conditions import Conditions
+
+    Fn = Callable[..., Tensor]
+    Sigmas = Tensor | float | Sequence[Tensor | float]
 
 __all__ = ["LocalityChecker", "locality", "localscore_strategies", "pytest_configure"]
 
@@ -54,27 +64,28 @@ class LocalityChecker:
                         pytrace=False)
         return value
 
-    def assert_pixel_local(self, fn: Any, x: Any, sigma: Any, radius: int | None = None, **kw: Any) -> None:
+    def assert_pixel_local(self, fn: Fn, x: Tensor, sigma: Sigmas, radius: int | None = None, **kw: Any) -> None:
         """:func:`localscore.testing.assert_pixel_local` with the marker's ``radius`` by default."""
         from .assertions import assert_pixel_local
 
         assert_pixel_local(fn, x, sigma, self._need(radius if radius is not None else self.radius, "radius"), **kw)
 
-    def assert_conditionally_local(self, fn: Any, x: Any, sigma: Any, cond: Any, radius: float | None = None,
-                                   **kw: Any) -> None:
+    def assert_conditionally_local(self, fn: Fn, x: Tensor, sigma: Sigmas, cond: Conditions,
+                                   radius: float | None = None, **kw: Any) -> None:
         """:func:`localscore.testing.assert_conditionally_local` with the marker's ``conditioner_radius``."""
         from .assertions import assert_conditionally_local
 
         r = radius if radius is not None else self.conditioner_radius
         assert_conditionally_local(fn, x, sigma, cond, self._need(r, "conditioner_radius"), **kw)
 
-    def assert_projective(self, fn: Any, x: Any, sigma: Any, cond: Any, rtol: float = 1e-5, **kw: Any) -> None:
+    def assert_projective(self, fn: Fn, x: Tensor, sigma: Sigmas, cond: Conditions, rtol: float = 1e-5,
+                          **kw: Any) -> None:
         """:func:`localscore.testing.assert_projective`."""
         from .assertions import assert_projective
 
         assert_projective(fn, x, sigma, cond, rtol, **kw)
 
-    def assert_permutation_invariant(self, fn: Any, x: Any, sigma: Any, cond: Any, **kw: Any) -> None:
+    def assert_permutation_invariant(self, fn: Fn, x: Tensor, sigma: Sigmas, cond: Conditions, **kw: Any) -> None:
         """:func:`localscore.testing.assert_permutation_invariant`."""
         from .assertions import assert_permutation_invariant
 

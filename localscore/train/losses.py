@@ -18,7 +18,7 @@ and averaged over the batch, with
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ from torch import Tensor
 from .._checks import as_sigma, check_image
 from .._errors import describe, fail
 from ..conditions import Conditions
-from ..denoisers import call_denoiser
+from ..denoisers import Denoiser, call_denoiser
 
 __all__ = ["Objective", "SigmaSampling", "denoising_loss", "drop_conditions", "loss_weight", "sample_sigmas"]
 
@@ -67,7 +67,7 @@ def drop_conditions(cond: Conditions | None, drop: Tensor) -> Conditions | None:
     return Conditions(cond.pos, cond.attr, cond.valid & ~drop.to(cond.device, torch.bool).view(-1, 1))
 
 
-def _find_sigmas(model: Any) -> Tensor | None:
+def _find_sigmas(model: object) -> Tensor | None:
     seen: set[int] = set()
     obj = model
     while obj is not None and id(obj) not in seen:
@@ -88,7 +88,7 @@ def sample_sigmas(
     p_std: float = 1.2,
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
-    model: Any = None,
+    model: Denoiser | None = None,
 ) -> Tensor:
     """Draw ``n`` training noise levels ``[n]`` (float32, CPU) from ``generator``.
 
@@ -122,7 +122,7 @@ def sample_sigmas(
 
 
 def denoising_loss(
-    denoiser: Any,
+    denoiser: Denoiser,
     x0: Tensor,
     sigma: Tensor,
     noise: Tensor,

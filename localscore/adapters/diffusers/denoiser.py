@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -17,9 +17,13 @@ from torch import Tensor, nn
 from ..._checks import as_sigma, check_image
 from ..._errors import describe, fail
 from ..._moved import warn_moved
-from ...denoisers import BoundDenoiser, DiscreteDDPMDenoiser, Prediction, bind
+from ...conditions import ConditionSet
+from ...denoisers import BoundDenoiser, Denoiser, DiscreteDDPMDenoiser, Prediction, bind
 from .prompts import PromptConditions, _check_prompt
 from .regional import REGIONS_KWARG, _has_regional, _RegionSpec
+
+if TYPE_CHECKING:
+    from ...compose import Composition
 
 __all__ = ["DiffusersDenoiser", "concept_composition", "ve_to_vp", "vp_to_ve"]
 
@@ -33,7 +37,7 @@ def _require_diffusers(where: str) -> Any:
     return diffusers
 
 
-def vp_to_ve(latents: Tensor, sigma: Any) -> Tensor:
+def vp_to_ve(latents: Tensor, sigma: Tensor | float) -> Tensor:
     r"""diffusers' variance-preserving latents to localscore's variables: ``x = x_vp * sqrt(1 + sigma**2)``.
 
     Args:
@@ -50,7 +54,7 @@ def vp_to_ve(latents: Tensor, sigma: Any) -> Tensor:
     return x * torch.sqrt(1 + s.view(-1, 1, 1, 1) ** 2)
 
 
-def ve_to_vp(x: Tensor, sigma: Any) -> Tensor:
+def ve_to_vp(x: Tensor, sigma: Tensor | float) -> Tensor:
     r"""The inverse of :func:`vp_to_ve`: ``x_vp = x / sqrt(1 + sigma**2)``.
 
     Examples:
@@ -192,7 +196,7 @@ class DiffusersDenoiser(DiscreteDDPMDenoiser):
 
     _where = "DiffusersDenoiser"
 
-    def __init__(self, unet: Any, scheduler: Any, *, prediction_type: str | None = None,
+    def __init__(self, unet: nn.Module, scheduler: Any, *, prediction_type: str | None = None,
                  null_prompt: PromptConditions | None = None, quantize: bool = False) -> None:
         where = self._where
         ac = _alphas_cumprod(scheduler, where)
@@ -201,7 +205,7 @@ class DiffusersDenoiser(DiscreteDDPMDenoiser):
                        "e.g. rescale_betas_zero_snr=True); localscore's variables need a finite sigma_max.",
                        "use the scheduler without zero-SNR rescaling, or pass alphas_cumprod[:-1] explicitly.")
         pred = _prediction_type(scheduler, prediction_type, where)
-        super().__init__(_ModelCall(unet, where), ac.detach().float().cpu(), prediction=cast(Prediction, pred),
+        super().__init__(_ModelCall(unet, where), ac.detach().cpu(), prediction=cast(Prediction, pred),
                          quantize=quantize)
         if null_prompt is not None:
             _check_prompt(null_prompt, where, "null_prompt")
@@ -225,7 +229,7 @@ class DiffusersDenoiser(DiscreteDDPMDenoiser):
         sched = diffusers.DDPMScheduler.from_pretrained(path, subfolder=scheduler_subfolder)
         return cls(unet, sched, **kwargs)
 
-    def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: ConditionSet | None = None) -> Tensor:
         x = check_image(x, self._where)
         if cond is None:
             if self.null_prompt is None:
@@ -245,7 +249,7 @@ class PromptBound(BoundDenoiser):
     """Deprecated: :class:`localscore.denoisers.BoundDenoiser` (built by :func:`localscore.bind`), which binds
     prompts as it binds any conditioner set. ``prompt`` is its ``cond``."""
 
-    def __init__(self, denoiser: Any, prompt: PromptConditions, *, _warn: bool = True) -> None:
+    def __init__(self, denoiser: Denoiser, prompt: PromptConditions, *, _warn: bool = True) -> None:
         if _warn:
             warn_moved("localscore.adapters.diffusers.PromptBound",
                        "localscore.denoisers.BoundDenoiser (localscore.bind)")
@@ -257,13 +261,14 @@ class PromptBound(BoundDenoiser):
         return cast(PromptConditions, self.cond)
 
 
-def bind_prompt(denoiser: Any, prompt: PromptConditions) -> PromptBound:
+def bind_prompt(denoiser: Denoiser, prompt: PromptConditions) -> PromptBound:
     """Deprecated: :func:`localscore.bind` (``bind(D, p)(x, sigma) == D(x, sigma, p)``)."""
     warn_moved("localscore.adapters.diffusers.bind_prompt", "localscore.bind")
     return PromptBound(denoiser, prompt, _warn=False)
 
 
-def concept_composition(denoiser: Any, prompt: PromptConditions, weights: Any = None, **options: Any) -> Any:
+def concept_composition(denoiser: Denoiser, prompt: PromptConditions, weights: Any = None,
+                        **options: Any) -> Composition:
     r"""Projective composition of a prompt's concepts, through :func:`localscore.compose.projective`.
 
     ``D_hat(x, sigma) = D(x, sigma, none) + sum_g w_g * (D(x, sigma, p_g) - D(x, sigma, none))``

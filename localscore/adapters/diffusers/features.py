@@ -5,16 +5,21 @@ forward-mode derivatives, and a VAE decoder to measure in pixels."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..._checks import as_sigma, check_image
 from ..._errors import describe, fail
+from ...conditions import ConditionSet
+from ...denoisers import Denoiser
 from ...metrics.influence import math_attention
 from .prompts import PromptConditions, _check_prompt
 from .regional import _level_size
+
+if TYPE_CHECKING:
+    from ...metrics import FeatureOrthogonality
 
 __all__ = ["FeatureMap", "FeatureRecorder", "concept_feature_means", "concept_orthogonality", "list_blocks",
            "math_attention", "vae_decoder"]
@@ -121,7 +126,7 @@ class FeatureRecorder:
         self._handles = [self._modules[n].register_forward_hook(self._hook(n)) for n in self.names]
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -141,7 +146,7 @@ class FeatureMap(nn.Module):
         name: the block's name (see :func:`list_blocks`).
     """
 
-    def __init__(self, denoiser: Any, model: nn.Module, name: str) -> None:
+    def __init__(self, denoiser: Denoiser, model: nn.Module, name: str) -> None:
         super().__init__()
         if not callable(denoiser):
             raise fail("FeatureMap", f"`denoiser` is {describe(denoiser)}, expected a callable D(x, sigma, cond).")
@@ -150,9 +155,12 @@ class FeatureMap(nn.Module):
         self.model = model
         self.name = name
 
-    def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: ConditionSet | None = None) -> Tensor:
+        s = sigma  # a number becomes [B], as the protocol has it; the denoiser checks x and sigma
+        if isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and isinstance(x, torch.Tensor):
+            s = torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
         with FeatureRecorder(self.model, [self.name]) as rec:
-            self.inner(x, sigma, cond)
+            self.inner(x, cast(Tensor, s), cond)
         f = rec.features.get(self.name)
         if f is None:
             raise fail("FeatureMap", f"block {self.name!r} did not run (or returned no tensor) during the "
@@ -169,9 +177,9 @@ class FeatureMap(nn.Module):
 
 
 def concept_feature_means(
-    fn: Any,
+    fn: Callable[..., Tensor],
     x: Tensor,
-    sigma: Any,
+    sigma: Tensor | float,
     prompts: Sequence[PromptConditions],
     background: PromptConditions,
 ) -> tuple[Tensor, Tensor]:
@@ -221,14 +229,14 @@ def concept_feature_means(
 
 
 def concept_orthogonality(
-    fn: Any,
+    fn: Callable[..., Tensor],
     x: Tensor,
-    sigma: Any,
+    sigma: Tensor | float,
     prompts: Sequence[PromptConditions],
     background: PromptConditions,
     *,
     labels: Sequence[str] | None = None,
-) -> Any:
+) -> FeatureOrthogonality:
     r"""The feature-orthogonality test for concepts: the cosine matrix of mean feature differences.
 
     :func:`concept_feature_means` followed by :func:`localscore.metrics.feature_orthogonality`:

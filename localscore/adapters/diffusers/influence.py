@@ -19,7 +19,7 @@ from torch import Tensor
 from ..._checks import as_sigma, check_image
 from ..._errors import describe, fail
 from ..._moved import warn_moved
-from ...metrics import locality_index
+from ...metrics import LocalityIndex, locality_index
 from ...metrics.influence import _ablation, _gradient
 from .prompts import PromptConditions, _check_prompt
 from .regional import Coarse, _resize
@@ -33,7 +33,7 @@ def concept_locality(
     *,
     regions: Tensor | None = None,
     coarse: Coarse = "majority",
-) -> Any:
+) -> LocalityIndex:
     r"""The conditional locality index of per-concept influence maps, by :func:`localscore.metrics.locality_index`.
 
     The regions (``regions`` or ``prompt.regions``, ``[B or 1, G, H, W]``) are resized to the maps'
@@ -83,7 +83,8 @@ def concept_locality(
     return locality_index(influence, m)
 
 
-def _prompt_args(fn: Any, x: Any, sigma: Any, cond: Any, where: str) -> tuple[Tensor, Tensor, PromptConditions]:
+def _prompt_args(fn: Callable[..., Tensor], x: Any, sigma: Any, cond: Any,
+                 where: str) -> tuple[Tensor, Tensor, PromptConditions]:
     if not callable(fn):
         raise fail(where, f"argument `fn` is {describe(fn)}, expected a callable fn(x, sigma, cond).")
     x = check_image(x, where)
@@ -95,7 +96,7 @@ def _prompt_args(fn: Any, x: Any, sigma: Any, cond: Any, where: str) -> tuple[Te
     return x, s, cond
 
 
-def ablation_influence(fn: Any, x: Tensor, sigma: Any, cond: PromptConditions, *,
+def ablation_influence(fn: Callable[..., Tensor], x: Tensor, sigma: Tensor | float, cond: PromptConditions, *,
                        mode: Literal["drop", "only"] = "drop",
                        decoder: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Deprecated: ``localscore.metrics.ablation_influence(...).sqrt()`` (``mode="drop"`` is ``"ablate"``).
@@ -112,7 +113,7 @@ def ablation_influence(fn: Any, x: Tensor, sigma: Any, cond: PromptConditions, *
     return sq.sqrt().to(x.dtype)
 
 
-def gradient_influence(fn: Any, x: Tensor, sigma: Any, cond: PromptConditions, *,
+def gradient_influence(fn: Callable[..., Tensor], x: Tensor, sigma: Tensor | float, cond: PromptConditions, *,
                        probes: int | Literal["exact"] = "exact", generator: torch.Generator | None = None,
                        decoder: Callable[[Tensor], Tensor] | None = None, chunk: int = 8) -> Tensor:
     """Deprecated: ``localscore.metrics.gradient_influence(...).sqrt()``.

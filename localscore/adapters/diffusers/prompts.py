@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -384,19 +384,19 @@ class PromptConditions:
         return (self.groups[:, g, :, None].expand(-1, -1, int(self.embeds.shape[2])),)
 
     # ------------------------------------------------------------------------------- batch operations
-    def _map_batch(self, fn: Any) -> PromptConditions:
+    def _map_batch(self, fn: Callable[[Tensor], Tensor]) -> PromptConditions:
         """Apply ``fn`` to every per-prompt tensor (leading axis ``B``); shared ones (``[1, ...]``) are kept."""
         B = self.batch_size
 
         def per(t: Tensor | None) -> Tensor | None:
             if t is None or (t.shape[0] == 1 and B > 1):
                 return t
-            return cast(Tensor, fn(t))
+            return fn(t)
 
         return PromptConditions(
-            cast(Tensor, fn(self.embeds)), cast(Tensor, fn(self.groups)), null_embeds=per(self.null_embeds),
-            active=cast(Tensor, fn(self.active)),
-            added_cond_kwargs={k: cast(Tensor, fn(v)) for k, v in self.added_cond_kwargs.items()},
+            fn(self.embeds), fn(self.groups), null_embeds=per(self.null_embeds),
+            active=fn(self.active),
+            added_cond_kwargs={k: fn(v) for k, v in self.added_cond_kwargs.items()},
             attention_mask=None if self.attention_mask is None else fn(self.attention_mask),
             regions=per(self.regions),
         )

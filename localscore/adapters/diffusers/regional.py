@@ -34,7 +34,7 @@ class _RegionSpec:
     regions: Tensor
     size: tuple[int, int]
 
-    def __init__(self, groups: Tensor, regions: Tensor, size: Any) -> None:
+    def __init__(self, groups: Tensor, regions: Tensor, size: Sequence[int]) -> None:
         object.__setattr__(self, "groups", groups)
         object.__setattr__(self, "regions", regions)
         object.__setattr__(self, "size", (int(size[0]), int(size[1])))
@@ -230,7 +230,7 @@ class RegionalAttention:
     def __enter__(self) -> RegionalAttention:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.remove()
 
     def __repr__(self) -> str:
