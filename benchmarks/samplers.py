@@ -1,21 +1,29 @@
 """Benchmark the samplers: sample quality against denoiser evaluations, and per-step overhead.
 
 1. Quality: for an exact Gaussian-mixture oracle (its denoiser is the true posterior mean, so every
-   error is the sampler's), the energy distance between each sampler's samples and exact samples, at
-   several budgets of denoiser evaluations (NFE). The last column is the noise floor: the energy
-   distance between two independent sets of exact samples of the same size.
+   error is the sampler's), the energy distance and the relative covariance error between each sampler's
+   samples and exact samples, at budgets of denoiser evaluations (NFE 10 / 20 / 50), next to the noise
+   floor (the same statistics between two independent sets of exact samples of the same size). When
+   k-diffusion's ``sampling.py`` can be loaded (``$LOCALSCORE_K_DIFFUSION_SAMPLING`` or an installed
+   ``k_diffusion``; only that file, never the package) and diffusers is importable, their samplers run in
+   the same table, on the same oracle, grid (sigma 80 -> 0.002, Karras) and starting noise.
 2. Overhead: the time each sampler spends per step *outside* the denoiser (arithmetic, noise, input
    checks), measured with a denoiser that returns a precomputed tensor, as a ratio to one forward pass
    of a small conv net on the same batch. All timings are taken side by side in one run.
 
-Run:  python benchmarks/samplers.py [--quick] [--threads N]
+Run:  python benchmarks/samplers.py [--quick] [--threads N] [--no-peers]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
+import os
+import platform
+import sys
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -26,9 +34,18 @@ from localscore.sampling import (
     mala_correct,
     sample_ddim,
     sample_ddpm,
+    sample_deis,
+    sample_dpm_2,
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+    sample_dpmpp_2s_ancestral,
+    sample_dpmpp_3m_sde,
     sample_euler,
+    sample_euler_ancestral,
     sample_euler_maruyama,
     sample_heun,
+    sample_lms,
+    sample_unipc,
 )
 from localscore.schedules import karras_sigmas
 
@@ -73,13 +90,115 @@ SAMPLERS: dict[str, tuple[Callable[..., torch.Tensor], dict[str, Any], Callable[
     "ddim(eta=0.5)": (sample_ddim, {"eta": 0.5}, lambda nfe: nfe, lambda n: n),
     "ddpm": (sample_ddpm, {}, lambda nfe: nfe, lambda n: n),
     "euler_maruyama": (sample_euler_maruyama, {}, lambda nfe: nfe, lambda n: n),
+    "euler_ancestral": (sample_euler_ancestral, {}, lambda nfe: nfe, lambda n: n),
+    "dpm_2": (sample_dpm_2, {}, lambda nfe: (nfe + 1) // 2, lambda n: 2 * n - 1),
+    "dpmpp_2s_ancestral": (sample_dpmpp_2s_ancestral, {}, lambda nfe: (nfe + 1) // 2, lambda n: 2 * n - 1),
+    "dpmpp_2m": (sample_dpmpp_2m, {}, lambda nfe: nfe, lambda n: n),
+    "dpmpp_2m_sde": (sample_dpmpp_2m_sde, {}, lambda nfe: nfe, lambda n: n),
+    "dpmpp_2m_sde(heun)": (sample_dpmpp_2m_sde, {"solver_type": "heun"}, lambda nfe: nfe, lambda n: n),
+    "dpmpp_3m_sde": (sample_dpmpp_3m_sde, {}, lambda nfe: nfe, lambda n: n),
+    "dpmpp_3m(eta=0)": (sample_dpmpp_3m_sde, {"eta": 0.0}, lambda nfe: nfe, lambda n: n),
+    "lms": (sample_lms, {}, lambda nfe: nfe, lambda n: n),
+    "deis": (sample_deis, {}, lambda nfe: nfe, lambda n: n),
+    "unipc": (sample_unipc, {}, lambda nfe: nfe, lambda n: n),
+    "unipc(bh1)": (sample_unipc, {"variant": "bh1"}, lambda nfe: nfe, lambda n: n),
     # the same deterministic sampler started from exact samples of p_80 instead of 80 * randn: the gap to the
     # row "heun" is the error of the usual start x ~ N(0, 80^2 I), which an ODE carries to the end
     "heun, exact x_T": (sample_heun, {"exact_start": True}, lambda nfe: (nfe + 1) // 2, lambda n: 2 * n - 1),
 }
 
 
-def quality_table(budgets: list[int], n: int, seed: int) -> None:
+def load_k_diffusion_sampling() -> Any:
+    """k-diffusion's ``sampling.py`` alone (its package imports clip, clean-fid and torchvision), or ``None``.
+
+    From ``$LOCALSCORE_K_DIFFUSION_SAMPLING`` (a path to ``k_diffusion/sampling.py``) or an installed
+    ``k_diffusion``; ``torchsde`` / ``torchdiffeq`` are stubbed when absent (the SDE samplers are then given a
+    plain Gaussian ``noise_sampler``, as localscore draws its noise).
+    """
+    path = os.environ.get("LOCALSCORE_K_DIFFUSION_SAMPLING")
+    if not path:
+        spec = importlib.util.find_spec("k_diffusion")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = os.path.join(next(iter(spec.submodule_search_locations)), "sampling.py")
+    if not os.path.exists(path):
+        return None
+    stubs = [name for name in ("torchsde", "torchdiffeq") if importlib.util.find_spec(name) is None]
+    try:
+        for name in stubs:  # only while the file runs: a stub without __spec__ breaks diffusers' imports
+            stub = types.ModuleType(name)
+            stub.odeint = None  # type: ignore[attr-defined]
+            sys.modules[name] = stub
+        pkg, utils = types.ModuleType("_kd"), types.ModuleType("_kd.utils")
+        pkg.__path__ = []  # type: ignore[attr-defined]
+        utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]  # type: ignore[attr-defined]
+        pkg.utils = utils  # type: ignore[attr-defined]
+        sys.modules["_kd"], sys.modules["_kd.utils"] = pkg, utils
+        spec = importlib.util.spec_from_file_location("_kd.sampling", path)
+        if spec is None or spec.loader is None:
+            return None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        for name in stubs:
+            sys.modules.pop(name, None)
+
+
+def k_diffusion_rows(kd: Any) -> dict[str, Runner]:
+    """k-diffusion's samplers as ``(oracle, x, sigmas, generator) -> samples`` (noise from the same generator)."""
+    def make(name: str, stochastic: bool, **kw: Any) -> Runner:
+        def run(oracle: Any, x: torch.Tensor, sigmas: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            extra: dict[str, Any] = {}
+            if stochastic:
+                extra["noise_sampler"] = lambda s, s_next: torch.randn(x.shape, generator=g, dtype=x.dtype)
+            return getattr(kd, name)(oracle, x, sigmas, disable=True, **extra, **kw)
+        return run
+    return {
+        "kd euler": make("sample_euler", False), "kd heun": make("sample_heun", False),
+        "kd dpm_2": make("sample_dpm_2", False), "kd lms": make("sample_lms", False),
+        "kd dpmpp_2m": make("sample_dpmpp_2m", False), "kd euler_ancestral": make("sample_euler_ancestral", True),
+        "kd dpmpp_2s_ancestral": make("sample_dpmpp_2s_ancestral", True),
+        "kd dpmpp_2m_sde": make("sample_dpmpp_2m_sde", True), "kd dpmpp_3m_sde": make("sample_dpmpp_3m_sde", True),
+    }
+
+
+def diffusers_rows() -> dict[str, Runner]:
+    """diffusers' schedulers, run by their own loop on the oracle, on a training table whose Karras grid is
+    localscore's (``alphas_cumprod = 1 / (1 + sigma_t**2)``, ``sigma_t`` log-uniform from 0.002 to 80)."""
+    try:
+        import diffusers
+    except ImportError:
+        return {}
+    table = torch.exp(torch.linspace(math.log(0.002), math.log(80.0), 1000, dtype=F64))
+    ac = 1 / (1 + table**2)
+    betas = (1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])).tolist()
+
+    def make(cls: Any, **kw: Any) -> Runner:
+        def run(oracle: Any, x: torch.Tensor, sigmas: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            sched = cls(num_train_timesteps=1000, trained_betas=betas, use_karras_sigmas=True, **kw)
+            sched.set_timesteps(len(sigmas) - 1)
+            grid = sched.sigmas.double()
+            lat = x / float(grid[0]) * sched.init_noise_sigma         # the same standard normal draws
+            for i, t in enumerate(sched.timesteps):
+                s = grid[i]
+                xv = sched.scale_model_input(lat, t) * torch.sqrt(1 + s**2)
+                eps = (xv - oracle(xv, s.expand(x.shape[0]))) / s
+                lat = sched.step(eps, t, lat, return_dict=False)[0]
+            return lat * torch.sqrt(1 + grid[-1] ** 2)
+        return run
+
+    return {"df DPMSolverMultistep": make(diffusers.DPMSolverMultistepScheduler),
+            "df UniPCMultistep": make(diffusers.UniPCMultistepScheduler),
+            "df DEISMultistep": make(diffusers.DEISMultistepScheduler),
+            "df LMSDiscrete": make(diffusers.LMSDiscreteScheduler),
+            "df EulerDiscrete": make(diffusers.EulerDiscreteScheduler)}
+
+
+Runner = Callable[[Any, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def quality_table(budgets: list[int], n: int, seed: int, peers: bool = True) -> dict[str, list[tuple[float, ...]]]:
     oracle = make_mixture()
     _, cov = oracle.moments()
     exact = oracle.sample(n, generator=torch.Generator().manual_seed(seed + 1000), dtype=F64)
@@ -100,9 +219,28 @@ def quality_table(budgets: list[int], n: int, seed: int) -> None:
                 x = sigmas[0] * torch.randn(n, *oracle.shape, generator=g, dtype=F64)
             out = fn(oracle, x, sigmas, generator=g, **kw)
             results[name].append((energy_distance(out, exact), cov_error(out, cov), nfe_of(steps)))
-    header = f"   {'sampler':<17}" + "".join(f"{'NFE~' + str(b):>11}" for b in budgets)
+    kd = load_k_diffusion_sampling() if peers else None
+    peer_rows: dict[str, Runner] = {}
+    if kd is not None:
+        peer_rows.update(k_diffusion_rows(kd))
+    if peers:
+        peer_rows.update(diffusers_rows())
+    two_calls = ("kd heun", "kd dpm_2", "kd dpmpp_2s_ancestral")
+    for name, runner in peer_rows.items():
+        results[name] = []
+        for budget in budgets:
+            steps = (budget + 1) // 2 if name in two_calls else budget
+            g = torch.Generator().manual_seed(seed)
+            sigmas = karras_sigmas(steps, 0.002, 80.0, dtype=F64)
+            x = sigmas[0] * torch.randn(n, *oracle.shape, generator=g, dtype=F64)
+            with torch.no_grad():
+                out = runner(oracle, x, sigmas, g)
+            results[name].append((energy_distance(out, exact), cov_error(out, cov),
+                                  2 * steps - 1 if name in two_calls else steps))
+    header = f"   {'sampler':<24}" + "".join(f"{'NFE~' + str(b):>11}" for b in budgets)
     print(f"\n1. Sample quality against denoiser evaluations (exact Gaussian-mixture denoiser, 5 components, "
-          f"D = 16, {n} samples; Karras grid sigma 80 -> 0.002 -> 0; heun uses 2N - 1 evaluations).")
+          f"D = 16, {n} samples; Karras grid sigma 80 -> 0.002 -> 0; two-call samplers use 2N - 1 evaluations; "
+          f"'kd' = k-diffusion {'(loaded)' if kd is not None else '(not available)'}, 'df' = diffusers).")
     for k, (title, floor) in enumerate([
             ("1a. Unbiased energy distance to exact samples, x 1000", ed_floor * 1000),
             ("1b. Relative Frobenius error of the sample covariance, in %", cov_floor * 100)]):
@@ -111,8 +249,9 @@ def quality_table(budgets: list[int], n: int, seed: int) -> None:
         print(header)
         print("   " + "-" * (len(header) - 3))
         for name, cells in results.items():
-            print(f"   {name:<17}" + "".join(f"{c[k] * scale:>11.2f}" for c in cells))
+            print(f"   {name:<24}" + "".join(f"{c[k] * scale:>11.2f}" for c in cells))
     print("   (lower is better; values within the exact-vs-exact spread are at the noise floor)")
+    return results  # type: ignore[return-value]
 
 
 class SmallConvNet(torch.nn.Module):
@@ -188,14 +327,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (about a minute on 2 cores)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-peers", action="store_true", help="skip k-diffusion and diffusers")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(f"CPU: {_cpu_name()}; load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
+          f"{os.getloadavg()[2]:.2f}; torch {torch.__version__}")
     if args.quick:
-        quality_table([10, 20, 40, 80], n=1000, seed=args.seed)
+        quality_table([10, 20, 50], n=1000, seed=args.seed, peers=not args.no_peers)
         overhead_table(batch=8, size=32, steps=20, repeats=3)
     else:
-        quality_table([10, 20, 40, 80, 160, 320], n=4000, seed=args.seed)
+        quality_table([10, 20, 50], n=4000, seed=args.seed, peers=not args.no_peers)
         overhead_table(batch=16, size=32, steps=50, repeats=5)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

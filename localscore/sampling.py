@@ -54,9 +54,19 @@ __all__ = [
     "mala_correct",
     "sample_ddim",
     "sample_ddpm",
+    "sample_deis",
+    "sample_dpm_2",
+    "sample_dpm_2_ancestral",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_2s_ancestral",
+    "sample_dpmpp_3m_sde",
     "sample_euler",
+    "sample_euler_ancestral",
     "sample_euler_maruyama",
     "sample_heun",
+    "sample_lms",
+    "sample_unipc",
 ]
 
 Callback = Callable[[dict[str, Any]], Any]
@@ -187,6 +197,79 @@ def _loop(n: int, progress: bool, where: str, call: checked_call, scope: CheckSc
     scope.begin_step(None)
 
 
+class _Run:
+    """The prologue every sampler shares (:func:`_prologue`): the checked ``x`` and ``cond``, the grid as 0-d
+    levels, ``[B]`` rows and host floats, and the check scope of the call."""
+
+    __slots__ = ("call", "cond", "grid", "levels", "progress", "rows", "where", "x")
+
+    def __init__(self, where: str, x: Tensor, cond: Conditions | None, grid: list[float], levels: list[Tensor],
+                 rows: list[Tensor], progress: bool) -> None:
+        self.where, self.x, self.cond, self.grid, self.levels, self.rows = where, x, cond, grid, levels, rows
+        self.progress = progress
+        self.call = checked_call(where)
+
+    @property
+    def n(self) -> int:
+        """The number of steps ``N``."""
+        return len(self.grid) - 1
+
+    def steps(self, scope: CheckScope) -> Iterator[int]:
+        """The steps ``0 .. N - 1``, stamped on the checks recorded (see :func:`_loop`)."""
+        return _loop(self.n, self.progress, self.where, self.call, scope, self.grid)
+
+
+def _prologue(where: str, denoiser: Any, x: Any, sigmas: Any, cond: Any, generator: Any, callback: Any,
+              progress: Any) -> _Run:
+    """Check the common arguments, then the grid (one read-back), and split the grid: the start of every sampler.
+
+    The order of the checks is part of the API (tests pin the messages): the common arguments, then ``sigmas``;
+    a sampler checks its own options after this.
+    """
+    x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
+    sigmas, grid = _check_sigmas(sigmas, x, where)
+    levels, rows = _levels(sigmas, x)
+    return _Run(where, x, cond, grid, levels, rows, progress)
+
+
+def _check_churn(where: str, s_churn: Any, s_tmin: Any, s_tmax: Any, s_noise: Any) -> tuple[float, float, float, float]:
+    s_churn = _check_float(s_churn, where, "s_churn")
+    s_tmin = _check_float(s_tmin, where, "s_tmin")
+    s_tmax = _check_float(s_tmax, where, "s_tmax", allow_inf=True)
+    s_noise = _check_float(s_noise, where, "s_noise")
+    if s_tmin > s_tmax:
+        raise fail(where, f"s_tmin = {s_tmin!r} is above s_tmax = {s_tmax!r}; expected s_tmin <= s_tmax.",
+                   "churn is applied where s_tmin <= sigma <= s_tmax.")
+    return s_churn, s_tmin, s_tmax, s_noise
+
+
+def _churn(run: _Run, i: int, x: Tensor, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float,
+           generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """EDM's churn at step ``i``: ``(x_h, sigma_h (0-d), sigma_h [B])``; ``x`` and ``sigma`` unchanged when
+    ``gamma = 0`` (no noise drawn)."""
+    gamma = min(s_churn / run.n, math.sqrt(2) - 1) if s_tmin <= run.grid[i] <= s_tmax else 0.0
+    sigma = run.levels[i]
+    if gamma > 0:
+        sigma_h = sigma * (1 + gamma)
+        x_h = x + torch.sqrt(sigma_h**2 - sigma**2) * s_noise * _noise(x, generator)
+        return x_h, sigma_h, sigma_h * x.new_ones(x.shape[0])
+    return x, sigma, run.rows[i]  # sigma * (1 + 0.0) is sigma, bit for bit
+
+
+def _ancestral(sigma: Tensor, sigma_next: Tensor, s: float, s_next: float, eta: float
+               ) -> tuple[Tensor, Tensor, float]:
+    """The ancestral split of a step: ``(sigma_down, sigma_up, sigma_down as a host float)`` with
+    ``sigma_up = min(sigma', eta * sigma' / sigma * sqrt(sigma**2 - sigma'**2))`` and
+    ``sigma_down = sqrt(sigma'**2 - sigma_up**2)``."""
+    up_f = min(s_next, eta * s_next / s * math.sqrt(max(s * s - s_next * s_next, 0.0)))
+    if eta == 0 or s_next == 0:
+        return sigma_next, sigma_next * 0, s_next
+    up = eta * sigma_next / sigma * torch.sqrt(sigma**2 - sigma_next**2)
+    up = torch.minimum(up, sigma_next)
+    down = torch.sqrt((sigma_next**2 - up**2).clamp_min(0))
+    return down, up, math.sqrt(max(s_next * s_next - up_f * up_f, 0.0))
+
+
 def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
@@ -215,33 +298,41 @@ def _report(callback: Callback | None, i: int, x: Tensor, sigma: Tensor, sigma_n
 # ---------------------------------------------------------------------------------------------- samplers
 def sample_euler(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | None = None, *,
                  generator: torch.Generator | None = None, callback: Callback | None = None,
-                 progress: bool = False) -> Tensor:
-    r"""Euler's method on the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma``.
+                 progress: bool = False, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+                 s_noise: float = 1.0) -> Tensor:
+    r"""Euler's method on the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma``, with optional churn.
 
-    Step ``i`` (``sigma = sigmas[i]``, ``sigma' = sigmas[i + 1]``)::
+    Step ``i`` of ``N`` (``sigma = sigmas[i]``, ``sigma' = sigmas[i + 1]``; churn as in :func:`sample_heun`)::
 
-        d  = D(x, sigma, cond)
-        x <- x + (sigma' - sigma) * (x - d) / sigma
+        gamma   = min(s_churn / N, sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0
+        sigma_h = sigma * (1 + gamma)
+        x_h     = x + sqrt(sigma_h**2 - sigma**2) * s_noise * z           (z ~ N(0, I); only if gamma > 0)
+        d       = D(x_h, sigma_h, cond)
+        x      <- x_h + (sigma' - sigma_h) * (x_h - d) / sigma_h
 
-    The last step to ``sigma' = 0`` returns ``d``. Deterministic (``generator`` is accepted for the
-    common signature and unused); first order: the error at a fixed end level shrinks like ``1 / N``.
-    The same map as :func:`sample_ddim` with ``eta = 0``.
+    The last step to ``sigma' = 0`` returns ``d``. With ``s_churn = 0`` (default) it is deterministic
+    (``generator`` unused) and first order: the error at a fixed end level shrinks like ``1 / N``; it is
+    then the same map as :func:`sample_ddim` with ``eta = 0``. k-diffusion's ``sample_euler``.
 
     Args:
         denoiser: ``D(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]``.
         x: ``[B, C, H, W]`` starting point at noise level ``sigmas[0]``.
         sigmas: ``[N + 1]`` strictly decreasing noise levels ``>= 0``.
         cond: conditions of batch ``B`` for every denoiser call, or ``None``.
-        generator: unused (the method draws no noise).
-        callback: called after each step with ``{"i", "x", "sigma", "sigma_next", "denoised"}``.
+        generator: source of the churn noise ``z`` (unused without churn).
+        callback: called after each step with ``{"i", "x", "sigma", "sigma_next", "denoised", "sigma_hat"}``.
         progress: show a tqdm progress bar.
+        s_churn: total amount of churn ``>= 0`` (EDM's ``S_churn``; 0 disables it).
+        s_tmin: churn only where ``sigma >= s_tmin``.
+        s_tmax: churn only where ``sigma <= s_tmax``.
+        s_noise: scale ``>= 0`` of the churn noise.
 
     Returns:
         ``[B, C, H, W]`` the state at ``sigmas[-1]``.
 
     Raises:
-        LocalScoreError: on bad shapes, devices, grids, conditions, or a denoiser returning bad output.
-            Non-finite denoiser outputs raise at the end of the call, naming the first bad step.
+        LocalScoreError: on bad shapes, devices, grids, conditions, churn parameters, or a denoiser returning
+            bad output. Non-finite denoiser outputs raise at the end of the call, naming the first bad step.
 
     Examples:
         >>> import torch
@@ -251,18 +342,17 @@ def sample_euler(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | No
         1.0
     """
     where = "sample_euler"
-    x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
-    sigmas, grid = _check_sigmas(sigmas, x, where)
-    levels, rows = _levels(sigmas, x)
-    call = checked_call(where)
-    with call as scope:
-        for i in _loop(len(grid) - 1, progress, where, call, scope, grid):
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, levels = run.x, run.cond, run.levels
+    s_churn, s_tmin, s_tmax, s_noise = _check_churn(where, s_churn, s_tmin, s_tmax, s_noise)
+    with run.call as scope:
+        for i in run.steps(scope):
             sigma, sigma_next = levels[i], levels[i + 1]
-            scope.vouch(x, rows[i])
-            d = call_denoiser(denoiser, x, rows[i], cond, where)
-            x = x + (sigma_next - sigma) * (x - d) / sigma
+            x, sigma_h, s_h = _churn(run, i, x, s_churn, s_tmin, s_tmax, s_noise, generator)
+            d = _denoise(scope, denoiser, x, s_h, cond, where)
+            x = x + (sigma_next - sigma_h) * (x - d) / sigma_h
             if callback is not None:
-                _report(callback, i, x, sigma, sigma_next, d)
+                _report(callback, i, x, sigma, sigma_next, d, sigma_hat=sigma_h)
         _finish(scope, x, where)
     return x
 
@@ -316,29 +406,13 @@ def sample_heun(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
         1.0
     """
     where = "sample_heun"
-    x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
-    sigmas, grid = _check_sigmas(sigmas, x, where)
-    s_churn = _check_float(s_churn, where, "s_churn")
-    s_tmin = _check_float(s_tmin, where, "s_tmin")
-    s_tmax = _check_float(s_tmax, where, "s_tmax", allow_inf=True)
-    s_noise = _check_float(s_noise, where, "s_noise")
-    if s_tmin > s_tmax:
-        raise fail(where, f"s_tmin = {s_tmin!r} is above s_tmax = {s_tmax!r}; expected s_tmin <= s_tmax.",
-                   "churn is applied where s_tmin <= sigma <= s_tmax.")
-    n = len(grid) - 1
-    levels, rows = _levels(sigmas, x)
-    call = checked_call(where)
-    with call as scope:
-        for i in _loop(n, progress, where, call, scope, grid):
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, grid, levels, rows = run.x, run.cond, run.grid, run.levels, run.rows
+    s_churn, s_tmin, s_tmax, s_noise = _check_churn(where, s_churn, s_tmin, s_tmax, s_noise)
+    with run.call as scope:
+        for i in run.steps(scope):
             sigma, sigma_next = levels[i], levels[i + 1]
-            gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= grid[i] <= s_tmax else 0.0
-            x_h = x
-            if gamma > 0:
-                sigma_h = sigma * (1 + gamma)
-                s_h = sigma_h * x.new_ones(x.shape[0])
-                x_h = x + torch.sqrt(sigma_h**2 - sigma**2) * s_noise * _noise(x, generator)
-            else:  # sigma * (1 + 0.0) is sigma, bit for bit
-                sigma_h, s_h = sigma, rows[i]
+            x_h, sigma_h, s_h = _churn(run, i, x, s_churn, s_tmin, s_tmax, s_noise, generator)
             den = _denoise(scope, denoiser, x_h, s_h, cond, where)
             d = (x_h - den) / sigma_h
             x = x_h + (sigma_next - sigma_h) * d
@@ -391,12 +465,10 @@ def sample_ddpm(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
         [[[[0.0]]], [[[0.0]]]]
     """
     where = "sample_ddpm"
-    x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
-    sigmas, grid = _check_sigmas(sigmas, x, where)
-    levels, rows = _levels(sigmas, x)
-    call = checked_call(where)
-    with call as scope:
-        for i in _loop(len(grid) - 1, progress, where, call, scope, grid):
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, grid, levels, rows = run.x, run.cond, run.grid, run.levels, run.rows
+    with run.call as scope:
+        for i in run.steps(scope):
             sigma, sigma_next = levels[i], levels[i + 1]
             scope.vouch(x, rows[i])
             d = call_denoiser(denoiser, x, rows[i], cond, where)
@@ -451,13 +523,11 @@ def sample_ddim(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
         True
     """
     where = "sample_ddim"
-    x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
-    sigmas, grid = _check_sigmas(sigmas, x, where)
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, grid, levels, rows = run.x, run.cond, run.grid, run.levels, run.rows
     eta = _check_float(eta, where, "eta", hi=1.0)
-    levels, rows = _levels(sigmas, x)
-    call = checked_call(where)
-    with call as scope:
-        for i in _loop(len(grid) - 1, progress, where, call, scope, grid):
+    with run.call as scope:
+        for i in run.steps(scope):
             sigma, sigma_next = levels[i], levels[i + 1]
             scope.vouch(x, rows[i])
             d = call_denoiser(denoiser, x, rows[i], cond, where)
@@ -513,12 +583,10 @@ def sample_euler_maruyama(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Condit
         0.0
     """
     where = "sample_euler_maruyama"
-    x, cond = _check_common(where, denoiser, x, cond, generator, callback, progress)
-    sigmas, grid = _check_sigmas(sigmas, x, where)
-    levels, rows = _levels(sigmas, x)
-    call = checked_call(where)
-    with call as scope:
-        for i in _loop(len(grid) - 1, progress, where, call, scope, grid):
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, grid, levels, rows = run.x, run.cond, run.grid, run.levels, run.rows
+    with run.call as scope:
+        for i in run.steps(scope):
             sigma, sigma_next = levels[i], levels[i + 1]
             scope.vouch(x, rows[i])
             d = call_denoiser(denoiser, x, rows[i], cond, where)
@@ -529,6 +597,762 @@ def sample_euler_maruyama(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Condit
             x = x_new
             if callback is not None:
                 _report(callback, i, x, sigma, sigma_next, d)
+        _finish(scope, x, where)
+    return x
+
+
+# ------------------------------------------------------------------------------- samplers of the k-diffusion family
+# Notation of the exponential integrators (DPM-Solver++, DEIS): lambda = -log sigma, the step length
+# h = lambda' - lambda = log(sigma / sigma') > 0. In these variables the probability-flow ODE is
+# dx/dlambda = D - x, so over one step x' = (sigma'/sigma) x + int_lambda^lambda' e^{-(lambda' - l)} D(l) dl:
+# the solvers differ in the polynomial that approximates D inside the integral.
+
+
+def _check_choice(value: Any, where: str, name: str, choices: tuple[Any, ...]) -> Any:
+    if isinstance(value, bool) or value not in choices:
+        raise fail(where, f"argument `{name}` is {describe(value)}, expected one of {list(choices)}.")
+    return value
+
+
+def sample_euler_ancestral(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | None = None, *,
+                           generator: torch.Generator | None = None, callback: Callback | None = None,
+                           progress: bool = False, eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
+    r"""Ancestral sampling with Euler steps ("Euler a"; k-diffusion's ``sample_euler_ancestral``).
+
+    Step ``i`` (``sigma = sigmas[i]``, ``sigma' = sigmas[i + 1]``)::
+
+        sigma_up   = min(sigma', eta * (sigma' / sigma) * sqrt(sigma**2 - sigma'**2))
+        sigma_down = sqrt(sigma'**2 - sigma_up**2)
+        d  = D(x, sigma, cond)
+        x <- x + (sigma_down - sigma) * (x - d) / sigma
+        x <- x + s_noise * sigma_up * z                                  (z ~ N(0, I); only if sigma' > 0)
+
+    ``eta = 1`` is :func:`sample_ddpm` step for step (``sigma_down = sigma'**2 / sigma``: the Euler move lands on
+    the posterior mean, ``sigma_up`` is the posterior's standard deviation), ``eta = 0`` is :func:`sample_euler`.
+    One call per step, first order.
+
+    Args:
+        denoiser: ``D(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]``.
+        x: ``[B, C, H, W]`` starting point at noise level ``sigmas[0]``.
+        sigmas: ``[N + 1]`` strictly decreasing noise levels ``>= 0``.
+        cond: conditions of batch ``B`` for every denoiser call, or ``None``.
+        generator: source of the noise ``z``.
+        callback: called after each step with ``{"i", "x", "sigma", "sigma_next", "denoised"}``.
+        progress: show a tqdm progress bar.
+        eta: stochasticity ``>= 0`` (the share of the step's variance renewed).
+        s_noise: scale ``>= 0`` of the added noise.
+
+    Returns:
+        ``[B, C, H, W]`` the state at ``sigmas[-1]``.
+
+    Raises:
+        LocalScoreError: on bad shapes, devices, grids, options, or bad denoiser output.
+
+    Examples:
+        >>> import torch
+        >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> sample_euler_ancestral(D, torch.ones(2, 1, 1, 1), torch.tensor([1.0, 0.0]), generator=g).tolist()
+        [[[[0.0]]], [[[0.0]]]]
+    """
+    where = "sample_euler_ancestral"
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, grid, levels, rows = run.x, run.cond, run.grid, run.levels, run.rows
+    eta = _check_float(eta, where, "eta")
+    s_noise = _check_float(s_noise, where, "s_noise")
+    with run.call as scope:
+        for i in run.steps(scope):
+            sigma, sigma_next = levels[i], levels[i + 1]
+            down, up, _ = _ancestral(sigma, sigma_next, grid[i], grid[i + 1], eta)
+            d = _denoise(scope, denoiser, x, rows[i], cond, where)
+            x = x + (down - sigma) * (x - d) / sigma
+            if grid[i + 1] > 0 and eta > 0:
+                x = x + s_noise * up * _noise(x, generator)
+            _report(callback, i, x, sigma, sigma_next, d)
+        _finish(scope, x, where)
+    return x
+
+
+def _dpm2_step(scope: CheckScope, denoiser: Any, x: Tensor, d: Tensor, sigma: Tensor, target: Tensor,
+               cond: Conditions | None, where: str) -> Tensor:
+    """DPM-Solver-2 from ``sigma`` to ``target > 0`` given ``d = (x - D(x, sigma)) / sigma``."""
+    sigma_mid = torch.sqrt(sigma * target)                 # the midpoint in log sigma
+    x_mid = x + (sigma_mid - sigma) * d
+    d_mid = (x_mid - _denoise(scope, denoiser, x_mid, sigma_mid * x.new_ones(x.shape[0]), cond, where)) / sigma_mid
+    return x + (target - sigma) * d_mid
+
+
+def sample_dpm_2(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | None = None, *,
+                 generator: torch.Generator | None = None, callback: Callback | None = None,
+                 progress: bool = False, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+                 s_noise: float = 1.0) -> Tensor:
+    r"""DPM-Solver-2 in EDM's sampler (k-diffusion's ``sample_dpm_2``): the midpoint rule in ``log sigma``.
+
+    Step ``i`` (``sigma = sigmas[i]``, ``sigma' = sigmas[i + 1]``; churn as in :func:`sample_heun`)::
+
+        sigma_h, x_h = churn(sigma, x)
+        d       = (x_h - D(x_h, sigma_h, cond)) / sigma_h
+        if sigma' > 0:
+            sigma_m = sqrt(sigma_h * sigma')                               (midpoint in log sigma)
+            x_m     = x_h + (sigma_m - sigma_h) * d
+            d_m     = (x_m - D(x_m, sigma_m, cond)) / sigma_m
+            x      <- x_h + (sigma' - sigma_h) * d_m
+        else:
+            x      <- x_h + (sigma' - sigma_h) * d                         (Euler: returns D)
+
+    Second order, two calls per step (one for the step to 0).
+
+    Args:
+        denoiser: ``D(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]``.
+        x: ``[B, C, H, W]`` starting point at noise level ``sigmas[0]``.
+        sigmas: ``[N + 1]`` strictly decreasing noise levels ``>= 0``.
+        cond: conditions of batch ``B`` for every denoiser call, or ``None``.
+        generator: source of the churn noise.
+        callback: called after each step with ``{"i", "x", "sigma", "sigma_next", "denoised", "sigma_hat"}``.
+        progress: show a tqdm progress bar.
+        s_churn: total amount of churn ``>= 0`` (0 disables it).
+        s_tmin: churn only where ``sigma >= s_tmin``.
+        s_tmax: churn only where ``sigma <= s_tmax``.
+        s_noise: scale ``>= 0`` of the churn noise.
+
+    Returns:
+        ``[B, C, H, W]`` the state at ``sigmas[-1]``.
+
+    Raises:
+        LocalScoreError: on bad shapes, devices, grids, churn parameters, or bad denoiser output.
+
+    Examples:
+        >>> import torch
+        >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)      # point mass: the ODE is x ∝ sigma
+        >>> sample_dpm_2(D, torch.full((1, 1, 1, 1), 4.0), torch.tensor([2.0, 1.0, 0.5])).item()
+        1.0
+    """
+    where = "sample_dpm_2"
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, grid, levels = run.x, run.cond, run.grid, run.levels
+    s_churn, s_tmin, s_tmax, s_noise = _check_churn(where, s_churn, s_tmin, s_tmax, s_noise)
+    with run.call as scope:
+        for i in run.steps(scope):
+            sigma, sigma_next = levels[i], levels[i + 1]
+            x_h, sigma_h, s_h = _churn(run, i, x, s_churn, s_tmin, s_tmax, s_noise, generator)
+            den = _denoise(scope, denoiser, x_h, s_h, cond, where)
+            d = (x_h - den) / sigma_h
+            if grid[i + 1] > 0:
+                x = _dpm2_step(scope, denoiser, x_h, d, sigma_h, sigma_next, cond, where)
+            else:
+                x = x_h + (sigma_next - sigma_h) * d
+            _report(callback, i, x, sigma, sigma_next, den, sigma_hat=sigma_h)
+        _finish(scope, x, where)
+    return x
+
+
+def sample_dpm_2_ancestral(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | None = None, *,
+                           generator: torch.Generator | None = None, callback: Callback | None = None,
+                           progress: bool = False, eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
+    r"""Ancestral sampling with DPM-Solver-2 steps (k-diffusion's ``sample_dpm_2_ancestral``).
+
+    Step ``i`` (``sigma_up``, ``sigma_down`` as in :func:`sample_euler_ancestral`)::
+
+        d  = (x - D(x, sigma, cond)) / sigma
+        x <- dpm_2(x, sigma -> sigma_down)     (the midpoint step of :func:`sample_dpm_2`; Euler if sigma_down = 0)
+        x <- x + s_noise * sigma_up * z                                  (z ~ N(0, I); only if sigma' > 0)
+
+    Args:
+        denoiser: ``D(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]``.
+        x: ``[B, C, H, W]`` starting point at noise level ``sigmas[0]``.
+        sigmas: ``[N + 1]`` strictly decreasing noise levels ``>= 0``.
+        cond: conditions of batch ``B`` for every denoiser call, or ``None``.
+        generator: source of the noise ``z``.
+        callback: called after each step with ``{"i", "x", "sigma", "sigma_next", "denoised"}``.
+        progress: show a tqdm progress bar.
+        eta: stochasticity ``>= 0``.
+        s_noise: scale ``>= 0`` of the added noise.
+
+    Returns:
+        ``[B, C, H, W]`` the state at ``sigmas[-1]``.
+
+    Raises:
+        LocalScoreError: on bad shapes, devices, grids, options, or bad denoiser output.
+
+    Examples:
+        >>> import torch
+        >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)
+        >>> out = sample_dpm_2_ancestral(D, torch.ones(3, 1, 1, 1), torch.tensor([2.0, 1.0, 0.0]),
+        ...                              generator=torch.Generator().manual_seed(0))
+        >>> out.abs().max().item()
+        0.0
+    """
+    where = "sample_dpm_2_ancestral"
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, grid, levels, rows = run.x, run.cond, run.grid, run.levels, run.rows
+    eta = _check_float(eta, where, "eta")
+    s_noise = _check_float(s_noise, where, "s_noise")
+    with run.call as scope:
+        for i in run.steps(scope):
+            sigma, sigma_next = levels[i], levels[i + 1]
+            down, up, down_f = _ancestral(sigma, sigma_next, grid[i], grid[i + 1], eta)
+            den = _denoise(scope, denoiser, x, rows[i], cond, where)
+            d = (x - den) / sigma
+            if down_f > 0:
+                x = _dpm2_step(scope, denoiser, x, d, sigma, down, cond, where)
+            else:
+                x = x + (down - sigma) * d
+            if grid[i + 1] > 0 and eta > 0:
+                x = x + s_noise * up * _noise(x, generator)
+            _report(callback, i, x, sigma, sigma_next, den)
+        _finish(scope, x, where)
+    return x
+
+
+def sample_dpmpp_2s_ancestral(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | None = None, *,
+                              generator: torch.Generator | None = None, callback: Callback | None = None,
+                              progress: bool = False, eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
+    r"""DPM-Solver++(2S) single-step steps with ancestral noise (k-diffusion's ``sample_dpmpp_2s_ancestral``).
+
+    Step ``i`` (``sigma_up``, ``sigma_down`` as in :func:`sample_euler_ancestral`; ``h = log(sigma /
+    sigma_down)``)::
+
+        d   = D(x, sigma, cond)
+        if sigma_down > 0:
+            sigma_m = sqrt(sigma * sigma_down)                             (half the step in lambda = -log sigma)
+            x_m     = (sigma_m / sigma) * x - expm1(-h / 2) * d
+            x      <- (sigma_down / sigma) * x - expm1(-h) * D(x_m, sigma_m, cond)
+        else:
+            x      <- d
+        x  <- x + s_noise * sigma_up * z                                  (z ~ N(0, I); only if sigma' > 0)
+
+    ``eta = 0`` is the deterministic DPM-Solver++(2S), second order; two calls per step.
+
+    Args:
+        denoiser: ``D(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]``.
+        x: ``[B, C, H, W]`` starting point at noise level ``sigmas[0]``.
+        sigmas: ``[N + 1]`` strictly decreasing noise levels ``>= 0``.
+        cond: conditions of batch ``B`` for every denoiser call, or ``None``.
+        generator: source of the noise ``z``.
+        callback: called after each step with ``{"i", "x", "sigma", "sigma_next", "denoised"}``.
+        progress: show a tqdm progress bar.
+        eta: stochasticity ``>= 0``.
+        s_noise: scale ``>= 0`` of the added noise.
+
+    Returns:
+        ``[B, C, H, W]`` the state at ``sigmas[-1]``.
+
+    Raises:
+        LocalScoreError: on bad shapes, devices, grids, options, or bad denoiser output.
+
+    Examples:
+        >>> import torch
+        >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)      # point mass: the ODE is x ∝ sigma
+        >>> sample_dpmpp_2s_ancestral(D, torch.full((1, 1, 1, 1), 4.0), torch.tensor([2.0, 1.0]), eta=0.0).item()
+        2.0
+    """
+    where = "sample_dpmpp_2s_ancestral"
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, grid, levels, rows = run.x, run.cond, run.grid, run.levels, run.rows
+    eta = _check_float(eta, where, "eta")
+    s_noise = _check_float(s_noise, where, "s_noise")
+    with run.call as scope:
+        for i in run.steps(scope):
+            sigma, sigma_next = levels[i], levels[i + 1]
+            down, up, down_f = _ancestral(sigma, sigma_next, grid[i], grid[i + 1], eta)
+            d = _denoise(scope, denoiser, x, rows[i], cond, where)
+            if down_f > 0:
+                h = torch.log(sigma / down)
+                sigma_m = torch.sqrt(sigma * down)
+                x_m = (sigma_m / sigma) * x - torch.expm1(-h / 2) * d
+                d_m = _denoise(scope, denoiser, x_m, sigma_m * x.new_ones(x.shape[0]), cond, where)
+                x = (down / sigma) * x - torch.expm1(-h) * d_m
+            else:
+                x = d
+            if grid[i + 1] > 0 and eta > 0:
+                x = x + s_noise * up * _noise(x, generator)
+            _report(callback, i, x, sigma, sigma_next, d)
+        _finish(scope, x, where)
+    return x
+
+
+def sample_dpmpp_2m(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | None = None, *,
+                    generator: torch.Generator | None = None, callback: Callback | None = None,
+                    progress: bool = False) -> Tensor:
+    r"""DPM-Solver++(2M) (Lu et al. 2022), the multistep second-order solver; k-diffusion's ``sample_dpmpp_2m``.
+
+    With ``h = log(sigma / sigma')`` and ``h_prev`` the previous step's length, step ``i``::
+
+        d  = D(x, sigma, cond)
+        if i == 0 or sigma' == 0:
+            x <- (sigma' / sigma) * x - expm1(-h) * d                      (first order; returns d at sigma' = 0)
+        else:
+            r  = h_prev / h
+            x <- (sigma' / sigma) * x - expm1(-h) * ((1 + 1 / (2 r)) * d - d_prev / (2 r))
+
+    One call per step, second order (the error falls by four when the steps double). With a Karras grid
+    this is "DPM++ 2M Karras"; diffusers' ``DPMSolverMultistepScheduler`` (``algorithm_type="dpmsolver++"``,
+    ``solver_order=2``) takes the same steps on the same grid (it ends with a first-order step, too).
+
+    Args:
+        denoiser: ``D(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]``.
+        x: ``[B, C, H, W]`` starting point at noise level ``sigmas[0]``.
+        sigmas: ``[N + 1]`` strictly decreasing noise levels ``>= 0``.
+        cond: conditions of batch ``B`` for every denoiser call, or ``None``.
+        generator: unused (the method draws no noise).
+        callback: called after each step with ``{"i", "x", "sigma", "sigma_next", "denoised"}``.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``[B, C, H, W]`` the state at ``sigmas[-1]``.
+
+    Raises:
+        LocalScoreError: on bad shapes, devices, grids, conditions, or bad denoiser output.
+
+    Examples:
+        >>> import torch
+        >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)      # point mass: the ODE is x ∝ sigma
+        >>> sample_dpmpp_2m(D, torch.full((1, 1, 1, 1), 4.0), torch.tensor([2.0, 1.0, 0.5])).item()
+        1.0
+    """
+    where = "sample_dpmpp_2m"
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, grid, levels, rows = run.x, run.cond, run.grid, run.levels, run.rows
+    d_prev: Tensor | None = None
+    h_prev: Tensor | None = None
+    with run.call as scope:
+        for i in run.steps(scope):
+            sigma, sigma_next = levels[i], levels[i + 1]
+            d = _denoise(scope, denoiser, x, rows[i], cond, where)
+            if grid[i + 1] == 0:
+                x = d
+            else:
+                h = torch.log(sigma / sigma_next)
+                if d_prev is None or h_prev is None:
+                    x = (sigma_next / sigma) * x - torch.expm1(-h) * d
+                else:
+                    r = h_prev / h
+                    x = (sigma_next / sigma) * x - torch.expm1(-h) * ((1 + 1 / (2 * r)) * d - d_prev / (2 * r))
+                h_prev = h
+            d_prev = d
+            _report(callback, i, x, sigma, sigma_next, d)
+        _finish(scope, x, where)
+    return x
+
+
+def sample_dpmpp_2m_sde(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | None = None, *,
+                        generator: torch.Generator | None = None, callback: Callback | None = None,
+                        progress: bool = False, eta: float = 1.0, s_noise: float = 1.0,
+                        solver_type: str = "midpoint") -> Tensor:
+    r"""DPM-Solver++(2M) SDE (k-diffusion's ``sample_dpmpp_2m_sde``; diffusers' ``sde-dpmsolver++``).
+
+    With ``h = log(sigma / sigma')``, ``g = (1 + eta) h``, ``phi = -expm1(-g)`` and ``r = h_prev / h``, step ``i``::
+
+        d  = D(x, sigma, cond)
+        if sigma' == 0:
+            x <- d
+        else:
+            x <- (sigma' / sigma) * exp(-eta h) * x + phi * d
+            x <- x + phi / (2 r) * (d - d_prev)                 (solver_type "midpoint"; not at i = 0)
+            x <- x + (1 - phi / g) / r * (d - d_prev)           (solver_type "heun"; not at i = 0)
+            x <- x + s_noise * sigma' * sqrt(-expm1(-2 eta h)) * z         (z ~ N(0, I))
+
+    ``eta = 0`` gives :func:`sample_dpmpp_2m` (midpoint) or its Heun-type variant; ``eta = 1`` is the SDE of
+    the data-prediction DPM-Solver++. One call per step. The noise of each step is an independent Gaussian
+    drawn from ``generator`` (exact in distribution on a fixed grid: see the sampling guide on Brownian trees).
+
+    Args:
+        denoiser: ``D(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]``.
+        x: ``[B, C, H, W]`` starting point at noise level ``sigmas[0]``.
+        sigmas: ``[N + 1]`` strictly decreasing noise levels ``>= 0``.
+        cond: conditions of batch ``B`` for every denoiser call, or ``None``.
+        generator: source of the noise ``z``.
+        callback: called after each step with ``{"i", "x", "sigma", "sigma_next", "denoised"}``.
+        progress: show a tqdm progress bar.
+        eta: stochasticity ``>= 0``.
+        s_noise: scale ``>= 0`` of the added noise.
+        solver_type: ``"midpoint"`` or ``"heun"``, the second-order correction.
+
+    Returns:
+        ``[B, C, H, W]`` the state at ``sigmas[-1]``.
+
+    Raises:
+        LocalScoreError: on bad shapes, devices, grids, options, or bad denoiser output.
+
+    Examples:
+        >>> import torch
+        >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)
+        >>> x = torch.ones(4000, 1, 1, 1)
+        >>> out = sample_dpmpp_2m_sde(D, x, torch.tensor([2.0, 1.0]), generator=torch.Generator().manual_seed(0))
+        >>> abs(out.mean().item() - 0.25) < 0.05 and abs(out.var().item() - 0.75) < 0.05   # the DDPM posterior
+        True
+    """
+    where = "sample_dpmpp_2m_sde"
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, grid, levels, rows = run.x, run.cond, run.grid, run.levels, run.rows
+    eta = _check_float(eta, where, "eta")
+    s_noise = _check_float(s_noise, where, "s_noise")
+    solver_type = _check_choice(solver_type, where, "solver_type", ("midpoint", "heun"))
+    d_prev: Tensor | None = None
+    h_prev: Tensor | None = None
+    with run.call as scope:
+        for i in run.steps(scope):
+            sigma, sigma_next = levels[i], levels[i + 1]
+            d = _denoise(scope, denoiser, x, rows[i], cond, where)
+            if grid[i + 1] == 0:
+                x = d
+            else:
+                h = torch.log(sigma / sigma_next)
+                g = (1 + eta) * h
+                phi = -torch.expm1(-g)
+                x = (sigma_next / sigma) * torch.exp(-eta * h) * x + phi * d
+                if d_prev is not None and h_prev is not None:
+                    r = h_prev / h
+                    if solver_type == "midpoint":
+                        x = x + phi / (2 * r) * (d - d_prev)
+                    else:
+                        x = x + (1 - phi / g) / r * (d - d_prev)
+                if eta > 0:
+                    x = x + s_noise * sigma_next * torch.sqrt(-torch.expm1(-2 * eta * h)) * _noise(x, generator)
+                h_prev = h
+            d_prev = d
+            _report(callback, i, x, sigma, sigma_next, d)
+        _finish(scope, x, where)
+    return x
+
+
+def sample_dpmpp_3m_sde(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | None = None, *,
+                        generator: torch.Generator | None = None, callback: Callback | None = None,
+                        progress: bool = False, eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
+    r"""DPM-Solver++(3M) SDE (k-diffusion's ``sample_dpmpp_3m_sde``); ``eta = 0`` is the third-order ODE solver.
+
+    With ``h = log(sigma / sigma')``, ``g = (1 + eta) h``, the previous two outputs ``d_1``, ``d_2`` and step
+    lengths ``h_1``, ``h_2`` (``r0 = h_1 / h``, ``r1 = h_2 / h``), step ``i``::
+
+        d    = D(x, sigma, cond)
+        if sigma' == 0:
+            x <- d
+        else:
+            phi2 = 1 + expm1(-g) / g
+            phi3 = phi2 / g - 1 / 2
+            x   <- exp(-g) * x - expm1(-g) * d
+            if two previous outputs:
+                D1_0 = (d - d_1) / r0,   D1_1 = (d_1 - d_2) / r1
+                D1   = D1_0 + (D1_0 - D1_1) * r0 / (r0 + r1)
+                D2   = (D1_0 - D1_1) / (r0 + r1)
+                x   <- x + phi2 * D1 - phi3 * D2
+            elif one:
+                x   <- x + phi2 * (d - d_1) / r0
+            x   <- x + s_noise * sigma' * sqrt(-expm1(-2 eta h)) * z              (z ~ N(0, I))
+
+    (``exp(-g) = (sigma' / sigma) * exp(-eta h)``.) One call per step; third order at ``eta = 0`` once
+    two outputs are stored.
+
+    Args:
+        denoiser: ``D(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]``.
+        x: ``[B, C, H, W]`` starting point at noise level ``sigmas[0]``.
+        sigmas: ``[N + 1]`` strictly decreasing noise levels ``>= 0``.
+        cond: conditions of batch ``B`` for every denoiser call, or ``None``.
+        generator: source of the noise ``z``.
+        callback: called after each step with ``{"i", "x", "sigma", "sigma_next", "denoised"}``.
+        progress: show a tqdm progress bar.
+        eta: stochasticity ``>= 0``.
+        s_noise: scale ``>= 0`` of the added noise.
+
+    Returns:
+        ``[B, C, H, W]`` the state at ``sigmas[-1]``.
+
+    Raises:
+        LocalScoreError: on bad shapes, devices, grids, options, or bad denoiser output.
+
+    Examples:
+        >>> import torch
+        >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)      # point mass: the ODE is x ∝ sigma
+        >>> round(sample_dpmpp_3m_sde(D, torch.full((1, 1, 1, 1), 4.0), torch.tensor([2.0, 1.0, 0.5]),
+        ...                           eta=0.0).item(), 12)
+        1.0
+    """
+    where = "sample_dpmpp_3m_sde"
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, grid, levels, rows = run.x, run.cond, run.grid, run.levels, run.rows
+    eta = _check_float(eta, where, "eta")
+    s_noise = _check_float(s_noise, where, "s_noise")
+    d_1: Tensor | None = None
+    d_2: Tensor | None = None
+    h_1: Tensor | None = None
+    h_2: Tensor | None = None
+    with run.call as scope:
+        for i in run.steps(scope):
+            sigma, sigma_next = levels[i], levels[i + 1]
+            d = _denoise(scope, denoiser, x, rows[i], cond, where)
+            h: Tensor | None = None
+            if grid[i + 1] == 0:
+                x = d
+            else:
+                h = torch.log(sigma / sigma_next)
+                g = (1 + eta) * h
+                phi2 = 1 + torch.expm1(-g) / g
+                phi3 = phi2 / g - 0.5
+                x = torch.exp(-g) * x - torch.expm1(-g) * d
+                if d_2 is not None and d_1 is not None and h_1 is not None and h_2 is not None:
+                    r0, r1 = h_1 / h, h_2 / h
+                    d1_0, d1_1 = (d - d_1) / r0, (d_1 - d_2) / r1
+                    big_d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                    big_d2 = (d1_0 - d1_1) / (r0 + r1)
+                    x = x + phi2 * big_d1 - phi3 * big_d2
+                elif d_1 is not None and h_1 is not None:
+                    x = x + phi2 * (d - d_1) / (h_1 / h)
+                if eta > 0:
+                    x = x + s_noise * sigma_next * torch.sqrt(-torch.expm1(-2 * eta * h)) * _noise(x, generator)
+            d_1, d_2 = d, d_1
+            h_1, h_2 = h, h_1
+            _report(callback, i, x, sigma, sigma_next, d)
+        _finish(scope, x, where)
+    return x
+
+
+def _check_order(order: Any, where: str, hi: int) -> int:
+    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= hi:
+        raise fail(where, f"argument `order` is {describe(order)}, expected an int in [1, {hi}].")
+    return order
+
+
+def _lagrange_integrals(nodes: list[Tensor], a: Tensor, b: Tensor, weight: Callable[[Tensor], Tensor] | None,
+                        n_quad: int = 8) -> list[Tensor]:
+    """``[int_a^b L_j(u) w(u) du for j]`` with ``L_j`` the Lagrange basis on ``nodes`` (0-d tensors), by
+    ``n_quad``-point Gauss-Legendre quadrature (exact for polynomials of degree ``<= 2 n_quad - 1``)."""
+    t, wq = _gauss_legendre(n_quad, a)
+    u = a + t * (b - a)
+    ww = wq * (b - a) * (weight(u) if weight is not None else 1)
+    out = []
+    for j, nj in enumerate(nodes):
+        basis = torch.ones_like(u)
+        for m, nm in enumerate(nodes):
+            if m != j:
+                basis = basis * (u - nm) / (nj - nm)
+        out.append((basis * ww).sum())
+    return out
+
+
+def sample_lms(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | None = None, *,
+               generator: torch.Generator | None = None, callback: Callback | None = None,
+               progress: bool = False, order: int = 4) -> Tensor:
+    r"""Linear multistep (Adams-Bashforth on a non-uniform grid) in ``sigma``: k-diffusion's ``sample_lms``.
+
+    The ODE ``dx/dsigma = (x - D) / sigma`` is integrated with the derivative replaced by the polynomial through
+    the last ``p = min(i + 1, order)`` derivatives ``d_k = (x_k - D(x_k, sigma_k)) / sigma_k``::
+
+        x <- x + sum_{j < p} c_j * d_{i - j},     c_j = int_{sigma_i}^{sigma_{i+1}} L_j(s) ds
+
+    with ``L_j`` the Lagrange basis on ``sigma_i, ..., sigma_{i-p+1}``. The weights depend on the grid only: they
+    are computed before the loop (Gauss-Legendre quadrature, exact for these polynomials). One call per step
+    (none at ``sigma' = 0``: the last step is the polynomial's, too); order ``order`` once warmed up. This is
+    also DEIS's ``rhoAB`` (the exponential integrator has no linear part in these variables), and diffusers'
+    ``LMSDiscreteScheduler``.
+
+    Args:
+        denoiser: ``D(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]``.
+        x: ``[B, C, H, W]`` starting point at noise level ``sigmas[0]``.
+        sigmas: ``[N + 1]`` strictly decreasing noise levels ``>= 0``.
+        cond: conditions of batch ``B`` for every denoiser call, or ``None``.
+        generator: unused (the method draws no noise).
+        callback: called after each step with ``{"i", "x", "sigma", "sigma_next", "denoised"}``.
+        progress: show a tqdm progress bar.
+        order: the number of derivatives in the polynomial, in ``[1, 4]`` (1 is Euler).
+
+    Returns:
+        ``[B, C, H, W]`` the state at ``sigmas[-1]``.
+
+    Raises:
+        LocalScoreError: on bad shapes, devices, grids, ``order``, or bad denoiser output.
+
+    Examples:
+        >>> import torch
+        >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)      # point mass: the ODE is x ∝ sigma
+        >>> round(sample_lms(D, torch.full((1, 1, 1, 1), 4.0), torch.tensor([2.0, 1.0, 0.5])).item(), 12)
+        1.0
+    """
+    where = "sample_lms"
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, levels, rows = run.x, run.cond, run.levels, run.rows
+    order = _check_order(order, where, 4)
+    coeffs = [_lagrange_integrals([levels[i - j] for j in range(min(i + 1, order))], levels[i], levels[i + 1], None)
+              for i in range(run.n)]
+    ds: list[Tensor] = []
+    with run.call as scope:
+        for i in run.steps(scope):
+            den = _denoise(scope, denoiser, x, rows[i], cond, where)
+            ds = [(x - den) / levels[i], *ds[: order - 1]]
+            x = x + sum((c * dj for c, dj in zip(coeffs[i], ds)), torch.zeros_like(x))
+            _report(callback, i, x, levels[i], levels[i + 1], den)
+        _finish(scope, x, where)
+    return x
+
+
+def sample_deis(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | None = None, *,
+                generator: torch.Generator | None = None, callback: Callback | None = None,
+                progress: bool = False, order: int = 3) -> Tensor:
+    r"""DEIS (Zhang and Chen 2023), ``logrho`` Adams-Bashforth: diffusers' ``DEISMultistepScheduler``.
+
+    The exact solution of ``dx/dsigma = eps(x, sigma)`` (with ``eps = (x - D) / sigma``) is
+    ``x' = x + int_sigma^sigma' eps ds``; DEIS replaces ``eps`` by the polynomial in ``v = log sigma`` through the
+    last ``p = min(i + 1, order)`` values ``eps_k`` (at ``v_k = log sigma_k``)::
+
+        x <- x + sum_{j < p} c_j * eps_{i - j},     c_j = int_{log sigma_i}^{log sigma_{i+1}} L_j(v) e^v dv
+
+    with ``L_j`` the Lagrange basis on ``v_i, ..., v_{i-p+1}``; the weights depend on the grid only and are
+    computed before the loop (Gauss-Legendre, 8 nodes). The last step to ``sigma' = 0`` returns ``D`` (first
+    order; ``log 0`` has no polynomial). One call per step; order ``order`` once warmed up.
+
+    Args:
+        denoiser: ``D(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]``.
+        x: ``[B, C, H, W]`` starting point at noise level ``sigmas[0]``.
+        sigmas: ``[N + 1]`` strictly decreasing noise levels ``>= 0``.
+        cond: conditions of batch ``B`` for every denoiser call, or ``None``.
+        generator: unused (the method draws no noise).
+        callback: called after each step with ``{"i", "x", "sigma", "sigma_next", "denoised"}``.
+        progress: show a tqdm progress bar.
+        order: the number of stored outputs in the polynomial, in ``[1, 4]``.
+
+    Returns:
+        ``[B, C, H, W]`` the state at ``sigmas[-1]``.
+
+    Raises:
+        LocalScoreError: on bad shapes, devices, grids, ``order``, or bad denoiser output.
+
+    Examples:
+        >>> import torch
+        >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)      # point mass: the ODE is x ∝ sigma
+        >>> round(sample_deis(D, torch.full((1, 1, 1, 1), 4.0), torch.tensor([2.0, 1.0, 0.5])).item(), 12)
+        1.0
+    """
+    where = "sample_deis"
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, grid, levels, rows = run.x, run.cond, run.grid, run.levels, run.rows
+    order = _check_order(order, where, 4)
+    logs = [torch.log(s) if g > 0 else s for s, g in zip(levels, grid)]
+    coeffs = [_lagrange_integrals([logs[i - j] for j in range(min(i + 1, order))], logs[i], logs[i + 1], torch.exp)
+              if grid[i + 1] > 0 else [] for i in range(run.n)]
+    eps: list[Tensor] = []
+    with run.call as scope:
+        for i in run.steps(scope):
+            den = _denoise(scope, denoiser, x, rows[i], cond, where)
+            eps = [(x - den) / levels[i], *eps[: order - 1]]
+            if grid[i + 1] > 0:
+                x = x + sum((c * e for c, e in zip(coeffs[i], eps)), torch.zeros_like(x))
+            else:
+                x = den
+            _report(callback, i, x, levels[i], levels[i + 1], den)
+        _finish(scope, x, where)
+    return x
+
+
+def _unipc_coeffs(lams: list[Tensor], i: int, order: int, variant: str) -> tuple[Tensor, Tensor, list[Tensor],
+                                                                                   list[Tensor], list[Tensor]]:
+    """UniPC's coefficients of the step ``i -> i + 1`` of ``order`` (``lams = -log sigma``): ``(h_phi_1, B_h,
+    rks, rhos_p, rhos_c)`` (Zhao et al. 2023, data prediction)."""
+    h = lams[i + 1] - lams[i]
+    hh = -h
+    h_phi_1 = torch.expm1(hh)
+    b_h = hh if variant == "bh1" else h_phi_1
+    rks = [(lams[i - k] - lams[i]) / h for k in range(1, order)] + [torch.ones_like(h)]
+    h_phi_k = h_phi_1 / hh - 1
+    fact, b = 1, []
+    for k in range(1, order + 1):
+        b.append(h_phi_k * fact / b_h)
+        fact *= k + 1
+        h_phi_k = h_phi_k / hh - 1 / fact
+    rk = torch.stack(rks)
+    big_r = torch.stack([rk ** (k - 1) for k in range(1, order + 1)])
+    bv = torch.stack(b)
+    if order == 1:
+        rhos_p: list[Tensor] = []
+        rhos_c = [0.5 * torch.ones_like(h)]
+    else:
+        rhos_p = ([0.5 * torch.ones_like(h)] if order == 2 else
+                  list(torch.linalg.solve_ex(big_r[:-1, :-1], bv[:-1], check_errors=False)[0].unbind(0)))
+        rhos_c = list(torch.linalg.solve_ex(big_r, bv, check_errors=False)[0].unbind(0))
+    return h_phi_1, b_h, rks[:-1], rhos_p, rhos_c
+
+
+def sample_unipc(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | None = None, *,
+                 generator: torch.Generator | None = None, callback: Callback | None = None,
+                 progress: bool = False, order: int = 2, variant: str = "bh2", corrector: bool = True) -> Tensor:
+    r"""UniPC (Zhao et al. 2023): multistep predictor UniP and corrector UniC; diffusers' ``UniPCMultistepScheduler``.
+
+    Data prediction in ``lambda = -log sigma``. Step ``i`` uses ``p = min(order, i + 1, N - i)`` outputs
+    ``m_i, m_{i-1}, ...`` (``m_k = D(x_k, sigma_k)``), ``h = lambda_{i+1} - lambda_i``,
+    ``r_k = (lambda_{i-k} - lambda_i) / h``, ``D1_k = (m_{i-k} - m_i) / r_k`` (``k = 1 .. p - 1``)::
+
+        h_phi_1 = expm1(-h),   B_h = -h ("bh1") or expm1(-h) ("bh2")
+        rhos_p, rhos_c  solve  sum_j rhos[j] r_j**(k-1) = k! phi_{k+1}(-h) / B_h     (k = 1 .. p; r_p = 1)
+        x_{i+1} = (sigma_{i+1} / sigma_i) x_i - h_phi_1 m_i - B_h sum_k rhos_p[k] D1_k          (UniP)
+
+    and, when ``m_{i+1} = D(x_{i+1}, sigma_{i+1})`` has been computed for the next step, the corrector redoes the
+    step with it, at no extra model call (the next step then starts from the corrected state)::
+
+        x_{i+1} <- (sigma_{i+1} / sigma_i) x_i - h_phi_1 m_i - B_h (sum_k rhos_c[k] D1_k + rhos_c[p] (m_{i+1} - m_i))
+
+    (``rhos_p = [1/2]`` for ``p = 2``, ``rhos_c = [1/2]`` for ``p = 1``; ``phi_{k+1}`` are the exponential
+    integrator's functions, built by the recursion in the code.) The last step to ``sigma' = 0`` has ``p = 1``
+    and returns ``m``. One call per step; order ``order + 1`` with the corrector. The coefficients depend on the
+    grid only and are computed before the loop.
+
+    Args:
+        denoiser: ``D(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]``.
+        x: ``[B, C, H, W]`` starting point at noise level ``sigmas[0]``.
+        sigmas: ``[N + 1]`` strictly decreasing noise levels ``>= 0``.
+        cond: conditions of batch ``B`` for every denoiser call, or ``None``.
+        generator: unused (the method draws no noise).
+        callback: called after each step with ``{"i", "x", "sigma", "sigma_next", "denoised"}`` (``x`` is the
+            predictor's state; the next step corrects it).
+        progress: show a tqdm progress bar.
+        order: the predictor's order, in ``[1, 3]``.
+        variant: ``"bh1"`` (for few steps, unconditional models) or ``"bh2"`` (diffusers' default).
+        corrector: apply UniC (default); ``False`` leaves UniP alone.
+
+    Returns:
+        ``[B, C, H, W]`` the state at ``sigmas[-1]``.
+
+    Raises:
+        LocalScoreError: on bad shapes, devices, grids, options, or bad denoiser output.
+
+    Examples:
+        >>> import torch
+        >>> D = lambda x, sigma, cond=None: torch.zeros_like(x)      # point mass: the ODE is x ∝ sigma
+        >>> round(sample_unipc(D, torch.full((1, 1, 1, 1), 4.0), torch.tensor([2.0, 1.0, 0.5])).item(), 12)
+        1.0
+    """
+    where = "sample_unipc"
+    run = _prologue(where, denoiser, x, sigmas, cond, generator, callback, progress)
+    x, cond, grid, levels, rows = run.x, run.cond, run.grid, run.levels, run.rows
+    order = _check_order(order, where, 3)
+    variant = _check_choice(variant, where, "variant", ("bh1", "bh2"))
+    if not isinstance(corrector, bool):
+        raise fail(where, f"argument `corrector` is {describe(corrector)}, expected a bool.")
+    n = run.n
+    lams = [-torch.log(s) if g > 0 else s for s, g in zip(levels, grid)]
+    orders = [min(order, i + 1, n - i) if grid[i + 1] > 0 else 1 for i in range(n)]
+    coeffs = [_unipc_coeffs(lams, i, orders[i], variant) if grid[i + 1] > 0 else None for i in range(n)]
+    ms: list[Tensor] = []                    # m_i, m_{i-1}, ... (newest first)
+    x_last: Tensor | None = None             # x_{i-1}, the state the previous step started from
+    with run.call as scope:
+        for i in run.steps(scope):
+            sigma, sigma_next = levels[i], levels[i + 1]
+            m = _denoise(scope, denoiser, x, rows[i], cond, where)
+            prev = coeffs[i - 1] if i > 0 else None
+            if corrector and prev is not None and x_last is not None:
+                h_phi_1, b_h, rks, _, rhos_c = prev
+                res = rhos_c[-1] * (m - ms[0])
+                for k, (rk, rho) in enumerate(zip(rks, rhos_c[:-1])):
+                    res = res + rho * (ms[k + 1] - ms[0]) / rk
+                x = (sigma / levels[i - 1]) * x_last - h_phi_1 * ms[0] - b_h * res
+            ms = [m, *ms[:2]]
+            cur = coeffs[i]
+            if cur is None:
+                x_new = m
+            else:
+                h_phi_1, b_h, rks, rhos_p, _ = cur
+                x_new = (sigma_next / sigma) * x - h_phi_1 * m
+                for k, (rk, rho) in enumerate(zip(rks, rhos_p)):
+                    x_new = x_new - b_h * rho * (ms[k + 1] - m) / rk
+            x_last, x = x, x_new
+            _report(callback, i, x, sigma, sigma_next, m)
         _finish(scope, x, where)
     return x
 

@@ -19,7 +19,20 @@ from localscore import Conditions, LocalConditionalDenoiser, LocalScoreError
 from localscore.compose import masked_from, projective, projective_from
 from localscore.denoisers import EDMPreconditioner, bind
 from localscore.masks import DiscRule, _sqrt_threshold
-from localscore.sampling import sample_euler, sample_heun
+from localscore.sampling import (
+    sample_deis,
+    sample_dpm_2,
+    sample_dpm_2_ancestral,
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+    sample_dpmpp_2s_ancestral,
+    sample_dpmpp_3m_sde,
+    sample_euler,
+    sample_euler_ancestral,
+    sample_heun,
+    sample_lms,
+    sample_unipc,
+)
 from localscore.schedules import karras_sigmas
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -76,7 +89,20 @@ COND = Conditions.from_lists([[(1.0, 2.0), (6.0, 9.0), (10.0, 3.0)]])
 X = 3.0 * torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("sampler", [sample_euler, sample_heun])
+def _churned(d: Any, x: torch.Tensor, s: torch.Tensor, c: Any = None) -> torch.Tensor:
+    return sample_euler(d, x, s, c, s_churn=5.0, generator=torch.Generator().manual_seed(0))
+
+
+def _sde_heun(d: Any, x: torch.Tensor, s: torch.Tensor, c: Any = None) -> torch.Tensor:
+    return sample_dpmpp_2m_sde(d, x, s, c, solver_type="heun", generator=torch.Generator().manual_seed(0))
+
+
+SAMPLERS = [sample_euler, sample_heun, _churned, sample_euler_ancestral, sample_dpm_2, sample_dpm_2_ancestral,
+            sample_dpmpp_2s_ancestral, sample_dpmpp_2m, sample_dpmpp_2m_sde, _sde_heun, sample_dpmpp_3m_sde,
+            sample_lms, sample_deis, sample_unipc]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS, ids=[getattr(s, "__name__", "?").lstrip("_") for s in SAMPLERS])
 def test_no_reads_per_step_local_net_sampled_jointly(sampler: Any) -> None:
     with torch.no_grad():
         per_step, per_call = _per_step(sampler, _net(), X, COND)
@@ -84,11 +110,12 @@ def test_no_reads_per_step_local_net_sampled_jointly(sampler: Any) -> None:
     assert per_call <= 2  # the grid and x, read once at the start; the recorded checks, once at the end
 
 
-@pytest.mark.parametrize("strategy", ["auto", "sequential", "batched", "crop"])
-def test_no_reads_per_step_projective_composition(strategy: str) -> None:
+@pytest.mark.parametrize(("strategy", "sampler"), [(s, sample_euler) for s in ("auto", "sequential", "batched", "crop")]
+                         + [("batched", sample_dpmpp_2m), ("crop", sample_unipc), ("auto", sample_dpmpp_3m_sde)])
+def test_no_reads_per_step_projective_composition(strategy: str, sampler: Any) -> None:
     comp = projective_from(_net(), COND, strategy=strategy)
     with torch.no_grad():
-        per_step, per_call = _per_step(sample_euler, comp, X, None)
+        per_step, per_call = _per_step(sampler, comp, X, None)
     assert per_step == 0
     assert per_call <= 2
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..._checks import check_image
 from ..._errors import describe, fail
-from ...denoisers import call_denoiser
+from ...denoisers import DiscreteDDPMDenoiser, call_denoiser
 from .denoiser import _prediction_type
 
 __all__ = ["sample_with_scheduler", "scheduler_sigmas", "scheduler_start"]
@@ -24,6 +25,27 @@ def _check_scheduler(scheduler: Any, where: str) -> None:
         if not hasattr(scheduler, attr):
             raise fail(where, f"argument `scheduler` is {describe(scheduler)}, which has no `{attr}`; expected a "
                        "diffusers scheduler of a variance-preserving model (DDIM, DDPM, Euler, DPM-Solver, ...).")
+
+
+def _clips(scheduler: Any) -> str | None:
+    """What the scheduler does to the predicted sample that an unclipped sampler does not, or ``None``."""
+    config = getattr(scheduler, "config", {})
+    get = config.get if hasattr(config, "get") else (lambda k, d=None: getattr(config, k, d))
+    if get("thresholding", False):
+        return "dynamic thresholding (`thresholding=True`)"
+    if get("clip_sample", False):
+        return f"`clip_sample=True` (the predicted x0 is clamped to +-{get('clip_sample_range', 1.0)})"
+    return None
+
+
+def _warn_clipping(scheduler: Any, where: str) -> None:
+    what = _clips(scheduler)
+    if what is not None:
+        warnings.warn(f"{where}: the scheduler {type(scheduler).__name__} applies {what}, which localscore's samplers "
+                      "do not: on this grid they follow the unclipped sampler, not this scheduler (the samples can "
+                      "differ by orders of magnitude). Build the scheduler with `clip_sample=False, "
+                      "thresholding=False`, or sample through the scheduler itself with `sample_with_scheduler`, "
+                      "which reproduces the clipping.", UserWarning, stacklevel=3)
 
 
 def _timestep_index(t: Tensor, T: int, where: str) -> int:
@@ -61,11 +83,14 @@ def scheduler_sigmas(scheduler: Any, num_inference_steps: int | None = None, *,
     with ``set_alpha_to_one=False``, ``sqrt((1 - a[0]) / a[0])``, where DDIM ends). Schedulers that keep
     their own grid ``scheduler.sigmas`` of ``N + 1`` levels (Euler, LMS, DPM-Solver, UniPC) return it. With this grid,
     deterministic DDIM in diffusers and :func:`localscore.sampling.sample_ddim` on
-    :class:`DiffusersDenoiser` take the same steps.
+    :class:`DiffusersDenoiser` take the same steps, **unless the scheduler clips or thresholds the predicted
+    sample** (``clip_sample=True``, the default of ``DDIMScheduler()``, or ``thresholding=True``): localscore's
+    samplers never clip, so this warns (``UserWarning``); sample through :func:`sample_with_scheduler` to keep
+    the clipping.
 
     Examples:
         >>> from diffusers import DDIMScheduler
-        >>> s = scheduler_sigmas(DDIMScheduler(), 4)          # timesteps 750, 500, 250, 0
+        >>> s = scheduler_sigmas(DDIMScheduler(clip_sample=False), 4)          # timesteps 750, 500, 250, 0
         >>> [round(v, 3) for v in s.tolist()]
         [17.379, 3.443, 0.958, 0.01, 0.0]
     """
@@ -75,6 +100,7 @@ def scheduler_sigmas(scheduler: Any, num_inference_steps: int | None = None, *,
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise fail(where, f"`num_inference_steps` is {num_inference_steps!r}, expected an int >= 1.")
         scheduler.set_timesteps(num_inference_steps)
+    _warn_clipping(scheduler, where)
     return _grid(scheduler, where).to(device=device, dtype=dtype or torch.get_default_dtype())
 
 
@@ -85,7 +111,10 @@ def scheduler_start(scheduler: Any, latents: Tensor, num_inference_steps: int) -
     ``x = scheduler.scale_model_input(latents, t_0) * sqrt(1 + sigmas[0]**2)``: the scheduler's starting
     latents (``randn * scheduler.init_noise_sigma``, variance preserving for DDIM, variance exploding for
     Euler) in localscore's variables. Then ``sample_euler(D, x, sigmas)`` takes the steps of diffusers'
-    ``EulerDiscreteScheduler`` and ``sample_ddim(D, x, sigmas)`` those of ``DDIMScheduler``.
+    ``EulerDiscreteScheduler``, ``sample_ddim(D, x, sigmas)`` those of ``DDIMScheduler`` (with
+    ``clip_sample=False``: a clipping scheduler warns, see :func:`scheduler_sigmas`),
+    ``sample_dpmpp_2m`` those of ``DPMSolverMultistepScheduler`` and ``sample_unipc`` those of
+    ``UniPCMultistepScheduler`` (``solver_type="bh2"``).
 
     Returns:
         ``(x [B, C, H, W], sigmas [N + 1])`` in ``latents``' dtype and device.
@@ -105,6 +134,85 @@ def scheduler_start(scheduler: Any, latents: Tensor, num_inference_steps: int) -
     sigmas = scheduler_sigmas(scheduler, num_inference_steps, device=latents.device, dtype=latents.dtype)
     x_in = scheduler.scale_model_input(latents, scheduler.timesteps[0])
     return x_in * torch.sqrt(1 + sigmas[0] ** 2), sigmas
+
+
+def _discrete_models(denoiser: Any, depth: int = 6) -> list[DiscreteDDPMDenoiser]:
+    """Every :class:`DiscreteDDPMDenoiser` reachable from ``denoiser``: its submodules, and through the attributes,
+    lists and dicts of plain objects (a composition holds its background and components), each once."""
+    found: dict[int, DiscreteDDPMDenoiser] = {}
+    seen: set[int] = set()
+
+    def walk(obj: Any, level: int) -> None:
+        if id(obj) in seen or level > depth or isinstance(obj, (Tensor, str, bytes, int, float, type)):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, nn.Module):
+            for m in obj.modules():
+                if isinstance(m, DiscreteDDPMDenoiser):
+                    found[id(m)] = m
+            return
+        if isinstance(obj, dict):
+            items: Any = obj.values()
+        elif isinstance(obj, (list, tuple)):
+            items = obj
+        else:
+            attrs = getattr(obj, "__dict__", None)
+            slots = [getattr(obj, k, None) for k in getattr(type(obj), "__slots__", ()) if isinstance(k, str)]
+            items = [*(attrs.values() if isinstance(attrs, dict) else ()), *slots]
+        for item in items:
+            walk(item, level + 1)
+
+    walk(denoiser, 0)
+    return list(found.values())
+
+
+class _SchedulerTimesteps:
+    """While active, every :class:`DiscreteDDPMDenoiser` inside the denoiser gives its network the scheduler's
+    own timestep ``t`` for the step's noise level: ``sigma_to_t(s) = t where s == sigma else (its own map)``.
+
+    The override is an instance attribute set on entry and removed on exit (the models are unchanged after the
+    call); the comparison runs on the device (no host read per step).
+    """
+
+    def __init__(self, denoiser: Any) -> None:
+        self.models = _discrete_models(denoiser)
+        self.sigma: Tensor | None = None
+        self.t: Tensor | None = None
+        self._saved: list[tuple[DiscreteDDPMDenoiser, Any]] = []
+
+    def __enter__(self) -> _SchedulerTimesteps:
+        for m in self.models:
+            own = m.__dict__.get("sigma_to_t")
+            self._saved.append((m, own))
+            m.__dict__["sigma_to_t"] = self._lookup(m.sigma_to_t)
+        return self
+
+    def _lookup(self, own: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        def sigma_to_t(sigma: Tensor) -> Tensor:
+            t = own(sigma)
+            if self.sigma is None or self.t is None:
+                return t
+            hit = sigma == self.sigma.to(sigma.dtype)
+            return torch.where(hit, self.t.to(device=t.device, dtype=t.dtype), t)
+        return sigma_to_t
+
+    def __exit__(self, *args: Any) -> None:
+        for m, own in self._saved:
+            if own is None:
+                m.__dict__.pop("sigma_to_t", None)
+            else:
+                m.__dict__["sigma_to_t"] = own
+        self._saved.clear()
+
+    def steps(self, timesteps: Any, grid: Tensor, dtype: torch.dtype) -> Iterator[tuple[int, Any, Tensor, Tensor]]:
+        """``(i, t, sigma (0-d, x's dtype), sigma (float64))`` for each step, with the override pointed at it."""
+        for i, t in enumerate(timesteps):
+            sig64 = grid[i]
+            sigma = sig64.to(dtype)
+            self.sigma = sigma
+            self.t = torch.as_tensor(t).double()
+            yield i, t, sigma, sig64
+        self.sigma = self.t = None
 
 
 def sample_with_scheduler(
@@ -130,7 +238,14 @@ def sample_with_scheduler(
         out  = eps | sqrt(a) * eps - sqrt(1 - a) * d | d       (epsilon | v_prediction | sample)
         latents = scheduler.step(out, t, latents).prev_sample
 
-    so the scheduler receives exactly the model output it expects, computed from ``D``.
+    so the scheduler receives exactly the model output it expects, computed from ``D``. **The network sees the
+    scheduler's own timestep** ``t``: during the call, every :class:`~localscore.denoisers.DiscreteDDPMDenoiser`
+    reachable from ``denoiser`` (a :class:`DiffusersDenoiser`, also inside a composition or ``bind``) maps the
+    step's ``sigma`` to ``t`` instead of interpolating its table, so the pipeline's loop is reproduced whatever the
+    timestep spacing (integer timesteps with Karras sigmas in DPM-Solver and UniPC, fractional ones in Euler)
+    and whatever the denoiser's ``quantize``. A denoiser that hides its DiscreteDDPMDenoiser from attribute
+    traversal (a closure) keeps its own map. Clipping and thresholding (``clip_sample``, ``thresholding``) happen
+    in ``scheduler.step`` and are reproduced.
 
     Args:
         denoiser: ``D(x [B, C, H, W], sigma [B], cond) -> [B, C, H, W]`` (any localscore denoiser).
@@ -157,25 +272,23 @@ def sample_with_scheduler(
     grid = _grid(scheduler, where).to(device=latents.device)
     takes_gen = "generator" in inspect.signature(scheduler.step).parameters
     B = latents.shape[0]
-    for i, t in enumerate(scheduler.timesteps):
-        sig64 = grid[i]
-        sigma = sig64.to(latents.dtype)
-        x_in = scheduler.scale_model_input(latents, t)
-        x = x_in * torch.sqrt(1 + sigma**2)
-        d = call_denoiser(denoiser, x, sigma.expand(B), cond, where)   # shape and finiteness checked
-        eps = (x - d) / sigma
-        if pred == "epsilon":
-            out = eps
-        elif pred == "v_prediction":      # a = 1 / (1 + sigma^2): sqrt(a) = 1 / sqrt(1 + s^2), sqrt(1 - a) = s sqrt(a)
-            ra = (1 / torch.sqrt(1 + sig64**2)).to(x.dtype)
-            out = ra * eps - (sig64 * ra).to(x.dtype) * d
-        else:
-            out = d
-        step_kwargs: dict[str, Any] = {"return_dict": False}
-        if takes_gen and generator is not None:
-            step_kwargs["generator"] = generator
-        latents = scheduler.step(out, t, latents, **step_kwargs)[0]
-        if callback is not None:
-            callback({"i": i, "t": t, "sigma": sigma, "latents": latents, "denoised": d})
+    with _SchedulerTimesteps(denoiser) as own_t:
+        for i, t, sigma, sig64 in own_t.steps(scheduler.timesteps, grid, latents.dtype):
+            x_in = scheduler.scale_model_input(latents, t)
+            x = x_in * torch.sqrt(1 + sigma**2)
+            d = call_denoiser(denoiser, x, sigma.expand(B), cond, where)   # shape and finiteness checked
+            eps = (x - d) / sigma
+            if pred == "epsilon":
+                out = eps
+            elif pred == "v_prediction":  # a = 1 / (1 + sigma^2): sqrt(a) = 1 / sqrt(1 + s^2), sqrt(1 - a) = s sqrt(a)
+                ra = (1 / torch.sqrt(1 + sig64**2)).to(x.dtype)
+                out = ra * eps - (sig64 * ra).to(x.dtype) * d
+            else:
+                out = d
+            step_kwargs: dict[str, Any] = {"return_dict": False}
+            if takes_gen and generator is not None:
+                step_kwargs["generator"] = generator
+            latents = scheduler.step(out, t, latents, **step_kwargs)[0]
+            if callback is not None:
+                callback({"i": i, "t": t, "sigma": sigma, "latents": latents, "denoised": d})
     return latents
-
