@@ -40,7 +40,6 @@ from localscore.adapters.diffusers import (
     concept_composition,
     concept_locality,
     concept_orthogonality,
-    math_attention,
     regional_attention,
     sample_with_scheduler,
     scheduler_sigmas,
@@ -48,7 +47,7 @@ from localscore.adapters.diffusers import (
     vae_decoder,
     ve_to_vp,
 )
-from localscore.metrics import ablation_influence, gradient_influence, pixel_locality
+from localscore.metrics import ablation_influence, gradient_influence, math_attention, pixel_locality
 
 
 # ---------------------------------------------------------------------------------------------- models

@@ -24,15 +24,17 @@ PAGE = ROOT / "docs" / "api" / "index.md"
 # Alias groups that are deliberate: {canonical name: the other names}. Keep it empty; an entry needs a reason.
 ALLOWED_ALIASES: dict[str, set[str]] = {}
 
-CURRENT_ALIASES = (  # what tools/public_api.py reports today; the lead removes them, then this test's xfail
-    "localscore.compose.residuals.CompositionResidual = localscore.metrics.CompositionResidual; "
-    "localscore.compose.residuals.residual = localscore.metrics.composition_residual; "
-    "localscore.masks.{BoxRule, DiscRule, GaussianRule, MaskRule, box_masks, disc_masks, gaussian_masks, "
-    "nearest_conditioner, union, voronoi_masks} = localscore.nn.<same>; "
-    "localscore.metrics.influence.math_attention = localscore.metrics.math_attention = "
-    "localscore.adapters.diffusers.math_attention = localscore.adapters.diffusers.features.math_attention"
-)
-
+# The 0.1.0 aliases removed in 0.2: {old dotted name: the canonical name}. Each still resolves until 0.3, with a
+# DeprecationWarning that names the canonical one.
+REMOVED_ALIASES = {
+    **{f"localscore.nn.{n}": f"localscore.masks.{n}" for n in (
+        "BoxRule", "DiscRule", "GaussianRule", "MaskRule", "box_masks", "disc_masks", "gaussian_masks",
+        "nearest_conditioner", "union", "voronoi_masks")},
+    "localscore.metrics.composition_residual": "localscore.compose.residual",
+    "localscore.metrics.CompositionResidual": "localscore.compose.CompositionResidual",
+    "localscore.adapters.diffusers.math_attention": "localscore.metrics.math_attention",
+    "localscore.adapters.diffusers.features.math_attention": "localscore.metrics.math_attention",
+}
 
 def _load_tool() -> ModuleType:
     spec = importlib.util.spec_from_file_location("public_api_tool", TOOL)
@@ -121,9 +123,34 @@ def test_alias_rule(tool: ModuleType) -> None:
     assert tool.is_alias(["a.compose.residual", "a.metrics.composition_residual"])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason=f"aliases still exported (issue 16, item 6): {CURRENT_ALIASES}")
 def test_no_aliases(api: Any) -> None:
     unexpected = {e.canonical: sorted(set(e.names) - {e.canonical}) for e in api.aliases
                   if set(e.names) - {e.canonical} != ALLOWED_ALIASES.get(e.canonical)}
     assert unexpected == {}
+
+
+def _attribute(dotted: str) -> Any:
+    module, _, attr = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+@pytest.mark.parametrize("old", sorted(REMOVED_ALIASES))
+def test_removed_aliases_warn_and_resolve(old: str) -> None:
+    new = REMOVED_ALIASES[old]
+    if old.startswith("localscore.adapters.diffusers"):
+        pytest.importorskip("diffusers")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        canonical = _attribute(new)  # the canonical name never warns
+    with pytest.warns(DeprecationWarning, match=re.escape(f"{old} is deprecated") + ".*" + re.escape(new)):
+        value = _attribute(old)
+    assert value is canonical
+    module, _, attr = old.rpartition(".")
+    assert attr not in importlib.import_module(module).__all__
+
+
+def test_removed_aliases_are_not_listed(api: Any) -> None:
+    listed = {name for e in api.entries for name in e.names}
+    assert listed, "positive control: the walk lists names"
+    assert "localscore.masks.DiscRule" in listed
+    assert not listed & set(REMOVED_ALIASES)

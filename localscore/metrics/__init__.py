@@ -4,14 +4,16 @@ locality, feature geometry.
 Distances are Chebyshev (square neighbourhoods, the metric of declared receptive radii) unless a
 function takes ``metric="euclidean"``; every result records the metric it used.
 
-``composition_residual`` is :func:`localscore.compose.residual` (the same function under the name the
-metrics use): ``||D(x|c_J) - proj|| / ||D(x|c_J) - D(x|none)||`` per image and per pixel.
+The composition residual, ``||D(x|c_J) - proj|| / ||D(x|c_J) - D(x|none)||`` per image and per pixel, is
+:func:`localscore.compose.residual`; 0.1.0 also exported it here as ``composition_residual`` (with
+``CompositionResidual``), names that still resolve with a ``DeprecationWarning`` until 0.3.
 """
 
 from __future__ import annotations
 
-from ..compose import CompositionResidual
-from ..compose import residual as composition_residual
+from typing import Any
+
+from .._moved import warn_moved
 from .features import feature_orthogonality
 from .influence import ablation_influence, gradient_influence, math_attention
 from .jacobians import BandedJacobian, JacobianProbes, LocalityViolation, jacobian, jvp_batch, vjp_batch
@@ -20,7 +22,6 @@ from .results import ConditionalLocality, FeatureOrthogonality, LocalityIndex, P
 
 __all__ = [
     "BandedJacobian",
-    "CompositionResidual",
     "ConditionalLocality",
     "FeatureOrthogonality",
     "JacobianProbes",
@@ -28,7 +29,6 @@ __all__ = [
     "LocalityViolation",
     "PixelLocality",
     "ablation_influence",
-    "composition_residual",
     "conditional_locality",
     "feature_orthogonality",
     "gradient_influence",
@@ -40,3 +40,18 @@ __all__ = [
     "pixel_locality",
     "vjp_batch",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # 0.1.0 names of localscore.compose's residual (two names for one thing); they warn until 0.3.
+    if name == "composition_residual":
+        warn_moved(f"{__name__}.composition_residual", "localscore.compose.residual")
+        from ..compose import residual
+
+        return residual
+    if name == "CompositionResidual":
+        warn_moved(f"{__name__}.CompositionResidual", "localscore.compose.CompositionResidual")
+        from ..compose import CompositionResidual
+
+        return CompositionResidual
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

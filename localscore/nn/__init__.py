@@ -11,24 +11,16 @@
   :class:`LocalResBlock`, :class:`ChannelNorm`, :class:`NeighborhoodSelfAttention`, encoders.
 * Configs: :class:`LocalNetConfig`, :class:`UNetConfig`, :func:`config_to_dict`, :func:`build_denoiser`.
 
-The mask helpers of :mod:`localscore.masks` are re-exported for convenience. See the "Networks" docs page
-for the maths and the guarantees.
+Masks and mask rules live in :mod:`localscore.masks` (0.1.0 re-exported them here too; those names still
+resolve, with a ``DeprecationWarning``, until 0.3). See the "Networks" docs page for the maths and the
+guarantees.
 """
 
 from __future__ import annotations
 
-from ..masks import (
-    BoxRule,
-    DiscRule,
-    GaussianRule,
-    MaskRule,
-    box_masks,
-    disc_masks,
-    gaussian_masks,
-    nearest_conditioner,
-    union,
-    voronoi_masks,
-)
+from typing import Any
+
+from .._moved import forward
 from .attention import (
     CondContext,
     ConditioningLayer,
@@ -64,14 +56,11 @@ from .unet import (
 )
 
 __all__ = [
-    "BoxRule",
     "ChannelNorm",
     "CondContext",
     "ConditionerEncoder",
     "ConditioningLayer",
-    "DiscRule",
     "FourierFeatures",
-    "GaussianRule",
     "GlobalConditionalDenoiser",
     "GlobalSelfAttention",
     "LocalConditionalDenoiser",
@@ -81,7 +70,6 @@ __all__ = [
     "LocalityEnforced",
     "LocalityReport",
     "LocalizedDenoiser",
-    "MaskRule",
     "MaskedCrossAttention",
     "NeighborList",
     "NeighborhoodSelfAttention",
@@ -92,22 +80,29 @@ __all__ = [
     "UNet",
     "UNetConfig",
     "UNetResBlock",
-    "box_masks",
     "build_denoiser",
     "choose_sparse",
     "config_from_dict",
     "config_to_dict",
-    "disc_masks",
     "enforce_locality",
-    "gaussian_masks",
     "localize",
     "make_norm",
-    "nearest_conditioner",
     "neighbor_list",
     "pool_mask",
     "register_locality_patch",
     "rotate_features",
     "share_weights_copy",
-    "union",
-    "voronoi_masks",
 ]
+
+_MOVED = dict.fromkeys(
+    ["BoxRule", "DiscRule", "GaussianRule", "MaskRule", "box_masks", "disc_masks", "gaussian_masks",
+     "nearest_conditioner", "union", "voronoi_masks"],
+    "localscore.masks",
+)
+"""0.1.0 re-exports of :mod:`localscore.masks` (two names for one thing); they warn until 0.3."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return forward(__name__, _MOVED[name], name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

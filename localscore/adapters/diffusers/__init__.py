@@ -21,8 +21,9 @@ The pieces, in the order an analysis uses them, by module:
   masked so that each token group reaches only its region (``PromptConditions.regions``).
 * :mod:`~localscore.adapters.diffusers.features`: :class:`FeatureRecorder`, :func:`list_blocks`,
   :class:`FeatureMap` (forward hooks on named blocks), :func:`concept_feature_means` /
-  :func:`concept_orthogonality` (the feature-orthogonality test), :func:`math_attention` and
-  :func:`vae_decoder`.
+  :func:`concept_orthogonality` (the feature-orthogonality test) and :func:`vae_decoder`. The
+  context manager that forces the math attention kernel (for forward-mode Jacobians) is
+  :func:`localscore.metrics.math_attention`.
 * :mod:`~localscore.adapters.diffusers.influence`: :func:`concept_locality`, the locality index of
   per-concept influence maps. The maps are :func:`localscore.metrics.ablation_influence` and
   :func:`localscore.metrics.gradient_influence` (squared norms), which take a prompt as they take any
@@ -35,7 +36,8 @@ treat objects.
 Deprecated since 0.1.0, removed in 0.3 (each warns, naming its replacement): ``bind_prompt`` and
 ``PromptBound`` (:func:`localscore.bind`, :class:`~localscore.denoisers.BoundDenoiser`),
 ``ablation_influence`` and ``gradient_influence`` of this package (the square roots of the metrics' maps),
-``resize_regions`` (:func:`localscore.nn.pool_mask`) and ``PromptConditions.drop`` (``ablate``).
+``resize_regions`` (:func:`localscore.nn.pool_mask`), ``PromptConditions.drop`` (``ablate``) and
+``math_attention`` of this package and of ``features`` (:func:`localscore.metrics.math_attention`).
 
 Nothing here imports diffusers at import time: the model and the scheduler are used through their
 public attributes, and only :meth:`DiffusersDenoiser.from_pretrained` and scheduler configs given as
@@ -44,6 +46,9 @@ plain dicts import the library (install it with ``pip install "localscore[diffus
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..._moved import forward
 from .denoiser import DiffusersDenoiser, concept_composition, ve_to_vp, vp_to_ve
 from .denoiser import PromptBound as PromptBound  # deprecated, warns when built
 from .denoiser import bind_prompt as bind_prompt  # deprecated, warns when called
@@ -53,7 +58,6 @@ from .features import (
     concept_feature_means,
     concept_orthogonality,
     list_blocks,
-    math_attention,
     vae_decoder,
 )
 from .influence import ablation_influence as ablation_influence  # deprecated, warns when called
@@ -78,7 +82,6 @@ __all__ = [
     "concept_orthogonality",
     "install_regional_attention",
     "list_blocks",
-    "math_attention",
     "regional_attention",
     "sample_with_scheduler",
     "scheduler_sigmas",
@@ -87,3 +90,10 @@ __all__ = [
     "ve_to_vp",
     "vp_to_ve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # 0.1.0 re-export of localscore.metrics.math_attention (two names for one thing); it warns until 0.3.
+    if name == "math_attention":
+        return forward(__name__, "localscore.metrics", name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

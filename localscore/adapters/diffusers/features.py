@@ -12,9 +12,9 @@ from torch import Tensor, nn
 
 from ..._checks import as_sigma, check_image
 from ..._errors import describe, fail
+from ..._moved import forward
 from ...conditions import ConditionSet
 from ...denoisers import Denoiser
-from ...metrics.influence import math_attention
 from .prompts import PromptConditions, _check_prompt
 from .regional import _level_size
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ...metrics import FeatureOrthogonality
 
 __all__ = ["FeatureMap", "FeatureRecorder", "concept_feature_means", "concept_orthogonality", "list_blocks",
-           "math_attention", "vae_decoder"]
+           "vae_decoder"]
 
 
 def list_blocks(model: nn.Module, *, max_depth: int = 2, types: Sequence[str] | None = None) -> list[tuple[str, str]]:
@@ -275,3 +275,10 @@ def vae_decoder(vae: Any, *, scaling_factor: float | None = None, shift_factor: 
         return cast(Tensor, out).to(latents.dtype)
 
     return decode
+
+
+def __getattr__(name: str) -> Any:
+    # 0.1.0 re-export of localscore.metrics.math_attention (two names for one thing); it warns until 0.3.
+    if name == "math_attention":
+        return forward(__name__, "localscore.metrics", name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
