@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from localscore import cli
 from localscore.cli import main
@@ -170,13 +171,44 @@ def test_demo_shipped_models(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "labelling 'all'" in text and "labelling 'one'" in text  # local-32 and the paper's failing baseline
     assert "by design" not in text and "mean over the counts" in text  # the footer is computed from the table
     data = json.loads((tmp_path / "demo.json").read_text())
-    assert data["counts"] == list(range(1, 11))
+    assert data["counts"] == [1, 2, 3, 8, 9, 10]  # the training counts, then 8-10 where the footer compares
     assert sorted(data["runs"]) == ["baseline-32 projective", "local-32 joint", "local-32 projective"]
     for run in data["runs"].values():
         rows = run["evaluation"]["rows"]
-        assert [r["count"] for r in rows] == list(range(1, 11)) and all(r["images"] == 1 for r in rows)
+        assert [r["count"] for r in rows] == [1, 2, 3, 8, 9, 10] and all(r["images"] == 1 for r in rows)
         assert run["model"] in MODEL_NAMES
+    assert "at 8-10 objects, perfect rate with its Wilson 95 % interval (3 images per run)" in text
     assert (tmp_path / "demo.png").stat().st_size > 1000
+
+
+def test_demo_default_settings_and_counts_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # The defaults the README's timing was measured with: 6 images per count at 1-3 and 8-10 objects, 16 Euler
+    # steps, every composition batched into one network call per step. The sampling itself is stubbed here.
+    from localscore import lengthgen
+    from localscore.lengthgen.evaluate import evaluate_sampler
+
+    seen: list[dict[str, object]] = []
+
+    def fake(model: object, method: str, **kw: object) -> object:
+        seen.append({"method": method, **kw})
+        scene = model.scene.replace(counts=tuple(kw["counts"]), labelling="all")  # type: ignore[attr-defined]
+        def blank(c: object, g: object) -> torch.Tensor:
+            images = torch.zeros(c.batch_size, 3, 32, 32)  # type: ignore[attr-defined]
+            kw["keep_images"].append(images)  # type: ignore[attr-defined]
+            return images
+
+        return evaluate_sampler(blank, scene, counts=kw["counts"], per_count=kw["per_count"],
+                                batch_size=kw["batch_size"])
+
+    monkeypatch.setattr(lengthgen, "evaluate_model", fake)
+    assert main(["demo", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert [(s["method"], s["counts"], s["per_count"], s["steps"], s["strategy"]) for s in seen] == \
+        [(m, [1, 2, 3, 8, 9, 10], 6, 16, "batched") for m in ("joint", "projective", "projective")]
+    assert "Sampling 6 images for each of 1-3, 8-10 objects (16 Euler steps)" in capsys.readouterr().out
+    seen.clear()
+    assert main(["demo", "--quick", "--no-progress", "--counts", "1..4", "--out", str(tmp_path)]) == 0
+    assert {(tuple(s["counts"]), s["per_count"], s["steps"]) for s in seen} == {((1, 2, 3, 4), 2, 12)}  # type: ignore
 
 
 def test_demo_method_masked_samples_both_models_with_the_intervention(tmp_path: Path) -> None:
@@ -417,6 +449,32 @@ def test_demo_footer_says_what_its_numbers_say() -> None:
     text = "\n".join(cli._demo_footer(bad, results, models, counts))
     assert "perfect 0.25 is below recall 1.00: it draws objects that were not requested (precision 0.54)" in text
     assert "recall holds beyond the training counts (1.00 -> 1.00)" in text
+
+
+def test_demo_footer_compares_the_runs_at_the_largest_counts_with_wilson_intervals() -> None:
+    from types import SimpleNamespace
+
+    from localscore.lengthgen.data import SceneConfig
+
+    scene = SceneConfig(counts=(1, 2, 3), labelling="all")
+    models = {"a": SimpleNamespace(scene=scene, meta={}), "b": SimpleNamespace(scene=scene, meta={})}
+    results = {"a projective": {"model": "a"}, "b projective": {"model": "b"}}
+    counts = [1, 2, 3, 8, 9, 10]
+    trained = {1: (6, 6, 6), 2: (6, 12, 12), 3: (6, 18, 18)}
+    holds = _evaluation({**trained, 8: (6, 48, 48), 9: (6, 54, 54), 10: (6, 60, 60)}, images=6)
+    fails = _evaluation({**trained, 8: (4, 46, 48), 9: (3, 50, 54), 10: (1, 50, 60)}, images=6)
+    text = "\n".join(cli._demo_footer({"a projective": holds, "b projective": fails}, results, models, counts))
+    # pooled over 8-10: 18/18 -> [0.82, 1.00] and 8/18 -> [0.25, 0.66]: separated
+    assert "a projective 1.00 [0.82, 1.00]; b projective 0.44 [0.25, 0.66]" in text, text
+    assert "at 8-10 objects, a projective draws more scenes perfectly than b projective (1.00 vs 0.44); the " \
+        "intervals do not overlap." in text
+    # one image per count: the same rates are not resolved, and the footer says so
+    few = {1: (1, 1, 1), 2: (1, 2, 2), 3: (1, 3, 3)}
+    holds1 = _evaluation({**few, 8: (1, 8, 8), 9: (1, 9, 9), 10: (1, 10, 10)}, images=1)
+    fails1 = _evaluation({**few, 8: (1, 8, 8), 9: (0, 8, 9), 10: (0, 9, 10)}, images=1)
+    text = "\n".join(cli._demo_footer({"a projective": holds1, "b projective": fails1}, results, models, counts))
+    assert "a projective (1.00) and b projective (0.33) are not separated: their intervals overlap" in text, text
+    assert "draws more scenes perfectly" not in text
 
 
 def test_error_messages_name_the_command_once() -> None:

@@ -200,12 +200,42 @@ def test_masked_and_localized_agree_and_differ_from_joint_when_objects_are_close
     assert (joint - masked).abs().max() > 1e-4                            # the objects interact in the joint pass
 
 
+def test_sampler_strategy_changes_the_speed_not_the_samples() -> None:
+    # The demo samples its compositions with strategy="batched" (one network call per step); the samples agree
+    # with the sequential ones (one call per pass) to float round-off, for projective and masked composition.
+    model = _local_model(1)
+    attrs = [[[1.0] + [0.0] * 12, [0.0, 1.0] + [0.0] * 11]] * 2
+    cond = Conditions.from_lists([[(6.0, 6.0), (9.0, 9.0)], [(3.0, 12.0)]], attrs=[attrs[0], attrs[0][:1]])
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    calls = {"n": 0}
+    forward = model.denoiser.forward
+
+    def counted(*a: object, **k: object) -> torch.Tensor:
+        calls["n"] += 1
+        return forward(*a, **k)
+
+    for method in ("projective", "masked"):
+        seq = sampler(model, method, steps=3, strategy="sequential")(cond, g())
+        model.denoiser.forward = counted  # type: ignore[method-assign]
+        try:
+            calls["n"] = 0
+            bat = sampler(model, method, steps=3, strategy="batched")(cond, g())
+        finally:
+            del model.denoiser.forward
+        torch.testing.assert_close(seq, bat, atol=1e-5, rtol=0)
+        assert calls["n"] == 3  # one call per Euler step, the background and both objects stacked in it
+    joint = sampler(model, "joint", steps=3)(cond, g())
+    assert float((joint - seq).abs().max()) > 1e-4  # not vacuous: the composition differs from the joint pass
+
+
 def test_sampler_bad_input() -> None:
     model = _local_model()
     with pytest.raises(LocalScoreError, match="method"):
         sampler(model, "magic")
     with pytest.raises(LocalScoreError, match="solver"):
         sampler(model, "joint", solver="rk4")
+    with pytest.raises(LocalScoreError, match="strategy"):
+        sampler(model, "projective", strategy="fast")  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- evaluation and locality

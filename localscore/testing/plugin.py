@@ -16,7 +16,7 @@ pytest imports this module in every run of an environment where localscore is in
 nothing heavy: only pytest (the packages ``localscore`` and ``localscore.testing`` above it load their names
 lazily). torch and the assertions load when the ``locality`` fixture's methods run, hypothesis only inside
 the ``localscore_strategies`` fixture, so a pytest run that does not use them (or lacks hypothesis) is not
-affected (``tests/test_plugin_lazy.py`` checks this).
+affected (``tests/test_testing_plugin.py`` checks this).
 """
 
 from __future__ import annotations
