@@ -46,7 +46,7 @@ from torch import Tensor
 from ._checks import CheckScope, as_sigma, check_finite, check_flag, check_tensor, checked_call, unchecked_section
 from ._errors import describe, fail
 from .conditions import Conditions
-from .denoisers import call_denoiser
+from .denoisers import call_denoiser, tweedie
 
 __all__ = [
     "langevin_correct",
@@ -591,7 +591,7 @@ def sample_euler_maruyama(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Condit
             scope.vouch(x, rows[i])
             d = call_denoiser(denoiser, x, rows[i], cond, where)
             du = sigma**2 - sigma_next**2
-            x_new = x + du * (d - x) / sigma**2
+            x_new = x + du * tweedie(d, x, sigma)
             if grid[i + 1] > 0:
                 x_new = x_new + torch.sqrt(du) * _noise(x, generator)
             x = x_new
@@ -1374,7 +1374,7 @@ def _scores(denoiser: Any, xs: Tensor, sigma: Tensor, cond: Conditions | None, w
     c_rep = None if cond is None else (cond if k == 1 else Conditions.cat([cond] * k))
     with checked_call(where):  # a nested check records; the points are not vouched for (x_new is unchecked)
         d = call_denoiser(denoiser, flat, s_rep, c_rep, where)
-    return ((d - flat) / s_rep.view(-1, 1, 1, 1) ** 2).reshape(xs.shape)
+    return tweedie(d, flat, s_rep).reshape(xs.shape)
 
 
 def _check_n_quad(n_quad: Any, where: str) -> int:
@@ -1533,7 +1533,7 @@ def _langevin(scope: CheckScope, call: checked_call, denoiser: Any, x: Tensor, s
     bshape = (-1, 1, 1, 1)
     eps = (step_scale * sig**2).view(bshape)
     d = _denoise(scope, denoiser, x, sig, cond, where)
-    s = (d - x) / sig.view(bshape) ** 2
+    s = tweedie(d, x, sig)
     lp = _call_log_prob(log_prob, x, sig, cond, where) if (metropolis and log_prob is not None) else None
     accepted: Tensor
     for i in _steps(n_steps, progress, where):
@@ -1542,7 +1542,7 @@ def _langevin(scope: CheckScope, call: checked_call, denoiser: Any, x: Tensor, s
         z = _noise(x, generator)
         x_p = x + eps * s + torch.sqrt(2 * eps) * z
         d_p = _denoise(scope, denoiser, x_p, sig, cond, where)
-        s_p = (d_p - x_p) / sig.view(bshape) ** 2
+        s_p = tweedie(d_p, x_p, sig)
         if not metropolis:
             accepted = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
             x, d, s = x_p, d_p, s_p
