@@ -3,11 +3,13 @@
 Subcommands (`localscore COMMAND --help` for each):
 
 * `localscore demo [--out DIR]`: the main job. The shipped 32x32 models, trained on 1-3 objects, sampled
-  for 1..10 objects: `local-32` (local conditional network, every object labelled; sampled with all objects
-  in one pass, and as a projective composition of one-object passes) and `baseline-32` (the failing
+  for 1-3 and 8-10 objects (`--counts` for others): `local-32` (local conditional network, every object
+  labelled; sampled with all objects in one pass, and as a projective composition of one-object passes)
+  and `baseline-32` (the failing
   baseline: a global cross-attention U-Net trained with one labelled object per image, the others unlabelled
   clutter; sampled as a projective composition of one-object passes; `--method masked` adds the
-  sampling-time locality intervention); prints the length-generalization table and writes
+  sampling-time locality intervention); prints the length-generalization table, with the runs compared at
+  8-10 objects by their Wilson intervals, and writes
   `DIR/demo.json` and `DIR/demo.png` (sample grid, requested positions marked). `--retrain` trains
   both from scratch first. `localscore demo --oracle`: the closed-form demo, exact per-object scores of
   an object oracle (`localscore.oracles.FactorizedObjects`) composed projectively beyond the trained
@@ -50,7 +52,7 @@ import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -58,6 +60,9 @@ from torch import Tensor
 from ._errors import LocalScoreError, fail
 from ._io import atomic_write, check_output
 from .conditions import Conditions
+
+if TYPE_CHECKING:
+    from .compose import Strategy
 
 __all__ = ["main"]
 
@@ -95,16 +100,22 @@ def _moment_errors(samples: Tensor, reference: Tensor, mean: Tensor) -> dict[str
 
 
 def _span(counts: Sequence[int]) -> str:
-    """``[1, 2, 3]`` -> ``"1-3"``; a set with gaps is listed (``"1, 3"``).
+    """``[1, 2, 3]`` -> ``"1-3"``; a set with gaps is listed by runs of three or more (``"1-3, 8-10"``).
 
     Examples:
-        >>> _span([3, 1, 2]), _span([1, 3]), _span([4])
-        ('1-3', '1, 3', '4')
+        >>> _span([3, 1, 2]), _span([1, 3]), _span([4]), _span([1, 2, 3, 8, 9, 10]), _span([1, 2, 5])
+        ('1-3', '1, 3', '4', '1-3, 8-10', '1, 2, 5')
     """
     c = sorted(set(counts))
     if len(c) > 1 and c == list(range(c[0], c[-1] + 1)):
         return f"{c[0]}-{c[-1]}"
-    return ", ".join(str(v) for v in c)
+    runs: list[list[int]] = []
+    for v in c:
+        if runs and v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) >= 3 else ", ".join(map(str, r)) for r in runs)
 
 
 class _Progress:
@@ -377,6 +388,16 @@ def _demo_oracle(args: argparse.Namespace) -> int:
 
 
 _DEMO_MODELS = ("local-32", "baseline-32")
+_DEMO_COUNTS = (1, 2, 3, 8, 9, 10)
+"""The object counts the demo samples: the training counts 1-3, then 8-10, where the footer compares the runs."""
+_DEMO_SETTINGS = (6, 16)
+"""``(images per count, Euler steps)`` of the demo; ``_DEMO_QUICK`` those of ``--quick``."""
+_DEMO_QUICK = (2, 12)
+_DEMO_STRATEGY: Strategy = "auto"
+"""How the demo's compositions evaluate their passes: ``auto``, one call per pass on the CPU. ``batched`` (all
+passes of a step in one call) was measured side by side on the 2-core CPU at the demo's size: 8 % less user
+time but 1 s of system time per step (page faults of the large batch), 27 % more CPU time in all (the
+``localscore demo`` profile of docs/experiments.md)."""
 _GAP = 0.1
 """How far (as a rate) two numbers of the demo's footer must differ before it calls them different."""
 
@@ -438,7 +459,41 @@ def _demo_footer(evals: Mapping[str, Any], results: Mapping[str, Any], models: M
                 if model.scene.labelling == "one":
                     text += ", as its training images held unlabelled objects (one labelled object per image)"
             notes.append(text + "; its recall measures the requested objects.")
+    notes += _demo_top_notes(evals, results, models, counts)
     return lines + [""] + [f"note: {n}" for n in notes]
+
+
+def _demo_top_notes(evals: Mapping[str, Any], results: Mapping[str, Any], models: Mapping[str, Any],
+                    counts: Sequence[int]) -> list[str]:
+    """The runs compared at the largest counts shown (those within 2 of the largest, beyond every model's
+    training counts): the perfect rate pooled over those counts with its Wilson 95 % interval, and, for each
+    pair of runs whose rates differ by more than ``_GAP``, whether the intervals separate them."""
+    from .lengthgen.evaluate import Proportion
+
+    seen = max(max(models[r["model"]].scene.counts) for r in results.values())
+    top = [c for c in counts if c >= max(counts) - 2 and c > seen]
+    if not top or len(results) < 2:
+        return []
+    pooled = {}
+    for k in results:
+        rows = [evals[k].row(c).perfect for c in top]
+        pooled[k] = Proportion(sum(p.successes for p in rows), sum(p.trials for p in rows))
+    at = f"at {_span(top)} objects"
+    out = [f"{at}, perfect rate with its Wilson 95 % interval ({next(iter(pooled.values())).trials} images per run): "
+           + "; ".join(f"{k} {p.format(ci=True)}" for k, p in pooled.items()) + "."]
+    ranked = sorted(pooled, key=lambda k: -pooled[k].rate)
+    for i, a in enumerate(ranked):
+        for b in ranked[i + 1:]:
+            pa, pb = pooled[a], pooled[b]
+            if pa.rate - pb.rate <= _GAP:
+                continue
+            if pa.interval()[0] > pb.interval()[1]:
+                out.append(f"{at}, {a} draws more scenes perfectly than {b} ({pa.rate:.2f} vs {pb.rate:.2f}); "
+                           "the intervals do not overlap.")
+            else:
+                out.append(f"{at}, {a} ({pa.rate:.2f}) and {b} ({pb.rate:.2f}) are not separated: their intervals "
+                           "overlap (more images per count, --samples, would tell).")
+    return out
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -455,9 +510,9 @@ def _demo(args: argparse.Namespace) -> int:
     if missing:
         raise fail("localscore demo", f"the shipped models {missing} are not in {str(checkpoint_dir())!r}.",
                    "run `localscore demo --retrain` to train them, or `localscore demo --oracle`.")
-    counts = list(range(1, 11))
-    per_count = args.samples or (2 if args.quick else 8)
-    steps = args.steps or (12 if args.quick else 24)
+    counts = sorted(set(args.counts)) if args.counts else list(_DEMO_COUNTS)
+    per_count = args.samples or (_DEMO_QUICK[0] if args.quick else _DEMO_SETTINGS[0])
+    steps = args.steps or (_DEMO_QUICK[1] if args.quick else _DEMO_SETTINGS[1])
     models = {name: load_model(src) for name, src in sources.items()}
     runs = _demo_runs(args.method)
     trained = _span(sorted({c for m in models.values() for c in m.scene.counts}))
@@ -484,7 +539,7 @@ def _demo(args: argparse.Namespace) -> int:
             exp = ExperimentConfig.from_dict(models[name].meta["experiment"])  # masks as the model was benchmarked
             res = evaluate_model(models[name], method, counts=counts, per_count=per_count, seed=args.seed,
                                  steps=steps, mask_radius=exp.mask_radius, crop=exp.crop,
-                                 batch_size=per_count * len(counts), callback=bar.step,
+                                 batch_size=per_count * len(counts), strategy=_DEMO_STRATEGY, callback=bar.step,
                                  meta={"model": name, "method": method}, keep_images=keep)
             images[key] = torch.cat(keep)
             results[key] = {"model": name, "method": method, "evaluation": res.to_dict(),
@@ -848,17 +903,23 @@ def _parser() -> argparse.ArgumentParser:
                        description=_desc(
                            "The shipped 32x32 models local-32 (local conditional network, every object labelled) "
                            "and baseline-32 (the failing baseline: a global U-Net trained with one labelled object "
-                           "per image, composed per object), both trained on 1-3 objects, sampled for 1..10 "
-                           "objects, with the per-count table. Writes DIR/demo.json and DIR/demo.png.",
+                           "per image, composed per object), both trained on 1-3 objects, sampled for 1-3 and "
+                           "8-10 objects, with the per-count table and the runs compared at 8-10 objects. Writes "
+                           "DIR/demo.json and DIR/demo.png.",
                            "With --oracle: exact per-object scores of an object oracle composed beyond the trained "
                            "count, sampled with Euler and Heun against exact joint samples."),
                        formatter_class=_Formatter)
     d.add_argument("--out", metavar="DIR", default="localscore-demo", help="output folder, created if missing")
     d.add_argument("--seed", type=int, default=0, help="random seed of the layouts and the samplers")
     d.add_argument("--samples", metavar="N", type=_int_at_least(1, "images per count"), default=None,
-                   help="images per object count (default: 8; 2 with --quick; --oracle: 256, 64)")
+                   help=f"images per object count (default: {_DEMO_SETTINGS[0]}; {_DEMO_QUICK[0]} with --quick; "
+                   "--oracle: 256, 64)")
     d.add_argument("--steps", metavar="N", type=_int_at_least(1, "sampler steps"), default=None,
-                   help="sampler steps (default: 24; 12 with --quick; --oracle: 48, 24)")
+                   help=f"sampler steps (default: {_DEMO_SETTINGS[1]}; {_DEMO_QUICK[1]} with --quick; --oracle: 48, "
+                   "24)")
+    d.add_argument("--counts", metavar="COUNTS", type=_counts_arg, default=None,
+                   help=f"object counts, e.g. 1..10 or 1,2,3,8 (default: {','.join(map(str, _DEMO_COUNTS))}; "
+                   "not with --oracle)")
     d.add_argument("--quick", action="store_true", help="a small, fast run (CI)")
     d.add_argument("--oracle", action="store_true",
                    help="instead: exact per-object scores of an object oracle, composed beyond the trained count")

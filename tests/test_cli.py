@@ -184,7 +184,7 @@ def test_demo_shipped_models(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 def test_demo_default_settings_and_counts_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # The defaults the README's timing was measured with: 6 images per count at 1-3 and 8-10 objects, 16 Euler
-    # steps, every composition batched into one network call per step. The sampling itself is stubbed here.
+    # steps, the compositions' own strategy choice. The sampling itself is stubbed here.
     from localscore import lengthgen
     from localscore.lengthgen.evaluate import evaluate_sampler
 
@@ -204,7 +204,7 @@ def test_demo_default_settings_and_counts_flag(tmp_path: Path, capsys: pytest.Ca
     monkeypatch.setattr(lengthgen, "evaluate_model", fake)
     assert main(["demo", "--no-progress", "--out", str(tmp_path)]) == 0
     assert [(s["method"], s["counts"], s["per_count"], s["steps"], s["strategy"]) for s in seen] == \
-        [(m, [1, 2, 3, 8, 9, 10], 6, 16, "batched") for m in ("joint", "projective", "projective")]
+        [(m, [1, 2, 3, 8, 9, 10], 6, 16, "auto") for m in ("joint", "projective", "projective")]
     assert "Sampling 6 images for each of 1-3, 8-10 objects (16 Euler steps)" in capsys.readouterr().out
     seen.clear()
     assert main(["demo", "--quick", "--no-progress", "--counts", "1..4", "--out", str(tmp_path)]) == 0
