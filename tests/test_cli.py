@@ -20,7 +20,7 @@ from localscore.lengthgen import MODEL_NAMES, ExperimentConfig, LocalityProfile,
 from localscore.lengthgen.evaluate import CountResult, EvaluationResult, Proportion
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_experiments import tiny_experiment
+from test_lengthgen_experiments import tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
