@@ -19,6 +19,7 @@ Checks of *values* (finiteness, signs, ranges) need the values on the host: on a
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar, Token
 from types import TracebackType
@@ -30,11 +31,15 @@ from torch import Tensor
 from ._errors import LocalScoreError, describe, fail
 
 __all__ = [
+    "MAX_ELEMENTS",
     "CheckScope",
     "as_sigma",
+    "check_elements",
     "check_finite",
     "check_flag",
     "check_image",
+    "check_model",
+    "check_not_meta",
     "check_same_device",
     "check_tensor",
     "checked_call",
@@ -44,6 +49,16 @@ __all__ = [
 ]
 
 ErrorFn = Callable[..., LocalScoreError]
+
+MAX_ELEMENTS = 2**28
+"""The default bound on the number of elements a function of the core allocates for one result (masks
+``[B, K, H, W]``, distance maps, pixel grids, padded condition sets): 268 million, 1 GiB in float32.
+
+Functions that size an allocation from their arguments estimate it from metadata first and raise a
+:class:`~localscore.LocalScoreError` naming this limit above it (see :func:`check_elements`), instead of
+attempting it. Each module that bounds sizes reads its own ``MAX_ELEMENTS`` (``localscore.masks.MAX_ELEMENTS``,
+``localscore.conditions.MAX_ELEMENTS``) at call time, so a user with the memory raises it there.
+"""
 
 
 # ------------------------------------------------------------------------------------------ deferred checks
@@ -83,7 +98,10 @@ class CheckScope:
 
     def require_finite(self, t: Tensor, error: ErrorFn, *args: Any) -> None:
         """Record that ``t`` must hold only finite values (its minimum and maximum, computed on the device);
-        ``error(*args)`` builds the error raised if it does not."""
+        ``error(*args)`` builds the error raised if it does not. Skipped for a tensor wrapped by a
+        :mod:`torch.func` transform (vmap, jvp, grad): its values cannot be read back after the transform."""
+        if _transformed(t):
+            return
         try:
             lo, hi = torch.aminmax(t.detach() if t.requires_grad else t)  # NaN propagates; +-inf in max or min
         except RuntimeError:  # an empty tensor has nothing to check
@@ -132,6 +150,12 @@ class CheckScope:
         info = self.step_info(step) if self.step_info is not None else f"step {step}"
         return LocalScoreError(f"{err}\n  Found at {info} of {self.where}, which checks values on the device "
                                "and raises once, at the end of the call.")
+
+
+def _transformed(t: Tensor) -> bool:
+    """Whether ``t`` is wrapped by a :mod:`torch.func` transform (a batched or dual tensor of vmap / jvp / grad)."""
+    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return wrapped is not None and bool(wrapped(t))
 
 
 def _passed(values: tuple[Tensor, ...], finite: bool) -> bool:
@@ -234,6 +258,75 @@ def check_flag(bad: Tensor, error: ErrorFn) -> None:
         scope.require_false(bad, error)
 
 
+def check_elements(count: int, limit: int, where: str, what: str, fix: str, *, limit_name: str = "MAX_ELEMENTS"
+                   ) -> None:
+    """Raise before allocating when ``count`` elements (computed from metadata) exceed ``limit``.
+
+    ``what`` describes the allocation (``"masks [B, K, H, W] = [1, 2, 10**9, 10**9]"``), ``limit_name`` names
+    the setting that holds ``limit`` and ``fix`` says how to stay below it.
+    """
+    if count > limit:
+        size = f"{count:.3g}" if count <= sys.float_info.max else f"about 10**{len(str(count)) - 1}"
+        raise fail(where, f"{what} would hold {size} elements, over the limit {limit_name} = {limit:,} "
+                   "(checked before allocating).",
+                   f"{fix} (or raise {limit_name} if the memory is really there).")
+
+
+def check_not_meta(t: Tensor, where: str, name: str) -> None:
+    """Raise for a tensor on the ``meta`` device, which has a shape but no values to compute with."""
+    if t.device.type == "meta":
+        raise fail(where, f"argument `{name}` is on the meta device (a shape without values), but this function "
+                   "computes with its values.",
+                   f"create `{name}` on a real device, e.g. `{name}.to_empty(device='cpu')` filled with data, or "
+                   "`torch.randn(shape, device='cpu')`.")
+
+
+def _chain(obj: Any) -> list[Any]:
+    """``obj`` and what it wraps, through the usual attributes (``inner``, ``denoiser``, ``model``,
+    ``background``), at most 8 deep."""
+    out: list[Any] = []
+    while obj is not None and len(out) < 8 and all(o is not obj for o in out):
+        out.append(obj)
+        obj = next((getattr(obj, a) for a in ("inner", "denoiser", "model", "background")
+                    if getattr(obj, a, None) is not None), None)
+    return out
+
+
+def _first_parameter(chain: list[Any]) -> Tensor | None:
+    """The first floating-point parameter of the first :class:`torch.nn.Module` of the chain that has one
+    (parameters only: buffers such as a DDPM table may keep another dtype by design)."""
+    for obj in chain:
+        if isinstance(obj, torch.nn.Module):
+            p = next((t for t in obj.parameters() if t.is_floating_point()), None)
+            if p is not None:
+                return p
+    return None
+
+
+def check_model(model: Any, x: Tensor, where: str, name: str = "denoiser") -> None:
+    """Raise when the parameters of ``model`` are in another dtype or on another device than ``x``.
+
+    Metadata only (no host sync): the first floating-point parameter of the model, found through the adapters'
+    ``inner`` chain, is compared with ``x``. Models without parameters (functions, oracles) pass. The dtype is
+    not compared under :func:`torch.autocast` for ``x``'s device, nor for a model that converts its inputs to its
+    own dtype by design and says so with the class attribute ``casts_inputs = True`` (the diffusers adapter).
+    """
+    chain = _chain(model)
+    p = _first_parameter(chain)
+    if p is None:
+        return
+    if p.device != x.device:
+        raise fail(where, f"`{name}` has its parameters on {p.device} but `x` is on {x.device}.",
+                   f"move one to the other: `{name}.to({str(x.device)!r})` or `x.to({str(p.device)!r})`.")
+    if p.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
+        return
+    if any(getattr(type(o), "casts_inputs", False) for o in chain):
+        return
+    raise fail(where, f"`{name}` has {p.dtype} parameters but `x` is {x.dtype}.",
+               f"convert one to the other: `{name}.to({x.dtype})` or `x.to({p.dtype})`; for mixed "
+               "precision, run the call under `torch.autocast`.")
+
+
 def check_tensor(value: Any, where: str, name: str) -> Tensor:
     """Raise unless ``value`` is a floating-point tensor; return it."""
     if not isinstance(value, torch.Tensor):
@@ -270,6 +363,7 @@ def check_image(x: Any, where: str, name: str = "x", *, finite: bool = True) -> 
     if x.shape[0] == 0:
         raise fail(where, f"argument `{name}` has an empty batch (shape {tuple(x.shape)}).",
                    "pass at least one image.")
+    check_not_meta(x, where, name)
     if finite:
         check_finite(x, where, name)
     return x

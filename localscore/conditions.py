@@ -22,12 +22,27 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import torch
 from torch import Tensor
 
-from ._checks import check_same_device, current_scope
+from ._checks import MAX_ELEMENTS as _MAX_ELEMENTS
+from ._checks import check_elements, check_same_device, current_scope
 from ._errors import LocalScoreError, describe, fail
 
 __all__ = ["ConditionSet", "Conditions"]
 
 _Index = int | slice | Sequence[int] | Tensor
+
+
+MAX_ELEMENTS = _MAX_ELEMENTS
+"""The most elements a method of :class:`Conditions` allocates for one result (``pos``, ``attr`` and ``valid``
+together): ``pad_to``, ``empty`` and ``repeat_interleave`` check the size from metadata first and raise a
+:class:`~localscore.LocalScoreError` above it, before allocating. Read at call time: raise
+``localscore.conditions.MAX_ELEMENTS`` if the memory is there."""
+
+
+def _check_slots(B: int, K: int, A: int | None, where: str) -> None:
+    """Bound a ``[B, K]`` set (``pos [B, K, 2]``, ``attr [B, K, A]``, ``valid [B, K]``) by :data:`MAX_ELEMENTS`."""
+    check_elements(B * K * (3 + (A or 0)), MAX_ELEMENTS, where, f"a set of B = {B:,} images with K = {K:,} slots",
+                   "pad to the largest count a batch really holds (`cat` and `compact` do it for you)",
+                   limit_name="localscore.conditions.MAX_ELEMENTS")
 
 
 def _bad_object(bad: Tensor, pos: Tensor) -> LocalScoreError:
@@ -134,7 +149,8 @@ class Conditions:
     Args:
         pos: ``[B, K, 2]`` floating positions ``(row, col)`` in pixels. Valid slots must be finite;
             the values of padding slots are ignored (and zeroed in the stored copy if not finite).
-        attr: optional ``[B, K, A]`` floating attributes (``A >= 1``).
+        attr: optional ``[B, K, A]`` floating attributes (``A >= 1``), stored in ``pos``'s dtype (a set has one
+            dtype: ``attr`` of another floating dtype is converted, as :meth:`to` would).
         valid: optional ``[B, K]`` bool mask; ``None`` means every slot is a real object.
 
     Raises:
@@ -197,6 +213,8 @@ class Conditions:
             if not attr.is_floating_point():
                 raise fail(where, f"argument `attr` has dtype {attr.dtype}, expected a floating dtype.",
                            "convert it (e.g. one-hot class ids) with `attr.float()`.")
+            if attr.dtype != pos.dtype:  # one dtype per set (`dtype` is pos's): attr follows it, as `to` does
+                attr = attr.to(pos.dtype)
         check_same_device(where, pos=pos, valid=valid, attr=attr)
         if pos.device.type == "meta":  # no values to check (shape-only tensors, e.g. to emulate a device)
             object.__setattr__(self, "pos", pos)
@@ -365,6 +383,8 @@ class Conditions:
             raise fail("Conditions.empty", f"`batch_size` is {batch_size!r}, expected an int >= 1.")
         if attr_dim is not None and (isinstance(attr_dim, bool) or not isinstance(attr_dim, int) or attr_dim < 1):
             raise fail("Conditions.empty", f"`attr_dim` is {attr_dim!r}, expected None or an int >= 1.")
+        check_elements(batch_size, MAX_ELEMENTS, "Conditions.empty", f"a batch of {batch_size:,} empty sets",
+                       "pass the batch size of your images", limit_name="localscore.conditions.MAX_ELEMENTS")
         dtype = dtype or torch.get_default_dtype()
         pos = torch.zeros(batch_size, 0, 2, dtype=dtype, device=device)
         attr = None if attr_dim is None else torch.zeros(batch_size, 0, attr_dim, dtype=dtype, device=device)
@@ -528,6 +548,7 @@ class Conditions:
                        "use `compact()` to remove padding first.")
         if num_slots == K:
             return self
+        _check_slots(self.batch_size, num_slots, self.attr_dim, "Conditions.pad_to")
         extra = num_slots - K
         B = self.batch_size
         pos = torch.cat([self.pos, self.pos.new_zeros(B, extra, 2)], 1)
@@ -581,6 +602,7 @@ class Conditions:
         """Repeat every image ``repeats`` times along the batch (as ``torch.repeat_interleave``)."""
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise fail("Conditions.repeat_interleave", f"`repeats` is {repeats!r}, expected an int >= 1.")
+        _check_slots(self.batch_size * repeats, self.num_slots, self.attr_dim, "Conditions.repeat_interleave")
         attr = None if self.attr is None else self.attr.repeat_interleave(repeats, 0)
         return Conditions._derived(self.pos.repeat_interleave(repeats, 0), attr,
                                    self.valid.repeat_interleave(repeats, 0))

@@ -24,13 +24,23 @@ A wrapped network is called as ``F(x_in, noise_in, cond)``; wrap a network witho
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from ._checks import as_sigma, check_flag, check_image, check_tensor, checked_call, current_scope, trusted
+from ._checks import (
+    as_sigma,
+    check_flag,
+    check_image,
+    check_model,
+    check_tensor,
+    checked_call,
+    current_scope,
+    trusted,
+)
 from ._checks import vouch as _vouch  # inputs an adapter derived from checked ones (c_in * x)
 from ._errors import LocalScoreError, describe, fail
 from .conditions import ConditionSet
@@ -228,6 +238,23 @@ def _as_module_or_callable(model: Network, where: str) -> Network:
     return model
 
 
+def _check_bool(value: Any, where: str, name: str) -> bool:
+    """Raise unless ``value`` is a bool (a string such as ``"yes"`` or an int is not silently truthy)."""
+    if not isinstance(value, bool):
+        raise fail(where, f"`{name}` is {describe(value)}, expected True or False.",
+                   f"pass `{name}=True` or `{name}=False`.")
+    return value
+
+
+def _check_sigma_data(value: Any, where: str) -> float:
+    """Raise unless ``value`` is a finite real number > 0 (the data's standard deviation)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= sys.float_info.max
+    if not ok:  # compared exactly: an int beyond float64 never reaches float()
+        raise fail(where, f"`sigma_data` is {describe(value)}, expected a finite float > 0 (the standard deviation "
+                   "of the training data).", "pass e.g. sigma_data=0.5 (EDM's default for images in [-1, 1]).")
+    return float(value)
+
+
 def _col(c: Tensor, x: Tensor) -> Tensor:
     """``c [B]`` as ``[B, 1, 1, 1]``, broadcast over ``x [B, C, H, W]``."""
     return c.view(-1, *([1] * (x.dim() - 1)))
@@ -262,21 +289,28 @@ class _Adapter(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor | float, cond: ConditionSet | None = None) -> Tensor:
         """``D(x [B, C, H, W], sigma [B] or float, cond) -> [B, C, H, W]``.
 
-        The inputs are checked here, once; the network runs inside a checked call (see
-        :func:`~localscore.denoisers.call_denoiser`), so nested checks do not read values back.
+        The inputs are checked here, once: shapes and values, and (metadata only) that the wrapped network's
+        parameters have ``x``'s dtype and device. The network runs inside a checked call (see
+        :func:`~localscore.denoisers.call_denoiser`), so nested checks do not read values back. Called from user
+        code, a non-finite output raises here; called by a sampler or a composition, the output's finiteness is
+        recorded on the device and the caller raises at the end of its call, naming the step.
         """
         if trusted(x, sigma):  # called by a sampler or a composition with inputs it has checked
             s = cast(Tensor, sigma)  # trusted() holds only for a vouched tensor [B]
+            check_model(self.inner, x, self._where, "net")  # metadata only: no host sync
             self._check_sigma(s)
             return self._denoise(x, s, cond)
         x = check_image(x, self._where)
+        check_model(self.inner, x, self._where, "net")
         s = as_sigma(sigma, x.shape[0], self._where, like=x)
         self._check_sigma(s)
         if current_scope() is not None:  # nested in a sampler or composition: its scope holds x and s
             return self._denoise(x, s, cond)
-        with checked_call(self._where) as scope:
+        with checked_call(self._where) as scope:  # called from user code: the output is checked here
             scope.vouch(x, s)
-            return self._denoise(x, s, cond)
+            out = self._denoise(x, s, cond)
+            scope.require_finite(out, _non_finite_output, self._where, "the wrapped model", s)
+            return out
 
     def _denoise(self, x: Tensor, s: Tensor, cond: ConditionSet | None) -> Tensor:
         c_skip, c_out, c_in = (_col(c, x) for c in self.get_scalings(s))
@@ -320,7 +354,7 @@ class EpsilonDenoiser(_Adapter):
     def __init__(self, model: Network, *, vp_input: bool = True,
                  noise_input: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__(model, noise_input)
-        self.vp_input = vp_input
+        self.vp_input = _check_bool(vp_input, self._where, "vp_input")
 
     def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(1, -sigma, 1 / sqrt(sigma**2 + 1) or 1)`` for ``sigma [B]``."""
@@ -349,9 +383,7 @@ class VDenoiser(_Adapter):
     def __init__(self, model: Network, *, sigma_data: float = 1.0,
                  noise_input: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__(model, noise_input)
-        if not sigma_data > 0:
-            raise fail(self._where, f"`sigma_data` is {sigma_data!r}, expected a positive float.")
-        self.sigma_data = float(sigma_data)
+        self.sigma_data = _check_sigma_data(sigma_data, self._where)
 
     def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(c_skip, c_out, c_in)`` of the class docstring for ``sigma [B]``."""
@@ -379,7 +411,7 @@ class X0Denoiser(_Adapter):
     def __init__(self, model: Network, *, vp_input: bool = True,
                  noise_input: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__(model, noise_input)
-        self.vp_input = vp_input
+        self.vp_input = _check_bool(vp_input, self._where, "vp_input")
 
     def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(0, 1, 1 / sqrt(sigma**2 + 1) or 1)`` for ``sigma [B]``."""
@@ -430,9 +462,7 @@ class EDMPreconditioner(_Adapter):
 
     def __init__(self, model: Network, *, sigma_data: float = 0.5) -> None:
         super().__init__(model, None)
-        if not sigma_data > 0:
-            raise fail(self._where, f"`sigma_data` is {sigma_data!r}, expected a positive float.")
-        self.sigma_data = float(sigma_data)
+        self.sigma_data = _check_sigma_data(sigma_data, self._where)
 
     def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(c_skip, c_out, c_in)`` of the class docstring for ``sigma [B]``."""

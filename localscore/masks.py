@@ -26,7 +26,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from ._checks import as_sigma, check_flag
+from ._checks import MAX_ELEMENTS as _MAX_ELEMENTS
+from ._checks import as_sigma, check_elements, check_flag
 from ._errors import describe, fail
 from .conditions import Conditions
 
@@ -53,7 +54,15 @@ RadiusSpec = float | int | Tensor | Callable[[Tensor], Any]
 Metric = Literal["euclidean", "chebyshev"]
 
 
-def _check_size(size: Any, where: str) -> tuple[int, int]:
+MAX_ELEMENTS = _MAX_ELEMENTS
+"""The most elements a function of this module allocates for one result (``[B, K, H, W]`` masks and distances,
+``[H, W, 2]`` pixel grids): the size is checked from metadata first and anything larger raises a
+:class:`~localscore.LocalScoreError` before allocating. Read at call time: raise
+``localscore.masks.MAX_ELEMENTS`` if the memory is there."""
+
+
+def _check_size(size: Any, where: str, cond: Conditions | None = None) -> tuple[int, int]:
+    """``(H, W)`` from ``size``; with ``cond``, also bound the ``[B, K, H, W]`` result by :data:`MAX_ELEMENTS`."""
     if (
         not isinstance(size, (tuple, list, torch.Size))
         or len(size) != 2
@@ -61,7 +70,13 @@ def _check_size(size: Any, where: str) -> tuple[int, int]:
     ):
         raise fail(where, f"`size` is {describe(size)}, expected (H, W), two positive ints.",
                    "pass the image size, e.g. `x.shape[-2:]`.")
-    return int(size[0]), int(size[1])
+    H, W = int(size[0]), int(size[1])
+    B, K = (1, 2) if cond is None else (cond.batch_size, cond.num_slots)
+    shape = [H, W, 2] if cond is None else [B, K, H, W]
+    check_elements(math.prod(shape), MAX_ELEMENTS, where, f"the result {shape}", "pass the image size, e.g. "
+                   "`x.shape[-2:]`, and build masks for fewer images or slots at a time",
+                   limit_name="localscore.masks.MAX_ELEMENTS")
+    return H, W
 
 
 def _check_cond(cond: Any, where: str) -> Conditions:
@@ -146,7 +161,7 @@ def distances(cond: Conditions, size: tuple[int, int], metric: Metric = "euclide
     """
     where = "distances"
     cond = _check_cond(cond, where)
-    H, W = _check_size(size, where)
+    H, W = _check_size(size, where, cond)
     if metric not in ("euclidean", "chebyshev"):
         raise fail(where, f"`metric` is {metric!r}, expected 'euclidean' or 'chebyshev'.")
     if metric == "chebyshev":
@@ -179,7 +194,7 @@ def resolve_radius(spec: RadiusSpec, cond: Conditions, sigma: Any, where: str, n
     if isinstance(value, bool):
         raise fail(where, f"`{name}` is a bool, expected a size in pixels.")
     if isinstance(value, (int, float)):
-        v = float(value)
+        v = float(value) if abs(value) <= torch.finfo(torch.float64).max else math.inf  # an int beyond float64
         if not (math.isfinite(v) and 0 <= v <= torch.finfo(cond.dtype).max):  # checked here, on the host
             raise fail(where, f"`{name}` holds invalid sizes {[v] * min(6, B * K)}; expected finite values >= 0.",
                        "radii are distances in pixels; use 0 for 'the conditioner's own pixel only'.")
@@ -218,7 +233,7 @@ def disc_masks(cond: Conditions, size: tuple[int, int], radius: RadiusSpec, *, s
     where = "disc_masks"
     cond = _check_cond(cond, where)
     r = resolve_radius(radius, cond, sigma, where)
-    return _squared_distances(cond, _check_size(size, where)) <= _sqrt_threshold(r)[:, :, None, None]
+    return _squared_distances(cond, _check_size(size, where, cond)) <= _sqrt_threshold(r)[:, :, None, None]
 
 
 def box_masks(cond: Conditions, size: tuple[int, int], half_size: RadiusSpec, *, sigma: Any = None) -> Tensor:
@@ -235,7 +250,7 @@ def box_masks(cond: Conditions, size: tuple[int, int], half_size: RadiusSpec, *,
     where = "box_masks"
     cond = _check_cond(cond, where)
     r = resolve_radius(half_size, cond, sigma, where, "half_size")
-    return distances(cond, size, "chebyshev") <= r[:, :, None, None]
+    return distances(cond, _check_size(size, where, cond), "chebyshev") <= r[:, :, None, None]
 
 
 def gaussian_masks(cond: Conditions, size: tuple[int, int], std: RadiusSpec, *, sigma: Any = None,
@@ -258,7 +273,7 @@ def gaussian_masks(cond: Conditions, size: tuple[int, int], std: RadiusSpec, *, 
     s = resolve_radius(std, cond, sigma, where, "std")[:, :, None, None]
     if truncate is not None and not truncate > 0:
         raise fail(where, f"`truncate` is {truncate!r}, expected a positive number of standard deviations.")
-    d2 = _squared_distances(cond, _check_size(size, where))
+    d2 = _squared_distances(cond, _check_size(size, where, cond))
     finite = torch.isfinite(d2)
     zero = torch.zeros((), dtype=d2.dtype, device=d2.device)
     d0 = torch.where(finite, d2, zero)  # squared distance, 0 for padding
@@ -282,7 +297,7 @@ def nearest_conditioner(cond: Conditions, size: tuple[int, int], *, max_distance
     """
     where = "nearest_conditioner"
     cond = _check_cond(cond, where)
-    H, W = _check_size(size, where)
+    H, W = _check_size(size, where, cond)
     B = cond.batch_size
     if cond.num_slots == 0:
         return torch.full((B, H, W), -1, dtype=torch.long, device=cond.device)

@@ -43,7 +43,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import CheckScope, as_sigma, check_finite, check_flag, check_tensor, checked_call, unchecked_section
+from ._checks import (
+    CheckScope,
+    as_sigma,
+    check_finite,
+    check_flag,
+    check_model,
+    check_not_meta,
+    check_tensor,
+    checked_call,
+    unchecked_section,
+)
 from ._errors import describe, fail
 from .conditions import Conditions
 from .denoisers import call_denoiser, tweedie
@@ -74,13 +84,15 @@ LogProb = Callable[..., Tensor]
 
 
 # ------------------------------------------------------------------------------------------- validation
-def _check_x(x: Any, where: str) -> Tensor:
-    x = check_tensor(x, where, "x")
+def _check_x(x: Any, where: str, name: str = "x") -> Tensor:
+    x = check_tensor(x, where, name)
     if x.dim() != 4:
-        raise fail(where, f"argument `x` has shape {tuple(x.shape)}, expected [B, C, H, W] (4 dimensions).",
-                   "add a batch dimension with `x[None]` for one image, or reshape to [B, C, H, W].")
+        raise fail(where, f"argument `{name}` has shape {tuple(x.shape)}, expected [B, C, H, W] (4 dimensions).",
+                   f"add a batch dimension with `{name}[None]` for one image, or reshape to [B, C, H, W].")
     if x.shape[0] == 0:
-        raise fail(where, f"argument `x` has an empty batch (shape {tuple(x.shape)}).", "pass at least one image.")
+        raise fail(where, f"argument `{name}` has an empty batch (shape {tuple(x.shape)}).",
+                   "pass at least one image.")
+    check_not_meta(x, where, name)
     return x
 
 
@@ -90,6 +102,7 @@ def _check_common(where: str, denoiser: Any, x: Any, cond: Any, generator: Any, 
         raise fail(where, f"argument `denoiser` is {describe(denoiser)}, expected a callable D(x, sigma, cond).",
                    "pass a localscore denoiser, an oracle, or any function of (x, sigma, cond).")
     x = _check_x(x, where)
+    check_model(denoiser, x, where)  # metadata only: the parameters' dtype and device against x's
     if cond is not None:
         if not isinstance(cond, Conditions):
             raise fail(where, f"argument `cond` is {describe(cond)}, expected localscore.Conditions or None.",
@@ -1420,7 +1433,7 @@ def log_prob_difference(denoiser: Any, x: Tensor, x_new: Tensor, sigma: Any, con
     """
     where = "log_prob_difference"
     x, cond = _check_common(where, denoiser, x, cond, None, None, False)
-    x_new = _check_x(x_new, where)
+    x_new = _check_x(x_new, where, "x_new")
     if x_new.shape != x.shape:
         raise fail(where, f"argument `x_new` has shape {tuple(x_new.shape)} but `x` has {tuple(x.shape)}; "
                    "expected the same shape.")

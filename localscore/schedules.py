@@ -15,6 +15,7 @@ cosine schedules) and discrete ``alphas_cumprod`` tables to and from ``sigma``.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
@@ -38,19 +39,41 @@ __all__ = [
 ]
 
 
+MAX_STEPS = 1_000_000
+"""The largest grid (``n`` of the grid builders, ``num_timesteps`` of :func:`ddpm_alphas_cumprod`) built before
+refusing: a longer one is almost surely a mistake (``--steps 1000000000`` would allocate 8 GB). Read at call
+time: set ``localscore.schedules.MAX_STEPS`` higher if you mean it."""
+
+
 # ----------------------------------------------------------------------------------------------- checks
-def _check_n(n: Any, where: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise fail(where, f"argument `n` is {describe(n)}, expected an int >= 1 (the number of steps).",
-                   "pass the number of sampler steps, e.g. n=50.")
+def _check_n(n: Any, where: str, name: str = "n", minimum: int = 1) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < minimum:
+        raise fail(where, f"argument `{name}` is {describe(n)}, expected an int >= {minimum} (the number of steps).",
+                   f"pass the number of steps, e.g. {name}={50 if minimum == 1 else 1000}.")
+    if n > MAX_STEPS:
+        raise fail(where, f"argument `{name}` is {describe(n)}, over the limit MAX_STEPS = {MAX_STEPS:,} (checked "
+                   "before allocating the grid).",
+                   f"pass a smaller `{name}` (samplers need tens to a few thousand steps), or raise "
+                   "localscore.schedules.MAX_STEPS if you mean it.")
     return n
+
+
+def _check_grid_finite(grid: Tensor, where: str, what: str, fix: str) -> None:
+    """Raise when a grid built on the host (float64, CPU: no device sync) overflowed to inf or NaN."""
+    if not bool(torch.isfinite(grid).all()):
+        bad = int((~torch.isfinite(grid)).sum())
+        raise fail(where, f"{what}: {bad} of its {grid.numel()} values overflow {grid.dtype} (largest finite "
+                   f"{torch.finfo(grid.dtype).max:.4g}); a grid of inf is no noise schedule.", fix)
 
 
 def _check_positive(value: Any, where: str, name: str, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise fail(where, f"argument `{name}` is {describe(value)}, expected a float.",
                    f"pass `{name}` as a Python float.")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond float64
+        v = math.inf if value > 0 else -math.inf
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         raise fail(where, f"argument `{name}` is {v!r}, expected a finite value {'>= 0' if allow_zero else '> 0'}.")
     return v
@@ -78,6 +101,10 @@ def _finish(grid64: Tensor, append_zero: bool, dtype: Any, device: Any, where: s
     if not isinstance(append_zero, bool):
         raise fail(where, f"argument `append_zero` is {describe(append_zero)}, expected a bool.")
     dt = _check_dtype(dtype, where)
+    fix = ("keep sigma_max and rho moderate (EDM: sigma_max=80, rho=7), or build the grid in float64 "
+           "(dtype=torch.float64).")
+    _check_grid_finite(grid64, where, "the grid", fix)
+    _check_grid_finite(grid64.to(dt), where, f"the grid in dtype {dt}", fix)
     if append_zero:
         grid64 = torch.cat([grid64, grid64.new_zeros(1)])
     return grid64.to(dtype=dt, device=device)
@@ -88,6 +115,9 @@ def _as_float64(value: Any, where: str, name: str) -> tuple[Tensor, torch.dtype 
     if isinstance(value, bool):
         raise fail(where, f"argument `{name}` is a bool, expected a float or a floating tensor.")
     if isinstance(value, (int, float)):
+        if isinstance(value, int) and abs(value) > sys.float_info.max:
+            raise fail(where, f"argument `{name}` is {describe(value)}, beyond the range of float64.",
+                       f"pass `{name}` as a finite float.")
         return torch.tensor(float(value), dtype=torch.float64), None
     t = check_tensor(value, where, name)
     return t.double(), t.dtype
@@ -131,7 +161,12 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
         grid = torch.tensor([hi], dtype=torch.float64)
     else:
         ramp = torch.linspace(0, 1, n, dtype=torch.float64)
-        max_inv_rho, min_inv_rho = hi ** (1 / rho), lo ** (1 / rho)
+        try:
+            max_inv_rho, min_inv_rho = hi ** (1 / rho), lo ** (1 / rho)
+        except OverflowError:
+            raise fail(where, f"sigma_max ** (1 / rho) = {hi!r} ** (1 / {rho!r}) overflows float64 (largest finite "
+                       f"{torch.finfo(torch.float64).max:.4g}).",
+                       "use rho >= 1 (EDM: rho=7) or a smaller sigma_max.") from None
         grid = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
         grid[0], grid[-1] = hi, lo  # remove round-off at the ends
     return _finish(grid, append_zero, dtype, device, where)
@@ -198,7 +233,17 @@ def vp_linear_t_to_sigma(t: Any, beta_min: float = 0.1, beta_max: float = 20.0) 
     t64, dt = _as_float64(t, where, "t")
     _check_nonneg_values(t64, where, "t")
     sigma = torch.sqrt(torch.expm1(b0 * t64 + 0.5 * (b1 - b0) * t64**2))
-    return _back(sigma, dt)
+    out = _back(sigma, dt)
+    finite = math.isfinite(out) if dt is None else (out.device.type == "meta" or bool(torch.isfinite(out).all()))
+    if not finite:
+        # sigma(t) overflows when the exponent e(t) = b0 t + (b1 - b0) t**2 / 2 passes L: expm1 overflows float64 at
+        # e = log(max64), and sigma**2 = expm1(e) overflows the result's dtype at e = 2 log(max of that dtype).
+        L = min(math.log(torch.finfo(torch.float64).max), 2 * math.log(torch.finfo(dt or torch.float64).max))
+        t_lim = L / b0 if b1 == b0 else (-b0 + math.sqrt(b0 * b0 + 2 * (b1 - b0) * L)) / (b1 - b0)
+        raise fail(where, f"sigma(t) overflows {dt or torch.float64} for t above {t_lim:.6g} (beta_min = {b0!r}, "
+                   f"beta_max = {b1!r}); the largest t given is {float(t64.max()):.6g}.",
+                   "VP time runs over [0, 1]: pass t in that range (or rescale your time variable).")
+    return out
 
 
 def vp_linear_sigma_to_t(sigma: Any, beta_min: float = 0.1, beta_max: float = 20.0) -> Any:
@@ -442,8 +487,7 @@ def ddpm_alphas_cumprod(num_timesteps: int = 1000, beta_start: float = 1e-4, bet
         (0.9999, 157.41)
     """
     where = "ddpm_alphas_cumprod"
-    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 2:
-        raise fail(where, f"argument `num_timesteps` is {describe(num_timesteps)}, expected an int >= 2.")
+    _check_n(num_timesteps, where, "num_timesteps", 2)
     dt = _check_dtype(dtype, where)
     T = num_timesteps
     if schedule in ("linear", "scaled_linear"):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_image
+from .._checks import as_sigma, check_image, check_model, current_scope
 from .._errors import describe, fail
 
 __all__ = ["KDiffusionDenoiser", "from_k_diffusion"]
@@ -68,10 +68,16 @@ class KDiffusionDenoiser(nn.Module):
         self.extra = dict(extra or {})
 
     def forward(self, x: Tensor, sigma: Any, cond: Any = None) -> Tensor:
-        """``D(x [B, C, H, W], sigma [B] or float, cond) -> [B, C, H, W]``."""
-        x = check_image(x, "KDiffusionDenoiser", finite=False)
-        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-        s = s.expand(x.shape[0]) if s.dim() == 0 else s
+        """``D(x [B, C, H, W], sigma [B] or float, cond) -> [B, C, H, W]``.
+
+        The inputs are checked here (the model's parameters against ``x``'s dtype and device from metadata). Called
+        from user code, a non-finite output raises here; called by a sampler or a composition, the caller records
+        the output's finiteness on the device and raises at the end of its call, naming the step.
+        """
+        where = "KDiffusionDenoiser"
+        x = check_image(x, where, finite=False)
+        check_model(self.inner, x, where, "net")
+        s = as_sigma(sigma, x.shape[0], where, like=x, allow_zero=True)
         kwargs = dict(self.extra)
         if cond is not None:
             kwargs[self.cond_key] = cond
@@ -81,6 +87,9 @@ class KDiffusionDenoiser(nn.Module):
             raise fail("KDiffusionDenoiser", f"the k-diffusion model returned {got}; expected shape {tuple(x.shape)}.",
                        "a k-diffusion model returns the denoised image (wrap eps/v networks with its `external` "
                        "wrappers first).")
+        if current_scope() is None and not bool(torch.isfinite(out).all()):  # user code: one read-back
+            raise fail(where, "the k-diffusion model returned non-finite values at sigma = "
+                       f"{s.flatten()[:4].tolist()}.", "check the model at this noise level.")
         return out
 
 

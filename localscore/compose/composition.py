@@ -9,7 +9,7 @@ from typing import Any, TypedDict
 import torch
 from torch import Tensor
 
-from .._checks import as_sigma, check_image, checked_call
+from .._checks import as_sigma, check_image, check_model, checked_call
 from .._errors import describe, fail
 from ..conditions import Conditions
 from ..denoisers import conditioner_radius, receptive_radius
@@ -302,6 +302,7 @@ class Composition:
             raise fail(where, f"`strategy` is {strategy!r}, expected one of "
                        f"{list(STRATEGIES) if self.crop_size is None else list(STRATEGIES)[:3]}.")
         x = check_image(x, where)
+        self._check_models(x, where)
         s = as_sigma(sigma, x.shape[0], where, like=x)
         with checked_call(where) as scope:
             scope.vouch(x, s)
@@ -334,6 +335,7 @@ class Composition:
         """
         where = "Composition.plan"
         x = check_image(x, where)
+        self._check_models(x, where)
         s = as_sigma(sigma, x.shape[0], where, like=x)
         with checked_call(where) as scope:
             scope.vouch(x, s)
@@ -345,6 +347,12 @@ class Composition:
             return self._choose(x, masks, act, targets, where, static)[0]
 
     # ----------------------------------------------------------------- internals
+    def _check_models(self, x: Tensor, where: str) -> None:
+        """The dtype and device of the denoisers' parameters against ``x`` (metadata only, no host sync)."""
+        check_model(self.background, x, where, "background")
+        for j, c in enumerate(self.components):
+            check_model(c, x, where, f"components[{j}]")
+
     def _parts(self) -> engine.Parts:
         return engine.Parts(self.background, self.components, self.max_batch, self.max_pixels, self._hosts)
 

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .._checks import as_sigma, check_image
+from .._checks import as_sigma, check_image, check_model
 from .._errors import describe, fail
 from ..conditions import Conditions, ConditionSet
 
@@ -157,6 +157,7 @@ def _check_common(fn: Callable[..., Tensor], x: Any, sigma: Any, cond: Any,
     if not callable(fn):
         raise fail(where, f"argument `fn` is {describe(fn)}, expected a callable fn(x, sigma, cond).")
     x = check_image(x, where)
+    check_model(fn, x, where, "fn")
     s = as_sigma(sigma, x.shape[0], where, like=x)
     cond = _for_batch(_check_set(cond, where), x.shape[0], x.device, where)
     if cond.num_slots == 0:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_image
+from .._checks import check_image, check_model
 from .._errors import describe, fail
 from .._repr import summary_repr
 
@@ -410,6 +410,20 @@ def _check_radius(radius: Any, where: str, name: str = "radius") -> int:
     return radius
 
 
+def _check_band(x: Tensor, y: Tensor, R: int, max_memory: int, where: str) -> None:
+    """Raise, before allocating, when the band ``[B, C', H, W, C, P, P]`` (``P = 2R + 1``) exceeds ``max_memory``."""
+    B, C, H, W = x.shape
+    P = 2 * R + 1
+    need = B * y.shape[1] * H * W * C * P * P * y.element_size()
+    if need > max_memory:
+        hint = (f"R = {R} is beyond the image ({H} x {W}): a radius of max(H, W) - 1 = {max(H, W) - 1} already "
+                "covers every pixel, and method='dense' computes the same Jacobian" if R >= max(H, W) - 1
+                else "use method='probes', a smaller batch, or raise `max_memory`")
+        raise fail(where, f"the banded Jacobian of radius R = {R} would take {need / 2**20:.4g} MiB "
+                   f"([B, C', H, W, C, P, P] = {[B, y.shape[1], H, W, C, P, P]}), over `max_memory` = "
+                   f"{max_memory / 2**20:.1f} MiB (checked before allocating).", hint + ".")
+
+
 def _colored(fn: ImageMap, x: Tensor, y: Tensor, R: int, chunk: int) -> BandedJacobian:
     B, C, H, W = x.shape
     Co = y.shape[1]
@@ -707,6 +721,7 @@ def jacobian(
         raise fail(where, f"`fn` is {describe(fn)}, expected a callable map of images.",
                    "wrap a denoiser as `lambda z: D(z, sigma, cond)`.")
     x = check_image(x, where)
+    check_model(fn, x, where, "fn")
     if method not in ("dense", "colored", "probes"):
         raise fail(where, f"`method` is {method!r}, expected 'dense', 'colored' or 'probes'.")
     if isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory < 1:
@@ -747,6 +762,7 @@ def jacobian(
                            "pass radius=R (e.g. `localscore.denoisers.receptive_radius(model)`), or use "
                            "method='dense'.")
             R = _check_radius(radius, where)
+            _check_band(x, y, R, max_memory, where)
             if isinstance(verify, bool) or not isinstance(verify, int) or verify < 0:
                 raise fail(where, f"`verify` is {verify!r}, expected an int >= 0 (number of random probes).")
             P = 2 * R + 1

@@ -20,13 +20,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .._checks import as_sigma, check_image, check_tensor
+from .._checks import as_sigma, check_image, check_model, check_tensor
 from .._errors import describe, fail
 from ..conditions import Conditions
 from ..denoisers import Denoiser, call_denoiser, receptive_radius, tweedie
 from ..masks import distances
 from .influence import _ablation, _gradient
-from .jacobians import BandedJacobian, JacobianProbes, jacobian
+from .jacobians import BandedJacobian, JacobianProbes, _check_radius, jacobian
 from .results import ConditionalLocality, LocalityIndex, PixelLocality
 
 __all__ = ["conditional_locality", "influence_radius", "locality_index", "pixel_locality"]
@@ -62,6 +62,25 @@ def _check_cond(cond: Any, batch: int, device: torch.device, where: str, *, requ
     if not isinstance(cond, Conditions):
         raise fail(where, f"`cond` is {describe(cond)}, expected a localscore.Conditions or None.")
     return cond.check_batch(batch, where, device=device)
+
+
+def _check_measurable(cond: Conditions, size: tuple[int, int], where: str) -> None:
+    """Raise for a set with no valid conditioner, or a valid one off the image (its influence and radius would be
+    undefined: NaN), naming the first such object."""
+    H, W = size
+    if cond.num_slots == 0 or not bool(cond.valid.any()):
+        raise fail(where, f"`cond` holds no valid conditioner (K = {cond.num_slots}, counts "
+                   f"{cond.counts().tolist()[:8]}): there is nothing to measure, and the result would be NaN.",
+                   "pass the conditioners whose influence you want (at least one valid slot).")
+    r, c = cond.pos[..., 0], cond.pos[..., 1]
+    off = cond.valid & ((r < -0.5) | (r > H - 0.5) | (c < -0.5) | (c > W - 0.5))
+    if bool(off.any()):
+        b, k = (int(v) for v in off.nonzero()[0].tolist())
+        raise fail(where, f"object {k} of image {b} is off the image: position {cond.pos[b, k].tolist()} outside "
+                   f"the {H} x {W} pixel grid (rows and cols from -0.5 to H - 0.5, W - 0.5); its influence "
+                   "radius and locality index would be NaN.",
+                   "measure objects on the image: drop or mark it invalid (`cond.ablate(k)`), or check the "
+                   "positions' units (pixels, (row, col)).")
 
 
 def _canvas_distances(Dm: int, metric: Metric, device: torch.device) -> Tensor:
@@ -210,7 +229,10 @@ def pixel_locality(
     if not callable(denoiser):
         raise fail(where, f"`denoiser` is {describe(denoiser)}, expected a callable D(x, sigma, cond).")
     x = check_image(x, where).detach()
+    check_model(denoiser, x, where)
     metric = _check_metric(metric, where)
+    if radius is not None:
+        _check_radius(radius, where)
     if method not in ("auto", "dense", "colored", "probes"):
         raise fail(where, f"`method` is {method!r}, expected 'auto', 'dense', 'colored' or 'probes'.")
     if target not in ("denoiser", "score"):
@@ -348,6 +370,10 @@ def locality_index(
         if (cond.batch_size, cond.num_slots) != (B, K):
             raise fail(where, f"`cond` has B = {cond.batch_size}, K = {cond.num_slots}; `influence` has "
                        f"B = {B}, K = {K}.", "pass the conditioners the influence maps belong to.")
+    if K == 0 or (cond is not None and not bool(cond.valid.any())):
+        raise fail(where, f"no valid conditioner (K = {K} slots, none of them a real object): the index would be "
+                   "the mean over nothing (NaN).",
+                   "pass the influence maps of at least one valid conditioner.")
     m = _regions(regions, cond, (H, W), None, metric, where)
     if m.shape != influence.shape:
         raise fail(where, f"`regions` has shape {tuple(m.shape)}, expected {tuple(influence.shape)} like "
@@ -471,9 +497,11 @@ def conditional_locality(
     if not callable(denoiser):
         raise fail(where, f"`denoiser` is {describe(denoiser)}, expected a callable D(x, sigma, cond).")
     x = check_image(x, where).detach()
+    check_model(denoiser, x, where)
     B, _, H, W = x.shape
     c = _check_cond(cond, B, x.device, where, required=True)
     assert c is not None
+    _check_measurable(c, (H, W), where)
     metric = _check_metric(metric, where)
     meths = tuple(methods)
     if not meths or any(m not in ("ablation", "gradient") for m in meths) or len(set(meths)) != len(meths):

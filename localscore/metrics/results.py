@@ -162,14 +162,16 @@ class LocalityIndex(_Result):
       ``u[b, k, i] = max_{k' != k, valid} m[b, k', i]`` (the union of the other objects' regions),
     * ``index = mean(inside[valid])``, ``on_others_mean = mean(on_others[valid])``.
 
-    ``valid`` marks real conditioners with nonzero total influence; the others hold NaN.
+    ``valid`` marks real conditioners with nonzero total influence; the others hold NaN (a defined value: a
+    padding slot, or an object the model ignores, has no share to report). A set with no valid conditioner at
+    all is refused by :func:`~localscore.metrics.locality_index` with a :class:`~localscore.LocalScoreError`.
 
     Attributes:
         inside: ``[B, K]``.
         on_others: ``[B, K]``.
         valid: ``[B, K]`` bool.
         total: ``[B, K]`` the total influence ``sum_i I[b, k, i]``.
-        index: the conditional locality index (NaN when no conditioner is valid).
+        index: the conditional locality index (NaN when every conditioner has zero influence).
         on_others_mean: the mean share on other objects' regions.
     """
 

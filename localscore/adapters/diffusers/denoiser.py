@@ -98,6 +98,8 @@ def _prediction_type(scheduler: Any, given: str | None, where: str) -> str:
 class _ModelCall(nn.Module):
     """``(x_in, t, prompt) -> raw model output`` for diffusers' UNet / transformer call conventions."""
 
+    casts_inputs = True  # the inputs go to the model's dtype and the output back (fp16 UNets, float32 sampling)
+
     def __init__(self, model: nn.Module, where: str) -> None:
         super().__init__()
         if not callable(model):
