@@ -313,15 +313,16 @@ class _Adapter(nn.Module):
             return out
 
     def _denoise(self, x: Tensor, s: Tensor, cond: ConditionSet | None) -> Tensor:
-        c_skip, c_out, c_in = (_col(c, x) for c in self.get_scalings(s))
-        x_in = x * c_in
+        c_skip, c_out, c_in = self.get_scalings(s)
+        col = (-1,) + (1,) * (x.dim() - 1)  # [B] -> [B, 1, 1, 1], broadcast over x
+        x_in = x * c_in.view(col)
         _vouch(x_in)
         out = self.inner(x_in, self.c_noise(s), cond)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else describe(out)
             raise fail(self._where, f"the wrapped model returned {got} for input shape {tuple(x.shape)}; "
                        "expected a tensor of the same shape.")
-        return c_skip * x + c_out * out
+        return c_skip.view(col) * x + c_out.view(col) * out
 
 
 def _vp_scale(s: Tensor, sigma_data: float) -> Tensor:
@@ -467,9 +468,11 @@ class EDMPreconditioner(_Adapter):
     def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(c_skip, c_out, c_in)`` of the class docstring for ``sigma [B]``."""
         sd = self.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / torch.sqrt(sigma**2 + sd**2)
-        c_in = 1.0 / torch.sqrt(sigma**2 + sd**2)
+        s2 = sigma**2 + sd**2  # sigma**2 + sigma_data**2, and its root, computed once
+        root = torch.sqrt(s2)
+        c_skip = sd**2 / s2
+        c_out = sigma * sd / root
+        c_in = 1.0 / root
         return c_skip, c_out, c_in
 
     def c_noise(self, sigma: Tensor) -> Tensor:
