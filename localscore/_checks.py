@@ -69,7 +69,7 @@ class CheckScope:
     describes step ``i`` in the error message (default ``"step i"``).
     """
 
-    __slots__ = ("_entries", "_vouched", "step", "step_info", "where")
+    __slots__ = ("_entries", "_models", "_vouched", "step", "step_info", "where")
 
     def __init__(self, where: str) -> None:
         self.where = where
@@ -77,6 +77,17 @@ class CheckScope:
         self.step_info: Callable[[int], str] | None = None
         self._entries: list[tuple[int | None, tuple[Tensor, ...], bool, ErrorFn, tuple[Any, ...]]] = []
         self._vouched: dict[int, Tensor] = {}
+        self._models: dict[tuple[int, torch.dtype, torch.device], Any] = {}
+
+    def check_model(self, model: Any, x: Tensor, where: str, name: str = "denoiser") -> None:
+        """:func:`check_model`, once per scope for each model, dtype and device: a sampler's nested denoiser
+        calls pay a dictionary lookup per step, not a walk of the model. The scope holds the model, so its
+        ``id`` cannot be reused while the scope lives."""
+        key = (id(model), x.dtype, x.device)
+        if self._models.get(key) is model:
+            return
+        _check_model_now(model, x, where, name)
+        self._models[key] = model
 
     def vouch(self, *tensors: Tensor) -> None:
         """Mark tensors as already checked (or derived from checked values): nested checks skip them.
@@ -305,6 +316,19 @@ def _first_parameter(chain: list[Any]) -> Tensor | None:
 
 def check_model(model: Any, x: Tensor, where: str, name: str = "denoiser") -> None:
     """Raise when the parameters of ``model`` are in another dtype or on another device than ``x``.
+
+    Inside a check scope (a sampler's or a composition's call) each model is checked once per dtype and device
+    (:meth:`CheckScope.check_model`), so the per-step calls of a sampler pay a dictionary lookup.
+    """
+    scope = _SCOPE.get()
+    if scope is not None:
+        scope.check_model(model, x, where, name)
+    else:
+        _check_model_now(model, x, where, name)
+
+
+def _check_model_now(model: Any, x: Tensor, where: str, name: str) -> None:
+    """The check of :func:`check_model`, done now.
 
     Metadata only (no host sync): the first floating-point parameter of the model, found through the adapters'
     ``inner`` chain, is compared with ``x``. Models without parameters (functions, oracles) pass. The dtype is

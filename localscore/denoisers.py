@@ -297,7 +297,7 @@ class _Adapter(nn.Module):
         """
         if trusted(x, sigma):  # called by a sampler or a composition with inputs it has checked
             s = cast(Tensor, sigma)  # trusted() holds only for a vouched tensor [B]
-            check_model(self.inner, x, self._where, "net")  # metadata only: no host sync
+            check_model(self.inner, x, self._where, "net")  # metadata, once per scope (see _checks.check_model)
             self._check_sigma(s)
             return self._denoise(x, s, cond)
         x = check_image(x, self._where)
