@@ -1,10 +1,14 @@
-"""Atomic file writes, output path checks and safe ``torch.load`` (private; shared by data, train, evaluate, cli).
+"""Atomic file writes, bounded JSON reading, run-folder locks and safe ``torch.load`` (private).
 
-A file is written to a temporary file in the destination's directory, flushed and fsynced, moved
+Shared by data, train, evaluate and the CLI. A file is written to a temporary file in the destination's
+directory, flushed and fsynced, moved
 over the destination with ``os.replace`` (atomic on POSIX and Windows) and the directory is
 fsynced, so a crash leaves either the old file or the new one, never a mix. Payloads saved with
 :func:`save_payload` carry a format tag, a version and a SHA-256 digest of their tensors, which
-:func:`load_payload` checks, so truncated, corrupt and foreign files raise a clear error.
+:func:`load_payload` checks, so truncated, corrupt and foreign files raise a clear error. The digest
+detects damage (a truncated or bit-flipped file), not tampering: anyone can recompute it, so it is no
+signature. What a file may make the loader do is bounded elsewhere: ``torch.load(..., weights_only=True)``
+(no code runs) and the size limits on the configs stored in it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
+import math
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -23,7 +30,23 @@ import torch
 
 from ._errors import fail
 
-__all__ = ["atomic_write", "check_output", "load_payload", "payload_digest", "save_payload"]
+__all__ = [
+    "MAX_JSON_BYTES",
+    "atomic_write",
+    "check_output",
+    "load_payload",
+    "parse_json",
+    "payload_digest",
+    "read_json",
+    "remove_stale_temps",
+    "run_lock",
+    "save_payload",
+]
+
+MAX_JSON_BYTES = 64 * 2**20
+"""The largest JSON file (config, layout, experiment record) :func:`read_json` reads: 64 MiB."""
+_MAX_INT_DIGITS = 30
+"""JSON integers longer than this are refused (no count, size or seed of localscore needs more)."""
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -53,7 +76,8 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object], *, overwrite: bool = True,
+                 where: str = "atomic_write", flag: str = "--out") -> Path:
     """Write a file atomically: ``write(f)`` fills a temporary file that then replaces ``path``.
 
     The temporary file lives in ``path``'s directory (so ``os.replace`` is a rename on one file
@@ -61,6 +85,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     ``write`` raises, the temporary file is removed and ``path`` is untouched. The file gets the
     permissions of the file it replaces, or those of a newly created file (``0o666`` less the umask),
     not the private ``0o600`` of a temporary file.
+
+    With ``overwrite=False`` an existing ``path`` is never replaced: the temporary file is hard-linked to
+    ``path`` (which fails if it exists, atomically, so of two concurrent writers one wins and the other gets
+    a :class:`~localscore.LocalScoreError` naming ``flag`` and ``--overwrite``).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +105,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                raise fail(where, f"{flag} {str(target)!r} exists; it is not overwritten without --overwrite.",
+                           f"pass --overwrite to replace it, or choose another {flag} name.") from None
+            tmp.unlink()
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -149,6 +185,170 @@ def check_output(path: str | os.PathLike[str], *, where: str, flag: str = "--out
     with contextlib.suppress(OSError):
         os.unlink(probe)
     return p
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"a number of {len(text.lstrip('-'))} digits (at most {_MAX_INT_DIGITS} are read)")
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"the number {text[:40]!r} overflows a float")
+    return v
+
+
+def _json_constant(text: str) -> Any:
+    raise ValueError(f"{text} (not a JSON number; write a finite number)")
+
+
+def read_json(path: str | os.PathLike[str], *, where: str, what: str = "JSON file",
+              max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Read a JSON file with every failure a :class:`~localscore.LocalScoreError` of one message.
+
+    Refused with a message that names the file, the problem and the fix: a missing path, a folder or a
+    device, a file over ``max_bytes``, bytes that are not UTF-8, invalid JSON, nesting too deep to parse,
+    integers of more than 30 digits, numbers that overflow a float and ``NaN`` / ``Infinity``.
+
+    Examples:
+        >>> import tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> with open(os.path.join(d, "a.json"), "w") as f:
+        ...     _ = f.write('{"size": 1e400}')
+        >>> try:
+        ...     read_json(os.path.join(d, "a.json"), where="demo", what="layout")
+        ... except ValueError as e:
+        ...     print(str(e).splitlines()[0].split("a.json' ")[1])
+        holds a value localscore does not read (the number '1e400' overflows a float).
+    """
+    p = Path(path)
+    shown = str(p)
+    fix = f"check the path of the {what}."
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise fail(where, f"cannot read the {what} {shown!r} ({e.strerror or e}).", fix) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise fail(where, f"the {what} {shown!r} is a folder, not a file.", f"pass the JSON file of the {what}.")
+    if not stat.S_ISREG(st.st_mode):
+        raise fail(where, f"the {what} {shown!r} is not a regular file (a device, pipe or socket).",
+                   f"pass the JSON file of the {what}.")
+    if st.st_size > max_bytes:
+        raise fail(where, f"the {what} {shown!r} has {st.st_size:,} bytes, over the limit of {max_bytes:,}.",
+                   f"split it into smaller files of at most {max_bytes // 2**20} MiB.")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise fail(where, f"cannot read the {what} {shown!r} ({e.strerror or e}).", fix) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise fail(where, f"the {what} {shown!r} is not UTF-8 text (byte {data[e.start]:#04x} at line {line}, "
+                   f"offset {e.start}).", "save the file as UTF-8 (JSON files are UTF-8).") from None
+    return parse_json(text, where=where, what=f"the {what} {shown!r}")
+
+
+def parse_json(text: str | bytes, *, where: str, what: str = "the JSON text") -> Any:
+    """``json.loads`` with the bounds and messages of :func:`read_json` (``what`` names the text)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise fail(where, f"{what} is not UTF-8 (byte {text[e.start]:#04x} at offset {e.start}).",
+                       "pass UTF-8 text.") from None
+    try:
+        return json.loads(text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
+    except json.JSONDecodeError as e:
+        raise fail(where, f"{what} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).",
+                   "fix the JSON syntax (a JSON validator shows where).") from None
+    except RecursionError:
+        raise fail(where, f"{what} is nested too deeply to read.",
+                   "check the file: localscore's JSON files nest a few levels at most.") from None
+    except ValueError as e:
+        raise fail(where, f"{what} holds a value localscore does not read ({e}).",
+                   "use ordinary finite numbers (counts, sizes and seeds are small integers).") from None
+
+
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+_HELD: dict[str, list[Any]] = {}
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files (``.NAME.XXXXXX.tmp``) that writes killed mid-way left in ``folder``.
+
+    Call it only while holding :func:`run_lock` on ``folder`` (no other writer is active then). Returns the
+    files removed.
+    """
+    removed: list[Path] = []
+    d = Path(folder)
+    if not d.is_dir():
+        return removed
+    for f in d.iterdir():
+        if _TEMP.match(f.name) and f.is_file():
+            with contextlib.suppress(OSError):
+                f.unlink()
+                removed.append(f)
+    return removed
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike[str], *, where: str, flag: str = "--out") -> Iterator[Path]:
+    """Hold an exclusive lock on a run folder (``folder/.lock``, ``fcntl.flock``, with the pid in it).
+
+    A second process that asks for the lock while it is held gets a :class:`~localscore.LocalScoreError`
+    naming the holder's pid, at once (no waiting). The kernel releases the lock when its process dies, so a
+    killed run never blocks the next one. Reentrant within a process. Where ``fcntl`` is missing (Windows)
+    the lock is not taken.
+    """
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    key = str(d.resolve())
+    held = _HELD.get(key)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield d
+        finally:
+            held[1] -= 1
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield d
+        return
+    lock = d / ".lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                pid = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise fail(where, f"the run folder {str(d)!r} is in use by another localscore process (pid {pid}).",
+                       f"wait for it to finish (or stop it), or use another {flag} folder.") from None
+        try:  # the file we locked must still be the one at the path (a finishing holder removes it)
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[key] = [fd, 1]
+    try:
+        yield d
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
 
 
 def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:

@@ -34,7 +34,12 @@ purple, cyan, yellow; `shape` (disc / square / triangle) and `size` (small / lar
 (default: the first of the model's training shapes and sizes). Objects whose outlines would overlap are
 refused; objects closer than any pair of the training scenes are sampled with a warning.
 
-Output paths are checked before any work starts. The long commands (demo, evaluate, locality, sample,
+Output paths are checked before any work starts; an existing output file is refused unless `--overwrite`
+(sample, evaluate, locality). `sample` draws a long layout in batches of `--batch-size` images. Everything
+that sizes memory or time (steps, images, counts, batch sizes, network sizes in model files and configs)
+is bounded before any work. A failure prints one line naming the problem and the fix: exit code 2 for a
+mistake in the command or its files, 1 for anything else (out of memory, a full disk, a bug); `--debug`
+adds the traceback. The long commands (demo, evaluate, locality, sample,
 train) show progress on stderr (a tqdm bar on a terminal when tqdm is installed, otherwise a line every
 10 s); `--no-progress` turns it off. Every output file is written atomically (temporary file, fsync,
 rename): an interrupted command leaves no half-written file.
@@ -58,8 +63,10 @@ import torch
 from torch import Tensor
 
 from ._errors import LocalScoreError, fail
-from ._io import atomic_write, check_output
+from ._io import atomic_write, check_output, read_json
 from .conditions import Conditions
+from .lengthgen.data.scenes import MAX_OBJECTS
+from .train.trainer import MAX_TRAIN_STEPS
 
 if TYPE_CHECKING:
     from .compose import Strategy
@@ -223,7 +230,8 @@ def _pyplot(*, required: bool, what: str, where: str) -> Any:
 
 def _write_png_grid(plt: Any, path: Path, images: Sequence[Sequence[Tensor]], marks: Sequence[Sequence[Tensor]], *,
                     title: str, row_labels: Sequence[str] | None = None,
-                    col_titles: Sequence[str | None] | None = None, cell: float = 1.2, dpi: int = 100) -> None:
+                    col_titles: Sequence[str | None] | None = None, cell: float = 1.2, dpi: int = 100,
+                    overwrite: bool = True) -> None:
     """A PNG grid of images with positions marked ``+`` (the demo's figure and ``sample --out FILE.png``).
 
     ``images[i][j]`` is ``[3, H, W]`` in ``[0, 1]`` (row ``i``, column ``j``; rows may be shorter, their last
@@ -253,31 +261,54 @@ def _write_png_grid(plt: Any, path: Path, images: Sequence[Sequence[Tensor]], ma
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
-    _atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    atomic_write(path, lambda f: f.write(data), overwrite=overwrite, where="localscore")
 
 
 # ----------------------------------------------------------------------------- argument types
-def _int_at_least(lo: int, what: str) -> Callable[[str], int]:
+def _int_at_least(lo: int, what: str, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an int in ``lo..hi`` (``hi`` bounds what sizes memory or time: checked before any work)."""
+    want = f"an int >= {lo}" if hi is None else f"an int in {lo}..{hi:,}"
+
     def parse(text: str) -> int:
         try:
-            v = int(text)
+            v = int(text) if len(text) <= 40 else None
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected {what}, an int >= {lo}") from None
+            v = None
+        if v is None:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer; expected {what}, {want}")
         if v < lo:
-            raise argparse.ArgumentTypeError(f"{text} is too small; expected {what}, an int >= {lo}")
+            raise argparse.ArgumentTypeError(f"{text} is too small; expected {what}, {want}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{v:,} is over the limit; expected {what}, {want}")
         return v
 
     return parse
 
 
-def _positive_float(what: str) -> Callable[[str], float]:
+MAX_SAMPLER_STEPS = 10_000
+"""The most sampler steps a command runs (``--steps``); a noise grid of 10**9 steps would take 8 GB."""
+MAX_IMAGES = 100_000
+"""The most images per count (``evaluate --per-count``, ``demo --samples``) and per ``locality --images``."""
+MAX_BATCH = 4096
+"""The largest ``--batch-size`` (images per sampler call)."""
+MAX_PNG_IMAGES = 256
+"""The most images ``sample`` draws into a ``.png`` grid (more go to ``.npz`` only)."""
+MAX_SAMPLE_BYTES = 8 * 2**30
+"""The largest ``images`` array ``sample`` writes to ``.npz`` (8 GiB)."""
+_SEED = _int_at_least(0, "a random seed", 2**63 - 1)
+
+
+def _positive_float(what: str, hi: float = 1e6) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             v = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected {what} > 0") from None
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number; expected {what} > 0") from None
         if not (math.isfinite(v) and v > 0):
-            raise argparse.ArgumentTypeError(f"{text} is not a finite number > 0; expected {what}")
+            raise argparse.ArgumentTypeError(f"{text[:40]} is not a finite number > 0; expected {what}")
+        if v > hi:
+            raise argparse.ArgumentTypeError(f"{text[:40]} is over the limit; expected {what} in (0, {hi:g}]")
         return v
 
     return parse
@@ -285,16 +316,26 @@ def _positive_float(what: str) -> Callable[[str], float]:
 
 def _counts_arg(text: str) -> list[int]:
     """``"0..10"`` or ``"1,2,5"`` -> list of counts."""
+    from .lengthgen.data.scenes import MAX_OBJECTS
+
+    shown = text[:40] + ("..." if len(text) > 40 else "")
     try:
+        if len(text) > 2000:
+            raise ValueError
         if ".." in text:
             a, b = text.split("..")
-            out = list(range(int(a), int(b) + 1))
+            lo, hi = int(a), int(b)
+            if hi > MAX_OBJECTS:
+                raise argparse.ArgumentTypeError(f"{shown!r} asks for {hi:,} objects; at most {MAX_OBJECTS} per image")
+            out = list(range(lo, hi + 1))
         else:
             out = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count range like 0..10 or a list like 1,2,5") from None
+        raise argparse.ArgumentTypeError(f"{shown!r} is not a count range like 0..10 or a list like 1,2,5") from None
     if not out or min(out) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} gives an empty or negative set of counts; use e.g. 0..10")
+        raise argparse.ArgumentTypeError(f"{shown!r} gives an empty or negative set of counts; use e.g. 0..10")
+    if max(out) > MAX_OBJECTS:
+        raise argparse.ArgumentTypeError(f"{shown!r} asks for {max(out):,} objects; at most {MAX_OBJECTS} per image")
     return out
 
 
@@ -618,14 +659,7 @@ def _train(args: argparse.Namespace) -> int:
                    "`localscore train --print-config local-32 > local.json`.")
     out = check_output(args.out, where="localscore train", folder=True)
     path = Path(args.config)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise fail("localscore train", f"cannot read the config {str(path)!r} ({e.strerror or e}).",
-                   "check the path.") from e
-    except json.JSONDecodeError as e:
-        raise fail("localscore train", f"{str(path)!r} is not valid JSON ({e.msg} at line {e.lineno}, "
-                   f"column {e.colno}).") from e
+    raw = read_json(path, where="localscore train", what="config")
     if isinstance(raw, dict) and "experiments" in raw:
         _, exps = load_experiments(path)
     else:
@@ -640,6 +674,7 @@ def _train(args: argparse.Namespace) -> int:
         seeds = [args.seed] if args.seed is not None else list(exp.seeds)
         for seed in seeds:
             run_dir = out / exp.name / f"seed{seed}"
+            check_output(run_dir, where="localscore train", folder=True)
             print(f"training {exp.name} (seed {seed}) -> {run_dir}", flush=True)
             model = train_experiment(exp, run_dir, seed=seed, steps=args.steps, progress=args.progress)
             print(f"  done: {model.meta['steps']} steps; model file {run_dir / 'model.pt'}", flush=True)
@@ -689,6 +724,8 @@ def _sample(args: argparse.Namespace) -> int:
     if len({o.resolve() for o in outs}) < len(outs):
         raise fail(where, f"--out names the same file twice ({[str(o) for o in outs]}).",
                    "give one .npz and/or one .png file.")
+    for out in outs:
+        _refuse_existing(out, args.overwrite, where)
     plt = None
     if any(o.suffix.lower() == ".png" for o in outs):
         plt = _pyplot(required=True, what="a .png file", where=where)
@@ -713,31 +750,53 @@ def _sample(args: argparse.Namespace) -> int:
     if unseen:
         print(f"warning: the model never saw {unseen} in training (it saw shapes {list(scene_cfg.shapes)}, sizes "
               f"{list(scene_cfg.sizes)}).", file=sys.stderr)
-    cond = layout.conditions()
+    n = layout.batch_size
+    if plt is not None and n > MAX_PNG_IMAGES:
+        raise fail(where, f"the layout requests {n:,} images; a .png grid shows at most {MAX_PNG_IMAGES}.",
+                   "write only a .npz file for a layout that long, or split the layout.")
+    nbytes = n * model.network.channels * res * res * 4
+    if nbytes > MAX_SAMPLE_BYTES:
+        raise fail(where, f"the layout requests {n:,} images of {res}x{res}: {nbytes / 2**30:.1f} GiB of output, over "
+                   f"the limit of {MAX_SAMPLE_BYTES / 2**30:.0f} GiB.", "split the layout into several files.")
     g = torch.Generator().manual_seed(args.seed)
-    with _Progress(args.steps, "localscore sample", enabled=args.progress) as bar:
+    batch = args.batch_size
+    chunks = range(0, n, batch)
+    images = np.empty((n, model.network.channels, res, res), dtype=np.float32)
+    with _Progress(args.steps * len(chunks), "localscore sample", enabled=args.progress) as bar:
         fn = sampler(model, args.method, steps=args.steps, solver=args.solver, mask_radius=args.mask_radius,
                      crop=args.crop, callback=bar.step)
-        images = fn(cond, g)
+        for start in chunks:   # a long layout is streamed: one sampler call per batch of --batch-size images
+            part = layout[start:start + batch]
+            images[start:start + batch] = fn(part.conditions(), g).numpy()
     how = f"{args.method} sampling, {args.steps} {args.solver} steps, seed {args.seed}"
     for out in outs:
         if out.suffix.lower() == ".npz":
-            arr = images.numpy().astype(np.float32)
-            buf = io.BytesIO()
-            np.savez(buf, images=arr, positions=layout.pos.numpy(), valid=layout.valid.numpy())
-            _atomic_write_bytes(out, buf.getvalue())
-            print(f"wrote {out}: images {list(arr.shape)} in [0, 1] ({how})")
+            arrays = {"images": images, "positions": layout.pos.numpy(), "valid": layout.valid.numpy()}
+
+            def savez(f: Any, a: dict[str, Any] = arrays) -> None:
+                np.savez(f, **a)
+
+            atomic_write(out, savez, overwrite=args.overwrite, where=where)
+            print(f"wrote {out}: images {list(images.shape)} in [0, 1] ({how})")
         else:
-            n = images.shape[0]
+            t = torch.from_numpy(images)
             cols = min(n, 8)
-            grid = [[images[i] for i in range(r, min(r + cols, n))] for r in range(0, n, cols)]
+            grid = [[t[i] for i in range(r, min(r + cols, n))] for r in range(0, n, cols)]
             marks = [[layout.pos[i][layout.valid[i]] for i in range(r, min(r + cols, n))] for r in range(0, n, cols)]
             _write_png_grid(plt, out, grid, marks, col_titles=[f"image {i}" for i in range(cols)],
                             row_labels=[f"images {r}-{min(r + cols, n) - 1}" for r in range(0, n, cols)]
                             if n > cols else None,
-                            title=f"{Path(args.layout).name}, seed {args.seed}: requested positions marked +")
+                            title=f"{Path(args.layout).name}, seed {args.seed}: requested positions marked +",
+                            overwrite=args.overwrite)
             print(f"wrote {out}: a grid of {n} images, requested positions marked + ({how})")
     return 0
+
+
+def _refuse_existing(out: Path | None, overwrite: bool, where: str) -> None:
+    """Refuse an existing output file unless ``--overwrite`` (checked before any work)."""
+    if out is not None and out.exists() and not overwrite:
+        raise fail(where, f"--out {str(out)!r} exists; it is not overwritten without --overwrite.",
+                   "pass --overwrite to replace it, or choose another --out name.")
 
 
 def _resized(model: Any, res: int) -> Any:
@@ -752,6 +811,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .lengthgen import evaluate_model
 
     out = None if args.out is None else check_output(args.out, where="localscore evaluate", suffixes=_JSON_OUTPUT)
+    _refuse_existing(out, args.overwrite, "localscore evaluate")
     model = _load(args.checkpoint)
     t0 = time.perf_counter()
     batches = math.ceil(len(args.counts) * args.per_count / args.batch_size)
@@ -775,6 +835,7 @@ def _locality(args: argparse.Namespace) -> int:
 
     where = "localscore locality"
     path = None if args.out is None else check_output(args.out, where=where, suffixes=_JSON_OUTPUT)
+    _refuse_existing(path, args.overwrite, where)
     model = _load(args.checkpoint)
     with _Progress(len(args.sigmas), where, enabled=args.progress, unit="noise level") as bar:
         prof = locality_profile(model.denoiser, model.scene, sigmas=args.sigmas, count=args.count,
@@ -827,6 +888,8 @@ class _Deprecated(argparse.Action):
 def _deprecated_flags(q: argparse.ArgumentParser, *, demo: bool = False) -> None:
     """The 0.1.0 flags that progress-by-default replaced: ``--quiet`` (all commands), ``--progress`` and
     ``--trained`` (demo)."""
+    q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="on an error, show the Python traceback too (for a bug report)")
     q.add_argument("--quiet", dest="progress", action=_Deprecated, value=False, note="use --no-progress.")
     if demo:
         q.add_argument("--progress", dest="progress", action=_Deprecated, value=True,
@@ -894,8 +957,10 @@ _SPACING_HELP = ("Objects whose outlines would overlap as the model draws them (
 def _parser() -> argparse.ArgumentParser:
     from .lengthgen import MODEL_NAMES
 
-    p = argparse.ArgumentParser(prog="localscore", description=_plain(__doc__ or ""), formatter_class=_Formatter)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p = _Parser(prog="localscore", description=_plain(__doc__ or ""), formatter_class=_Formatter)
+    p.add_argument("--debug", action="store_true",
+                   help="on an error, show the Python traceback too (for a bug report)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     methods = ["joint", "projective", "masked", "localized"]
     no_progress = "no progress on stderr (otherwise: a tqdm bar on a terminal, else a line every 10 s)"
 
@@ -910,11 +975,11 @@ def _parser() -> argparse.ArgumentParser:
                            "count, sampled with Euler and Heun against exact joint samples."),
                        formatter_class=_Formatter)
     d.add_argument("--out", metavar="DIR", default="localscore-demo", help="output folder, created if missing")
-    d.add_argument("--seed", type=int, default=0, help="random seed of the layouts and the samplers")
-    d.add_argument("--samples", metavar="N", type=_int_at_least(1, "images per count"), default=None,
+    d.add_argument("--seed", metavar="S", type=_SEED, default=0, help="random seed of the layouts and the samplers")
+    d.add_argument("--samples", metavar="N", type=_int_at_least(1, "images per count", MAX_IMAGES), default=None,
                    help=f"images per object count (default: {_DEMO_SETTINGS[0]}; {_DEMO_QUICK[0]} with --quick; "
                    "--oracle: 256, 64)")
-    d.add_argument("--steps", metavar="N", type=_int_at_least(1, "sampler steps"), default=None,
+    d.add_argument("--steps", metavar="N", type=_int_at_least(1, "sampler steps", MAX_SAMPLER_STEPS), default=None,
                    help=f"sampler steps (default: {_DEMO_SETTINGS[1]}; {_DEMO_QUICK[1]} with --quick; --oracle: 48, "
                    "24)")
     d.add_argument("--counts", metavar="COUNTS", type=_counts_arg, default=None,
@@ -925,7 +990,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="instead: exact per-object scores of an object oracle, composed beyond the trained count")
     d.add_argument("--retrain", action="store_true",
                    help="train local-32 and baseline-32 from scratch first, then sample them (CPU-hours)")
-    d.add_argument("--retrain-steps", metavar="N", type=_int_at_least(1, "training steps"), default=None,
+    d.add_argument("--retrain-steps", metavar="N", type=_int_at_least(1, "training steps", MAX_TRAIN_STEPS),
+                   default=None,
                    help="training steps of --retrain (default: the steps recorded in the shipped models)")
     d.add_argument("--method", choices=methods, default=None,
                    help="condition both models this way (default: local-32 joint and projective, baseline-32 "
@@ -953,8 +1019,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"print the config that trained a shipped model ({', '.join(MODEL_NAMES)}) and exit")
     t.add_argument("--out", metavar="DIR", default="runs", help="output folder, created if missing")
     t.add_argument("--only", nargs="+", metavar="NAME", help="train only these experiments")
-    t.add_argument("--seed", type=int, default=None, help="train only this seed (default: the config's seeds)")
-    t.add_argument("--steps", metavar="N", type=_int_at_least(1, "training steps"), default=None,
+    t.add_argument("--seed", metavar="S", type=_SEED, default=None,
+                   help="train only this seed (default: the config's seeds)")
+    t.add_argument("--steps", metavar="N", type=_int_at_least(1, "training steps", MAX_TRAIN_STEPS), default=None,
                    help="training steps (default: the config's)")
     t.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no training progress bar (it needs tqdm)")
@@ -968,13 +1035,14 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--method", choices=methods, default="joint",
                        help="all objects in one conditioner set, or a (masked / cropped) composition of "
                        "per-object passes")
-        q.add_argument("--steps", metavar="N", type=_int_at_least(1, "sampler steps"), default=24, help="sampler steps")
+        q.add_argument("--steps", metavar="N", type=_int_at_least(1, "sampler steps", MAX_SAMPLER_STEPS), default=24,
+                       help="sampler steps")
         q.add_argument("--solver", choices=["euler", "heun"], default="euler", help="ODE solver")
         q.add_argument("--mask-radius", metavar="PX", type=_positive_float("a radius in px"), default=6.0,
                        help="disc radius (px) of --method masked / localized")
-        q.add_argument("--crop", metavar="PX", type=_int_at_least(4, "a window side in px"), default=None,
+        q.add_argument("--crop", metavar="PX", type=_int_at_least(4, "a window side in px", 4096), default=None,
                        help="window side (px) of --method localized (default: the whole image)")
-        q.add_argument("--seed", type=int, default=0, help="random seed")
+        q.add_argument("--seed", metavar="S", type=_SEED, default=0, help="random seed")
         q.add_argument("--no-progress", dest="progress", action="store_false", help=no_progress)
         _deprecated_flags(q)
 
@@ -989,8 +1057,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--layout", required=True, metavar="LAYOUT.json", help="the layout JSON file")
     s.add_argument("--out", required=True, nargs="+", metavar="FILE",
                    help="output file(s): .npz (arrays) and/or .png (image grid)")
-    s.add_argument("--max-objects", metavar="N", type=_int_at_least(1, "objects per image"), default=10,
+    s.add_argument("--max-objects", metavar="N", type=_int_at_least(1, "objects per image", MAX_OBJECTS), default=10,
                    help="refuse layouts with more objects per image")
+    s.add_argument("--batch-size", metavar="N", type=_int_at_least(1, "images per sampler call", MAX_BATCH),
+                   default=64, help="images per sampler call: a long layout is sampled in batches of N (the images "
+                   "depend on N, as each batch draws its own noise)")
+    s.add_argument("--overwrite", action="store_true", help="replace existing output files (otherwise refused)")
     s.set_defaults(func=_sample)
 
     e = sub.add_parser("evaluate", help="per-count perfect rate and exact-count accuracy over counts 0..10",
@@ -1001,11 +1073,12 @@ def _parser() -> argparse.ArgumentParser:
     model_args(e)
     e.add_argument("--counts", metavar="COUNTS", type=_counts_arg, default=list(range(11)),
                    help="counts, e.g. 0..10 or 1,4,8 (default: 0..10)")
-    e.add_argument("--per-count", metavar="N", type=_int_at_least(1, "images per count"), default=20,
+    e.add_argument("--per-count", metavar="N", type=_int_at_least(1, "images per count", MAX_IMAGES), default=20,
                    help="images per count")
-    e.add_argument("--batch-size", metavar="N", type=_int_at_least(1, "images per sampler call"), default=64,
+    e.add_argument("--batch-size", metavar="N", type=_int_at_least(1, "images per sampler call", MAX_BATCH), default=64,
                    help="images per sampler call")
     e.add_argument("--out", metavar="FILE.json", default=None, help="also write the result as JSON")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file (otherwise refused)")
     e.set_defaults(func=_evaluate)
 
     lo = sub.add_parser("locality", help="conditional locality index and pixel radius across sigma",
@@ -1019,28 +1092,46 @@ def _parser() -> argparse.ArgumentParser:
     lo.add_argument("--sigmas", metavar="SIGMA", type=_positive_float("a noise level"), nargs="+",
                     default=[0.05, 0.2, 0.5, 1.0, 2.0],
                     help="noise levels (default: 0.05 0.2 0.5 1 2)")
-    lo.add_argument("--count", metavar="N", type=_int_at_least(2, "objects per image"), default=4,
+    lo.add_argument("--count", metavar="N", type=_int_at_least(2, "objects per image", MAX_OBJECTS), default=4,
                     help="objects per image")
-    lo.add_argument("--images", metavar="N", type=_int_at_least(1, "images"), default=4, help="images")
+    lo.add_argument("--images", metavar="N", type=_int_at_least(1, "images", 1000), default=4, help="images")
     lo.add_argument("--radius", metavar="PX", type=_positive_float("a radius in px"), default=None,
                     help="region radius R in px (default: that of localscore.lengthgen.locality_profile, "
                     "0.2 x the image side)")
-    lo.add_argument("--seed", type=int, default=0, help="random seed")
+    lo.add_argument("--seed", metavar="S", type=_SEED, default=0, help="random seed")
     lo.add_argument("--out", metavar="FILE.json", default=None, help="also write the result as JSON")
     lo.add_argument("--no-progress", dest="progress", action="store_false", help=no_progress)
     _deprecated_flags(lo)
+    lo.add_argument("--overwrite", action="store_true", help="replace an existing --out file (otherwise refused)")
     lo.set_defaults(func=_locality)
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit code 2), naming the flag and ``--help``."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def _one_line(text: str) -> str:
+    r"""A message on one line: its lines joined, the ``Fix:`` line after the problem.
+
+    Examples:
+        >>> _one_line("f: bad value.\n  Fix: use a good one.")
+        'f: bad value. Fix: use a good one.'
+    """
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def _message(command: str, error: LocalScoreError) -> str:
-    """``localscore CMD: error: ...`` without repeating the command where the message already starts with it.
+    r"""``localscore CMD: error: ...`` on one line, without repeating the command where the message starts with it.
 
     Examples:
         >>> _message("sample", LocalScoreError("localscore sample (l.json): bad size"))
         'localscore sample: error: l.json: bad size'
-        >>> _message("sample", LocalScoreError("load_model: no file"))
-        'localscore sample: error: load_model: no file'
+        >>> _message("sample", LocalScoreError("load_model: no file\n  Fix: check the path."))
+        'localscore sample: error: load_model: no file Fix: check the path.'
     """
     prefix = f"localscore {command}"
     text = str(error)
@@ -1048,11 +1139,52 @@ def _message(command: str, error: LocalScoreError) -> str:
         rest = text[len(prefix):]
         m = re.match(r" \(([^)]*)\):\s*", rest)
         text = f"{m.group(1)}: {rest[m.end():]}" if m else rest.lstrip(": ")
-    return f"{prefix}: error: {text}"
+    return _one_line(f"{prefix}: error: {text}")
+
+
+_PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
+"""OSErrors about a path the user named: their error (exit code 2); other OSErrors (a full disk) exit with 1."""
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    oom = getattr(torch, "OutOfMemoryError", None)
+    if oom is not None and isinstance(e, oom):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                            or "not enough memory" in text)
+
+
+def _failure(command: str, e: BaseException) -> tuple[str, int]:
+    """The one line and the exit code of an exception that ends a command (see :func:`main`)."""
+    prefix = f"localscore {command}: error:"
+    if isinstance(e, LocalScoreError):
+        return _message(command, e), 2
+    if _out_of_memory(e):
+        flags = {"sample": "--batch-size", "evaluate": "--batch-size", "demo": "--samples",
+                 "locality": "--images", "train": "the config's train.batch_size"}.get(command, "smaller sizes")
+        what = str(e).splitlines()[0][:120] if str(e) else ""
+        return _one_line(f"{prefix} out of memory ({type(e).__name__}: {what})"
+                         f". Fix: use fewer images at once ({flags}), or a machine with more memory."), 1
+    if isinstance(e, _PATH_ERRORS):
+        name = f" ({e.filename})" if e.filename else ""
+        return f"{prefix} {e.strerror or e}{name}. Fix: check the path and its permissions.", 2
+    if isinstance(e, OSError):
+        name = f" ({e.filename})" if e.filename else ""
+        return f"{prefix} {e.strerror or e}{name}", 1
+    first = str(e).splitlines()[0][:200] if str(e) else ""
+    return (f"{prefix} internal error ({type(e).__name__}: {first}). Fix: rerun with --debug for the traceback "
+            "and report it (https://github.com/localscore/localscore/issues)."), 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``localscore`` command line; returns the exit code (0 ok, 1 a failed write, 2 usage or input error).
+    """Run the ``localscore`` command line; returns the exit code (0 ok, 2 a user error, 1 anything else).
+
+    Exit codes: 0 done; 2 a mistake in the command or its files (a bad flag, config, layout or model file, an
+    output that exists or is a folder); 1 anything else (out of memory, a full disk, a bug); 130 interrupted.
+    Every failure prints one line on stderr naming the problem and the fix; ``--debug`` adds the traceback.
 
     Examples:
         >>> main(["evaluate", "--checkpoint", "no-such-model"])  # doctest: +SKIP
@@ -1065,16 +1197,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except LocalScoreError as e:
-        print(_message(args.command, e), file=sys.stderr)
-        return 2
-    except OSError as e:
-        name = f" ({e.filename})" if e.filename else ""
-        print(f"localscore {args.command}: error: {e.strerror or e}{name}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted; nothing was written half-way.", file=sys.stderr)
         return 130
+    except Exception as e:
+        line, code = _failure(args.command, e)
+        if getattr(args, "debug", False):
+            import traceback
+
+            traceback.print_exc()
+        print(line, file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":  # pragma: no cover

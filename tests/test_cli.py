@@ -76,7 +76,8 @@ def test_sample_writes_npz(run_dir: Path, tmp_path: Path) -> None:
         assert images.min() >= 0 and images.max() <= 1
         assert f["valid"].tolist() == [[True, True], [False, False]]
     first = images.copy()
-    assert main(args) == 0                              # same seed, same images
+    assert main(args) == 2                              # an existing output is refused ...
+    assert main([*args, "--overwrite"]) == 0            # ... unless --overwrite; same seed, same images
     with np.load(out) as f:
         np.testing.assert_array_equal(f["images"], first)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary files left
@@ -93,9 +94,9 @@ def test_sample_writes_npz(run_dir: Path, tmp_path: Path) -> None:
     ({"size": 16, "images": []}, "non-empty list"),
     ({"size": 16, "images": [[{"pos": [4, 5], "color": "red", "weight": 3}]]}, "unknown keys"),
     ("{\"size\": 16, \"images\": [[", "not valid JSON"),
-    ({"images": [[{"pos": [4, 5], "color": "red"}]]}, "'size' is missing.*\n  Fix: give the image side"),
+    ({"images": [[{"pos": [4, 5], "color": "red"}]]}, "'size' is missing.* Fix: give the image side"),
     ({"size": 16, "images": [[{"pos": [4, 5], "color": "red"}, {"pos": [4, 5.5], "color": "blue"}]]},
-     "objects 0 and 1 are 0.5 px apart.*overlap.*\n  Fix: move them at least 2.9 px apart"),
+     "objects 0 and 1 are 0.5 px apart.*overlap.* Fix: move them at least 2.9 px apart"),
 ])
 def test_sample_bad_layouts(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: object,
                             message: str) -> None:
@@ -400,7 +401,7 @@ def test_close_objects_warn_and_overlapping_ones_are_refused(run_dir: Path, tmp_
     assert "warning: image 0: objects 0 and 1 are 2.5 px apart, closer than the 2.9 px" in capsys.readouterr().err
     far = {"size": 16, "images": [[{"pos": [4, 5], "color": "red"}, {"pos": [4, 8], "color": "blue"}]]}
     assert main(["sample", "--checkpoint", str(run_dir), "--layout", str(_layout(tmp_path, far)), "--out", str(out),
-                 "--steps", "1", "--no-progress"]) == 0
+                 "--steps", "1", "--no-progress", "--overwrite"]) == 0
     assert "warning" not in capsys.readouterr().err
 
 

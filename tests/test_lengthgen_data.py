@@ -383,3 +383,76 @@ def test_parse_layout_never_fails_with_anything_but_a_clear_error(value: object)
         else:
             assert isinstance(scene, Scene)
             assert bool((scene.pos >= 0).all() & (scene.pos <= scene.resolution - 1).all())
+
+
+# ----------------------------------------------------------------------------- hostile scenes (issue 18)
+def _one(pos: list[list[float]], color: list[int], shape: list[int], size: list[int], valid: list[bool],
+         res: int = 16) -> Scene:
+    L = torch.long
+    return Scene(torch.tensor([pos]), torch.tensor([color], dtype=L), torch.tensor([shape], dtype=L),
+                 torch.tensor([size], dtype=L), torch.tensor([valid]), res)
+
+
+def test_padding_slots_never_reach_the_image() -> None:
+    clean = render_scene(_one([[4.0, 4.0], [0.0, 0.0]], [1, 0], [0, 0], [0, 0], [True, False]))
+    for junk in ([float("nan"), 0.0], [float("inf"), -float("inf")], [1e30, 3.0]):
+        for ids in ((0, 0, 0), (99, 7, -5)):    # padding may hold any ids too
+            s = _one([[4.0, 4.0], junk], [1, ids[0]], [0, ids[1]], [0, ids[2]], [True, False])
+            img = render_scene(s, SceneConfig(resolution=16, shadow=0.3, shading=0.2))
+            assert torch.isfinite(img).all()
+            assert torch.equal(render_scene(s), clean)
+
+
+@pytest.mark.parametrize(("pos", "ids", "message"), [
+    ([float("nan"), 4.0], (1, 0, 0), "position .* is not finite"),
+    ([4.0, float("inf")], (1, 0, 0), "position .* is not finite"),
+    ([4.0, 4.0], (9, 0, 0), "`color` index 9 is out of range; expected 0..7"),
+    ([4.0, 4.0], (-1, 0, 0), "`color` index -1 is out of range"),
+    ([4.0, 4.0], (1, 5, 0), "`shape` index 5 is out of range; expected -1..2"),
+    ([4.0, 4.0], (1, 0, 3), "`size` index 3 is out of range; expected -1..1"),
+    ([4.0, 4.0], (1, 0, -2), "`size` index -2 is out of range"),
+])
+def test_valid_slots_are_range_checked(pos: list[float], ids: tuple[int, int, int], message: str) -> None:
+    with pytest.raises(LocalScoreError, match=message):
+        _one([pos], [ids[0]], [ids[1]], [ids[2]], [True])
+
+
+def test_scene_sizes_are_bounded() -> None:
+    with pytest.raises(LocalScoreError, match="over the limit of 100 objects"):
+        SceneConfig(counts=(10**6,))
+    with pytest.raises(LocalScoreError, match="resolution"):
+        Scene(torch.zeros(1, 0, 2), *(torch.zeros(1, 0, dtype=torch.long),) * 3, torch.zeros(1, 0, dtype=torch.bool),
+              10**6)
+    with pytest.raises(LocalScoreError, match="integer indices"):
+        Scene(torch.zeros(1, 1, 2), torch.zeros(1, 1), *(torch.zeros(1, 1, dtype=torch.long),) * 2,
+              torch.ones(1, 1, dtype=torch.bool), 16)
+
+
+def test_impossible_placements_fail_at_once() -> None:
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(LocalScoreError, match="cannot fit"):
+        sample_scenes(SceneConfig(resolution=16, counts=(100,)), 2, generator=torch.Generator().manual_seed(0))
+    assert time.perf_counter() - t0 < 2
+
+
+def test_layout_numbers_and_sizes_are_bounded(tmp_path: Path) -> None:
+    from localscore.lengthgen.data import load_layout
+
+    cases = {
+        b'{"size": 16, "images": [[{"pos": [' + b"9" * 400 + b', 5], "color": "red"}]]}': "400 digits",
+        b'{"size": 16, "images": [[{"pos": [1e400, 5], "color": "red"}]]}': "overflows a float",
+        b'{"size": 16, "images": [[{"pos": [' + b"9" * 25 + b', 5], "color": "red"}]]}': "off the 16x16 image",
+        b'{"size": 16, "images": [[{"pos": [NaN, 5], "color": "red"}]]}': "NaN",
+        b"[" * 50_000 + b"]" * 50_000: "nested too deeply",
+        b'{"size": 16, "images": [["\xff"]]}': "not UTF-8",
+    }
+    for data, message in cases.items():
+        (tmp_path / "l.json").write_bytes(data)
+        with pytest.raises(LocalScoreError, match=message):
+            load_layout(tmp_path / "l.json")
+    with pytest.raises(LocalScoreError, match="is a folder"):
+        load_layout(tmp_path)
+    (tmp_path / "l.json").write_text(json.dumps({"size": 16, "images": [[]] * 100_000}))
+    assert load_layout(tmp_path / "l.json").batch_size == 100_000

@@ -339,3 +339,100 @@ def test_two_process_gloo_ddp_matches_one_process(tmp_path: Path) -> None:
     log1 = [json.loads(x)["loss"] for x in (tmp_path / "one" / LOG_NAME).read_text().splitlines()]
     log2 = [json.loads(x)["loss"] for x in (tmp_path / "two" / LOG_NAME).read_text().splitlines()]
     assert log1 == pytest.approx(log2, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- reproducible runs, locked folders
+def _cli_train(cfg: Path, out: Path, *extra: str, threads: str = "1") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": threads, "LOCALSCORE_TEST_THREADS": threads}
+    code = f"import sys, torch; torch.set_num_threads({threads}); from localscore.cli import main; sys.exit(main())"
+    return subprocess.run([sys.executable, "-c", code, "train", str(cfg), "--out", str(out), "--no-progress", *extra],
+                          env=env, capture_output=True, text=True, timeout=240)
+
+
+def _tiny_config(tmp_path: Path, **train: object) -> Path:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_lengthgen_experiments import tiny_experiment
+
+    exp = tiny_experiment().to_dict()
+    exp["train"].update(train)
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(exp))
+    return cfg
+
+
+def test_two_fresh_train_processes_give_bitwise_equal_weights(tmp_path: Path) -> None:
+    cfg = _tiny_config(tmp_path, steps=3)
+    weights = []
+    for name in ("a", "b"):
+        r = _cli_train(cfg, tmp_path / name)
+        assert r.returncode == 0, r.stderr
+        payload = torch.load(tmp_path / name / "tiny" / "seed0" / "model.pt", weights_only=True)["payload"]
+        weights.append(payload["weights"])
+    a, b = weights
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)   # bit for bit at one thread
+
+
+def test_a_second_writer_is_refused_while_the_folder_is_locked(tmp_path: Path) -> None:
+    from localscore._io import run_lock
+
+    cfg = _tiny_config(tmp_path)
+    run = tmp_path / "runs" / "tiny" / "seed0"
+    with run_lock(run, where="test"):          # as if another process trained there now
+        (run / ".lock").write_text("4242\n")   # a pid, as run_lock writes it (the flock stays on the inode)
+        r = _cli_train(cfg, tmp_path / "runs")  # another process: refused at once, naming the pid
+        assert r.returncode == 2, r.stderr
+        assert "in use by another localscore process (pid 4242)" in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not (run / ".lock").exists()        # released and removed
+    r = _cli_train(cfg, tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    assert not (run / ".lock").exists()
+
+
+def test_run_lock_is_reentrant_and_released_on_error(tmp_path: Path) -> None:
+    from localscore._io import run_lock
+
+    with run_lock(tmp_path, where="t"), run_lock(tmp_path, where="t"):
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+    with pytest.raises(RuntimeError), run_lock(tmp_path, where="t"):
+        raise RuntimeError("boom")
+    assert not (tmp_path / ".lock").exists()
+    with run_lock(tmp_path, where="t"):
+        pass
+
+
+def test_stale_temp_files_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    data = SceneStream(SCENES, 8, seed=5)
+    stale = [tmp_path / ".checkpoint.pt.k2j3h4.tmp", tmp_path / ".log.jsonl.abc_12.tmp"]
+    tmp_path.mkdir(exist_ok=True)
+    for f in stale:
+        f.write_bytes(b"x" * 100)
+    keep = tmp_path / "notes.tmp"
+    keep.write_text("mine")
+    train(tiny_denoiser(0), data, _cfg(steps=2), out_dir=tmp_path)
+    assert not any(f.exists() for f in stale) and keep.read_text() == "mine"
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_cli_refuses_to_resume_a_run_of_another_config(tmp_path: Path) -> None:
+    cfg = _tiny_config(tmp_path, steps=1)
+    assert _cli_train(cfg, tmp_path / "runs").returncode == 0
+    record = (tmp_path / "runs" / "tiny" / "seed0" / "experiment.json").read_text()
+    other = json.loads(cfg.read_text())
+    other["scene"]["counts"] = [1, 2, 3]
+    cfg.write_text(json.dumps(other))
+    r = _cli_train(cfg, tmp_path / "runs")
+    assert r.returncode == 2 and "holds a run of another configuration (scene:" in r.stderr, r.stderr
+    assert (tmp_path / "runs" / "tiny" / "seed0" / "experiment.json").read_text() == record   # not overwritten
+    other["scene"]["counts"] = [1, 2]
+    other["train"]["steps"] = 2             # more steps and other test-time settings: the same run, resumed
+    other["eval_counts"] = [0, 1, 5]
+    cfg.write_text(json.dumps(other))
+    assert _cli_train(cfg, tmp_path / "runs").returncode == 0
+
+
+def test_train_config_sizes_are_bounded() -> None:
+    with pytest.raises(LocalScoreError, match=r"batch_size.*over the limit"):
+        TrainConfig(batch_size=10**9)
+    with pytest.raises(LocalScoreError, match=r"steps.*over the limit"):
+        TrainConfig(steps=10**12)

@@ -14,7 +14,6 @@ failing kind), built by :func:`localscore.nn.build_denoiser` from :func:`network
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from typing import Any, Literal
 
 from .._config import ConfigMixin
 from .._errors import describe, fail
+from .._io import read_json
 from ..nn import LocalNetConfig, UNetConfig
 from ..train import TrainConfig
 from .data import ATTR_DIM, SceneConfig
@@ -168,12 +168,68 @@ def network_config(kind: str, network: Mapping[str, Any]) -> LocalNetConfig | UN
         >>> network_config("local", {"width": 8}).attr_dim
         13
     """
+    if not isinstance(network, Mapping):
+        raise fail("network_config", f"`network` is {describe(network)}, expected a dict of network fields.")
     data = {"attr_dim": ATTR_DIM, **dict(network)}
-    if kind == "local":
-        return LocalNetConfig.from_dict(data)
-    if kind == "unet":
-        return UNetConfig.from_dict(data)
-    raise fail("network_config", f"`kind` is {kind!r}, expected 'local' or 'unet'.")
+    if kind not in ("local", "unet"):
+        raise fail("network_config", f"`kind` is {kind!r}, expected 'local' or 'unet'.")
+    check_network_size(data)
+    cfg = LocalNetConfig.from_dict(data) if kind == "local" else UNetConfig.from_dict(data)
+    _check_parameters(cfg)
+    return cfg
+
+
+NETWORK_LIMITS: dict[str, int] = {
+    "channels": 64, "width": 4096, "depth": 256, "kernel_size": 31, "attr_dim": 4096, "token_dim": 4096,
+    "heads": 64, "relative_freqs": 256, "base_width": 2048, "blocks_per_level": 32, "fourier_freqs": 256,
+    "token_encoder_layers": 64, "groups": 4096, "sigma_embed_dim": 4096,
+}
+"""Upper bounds of the integer fields of a network config, checked before anything is built."""
+MAX_CHANNEL_MULT = (16, 8)
+"""``UNetConfig.channel_mult``: at most 8 levels, each a multiple of at most 16."""
+MAX_PARAMETERS = 2 * 10**9
+"""The most parameters a network of the pipeline may have (8 GB of float32 weights)."""
+
+
+def check_network_size(fields: Mapping[str, Any], *, where: str = "network_config") -> None:
+    """Refuse network fields over ``NETWORK_LIMITS`` before any module is built.
+
+    A model file or config is data: ``width = 200000`` would allocate 160 GB and ``depth = 10**7`` would
+    build modules for minutes, so the sizes are checked first, with a message naming the field and its limit.
+
+    Examples:
+        >>> try:
+        ...     check_network_size({"width": 200000})
+        ... except ValueError as e:
+        ...     print(str(e).splitlines()[0])
+        network_config: network field `width` is 200000, over the limit of 4096.
+    """
+    for name, top in NETWORK_LIMITS.items():
+        v = fields.get(name)
+        if isinstance(v, int) and not isinstance(v, bool) and v > top:
+            raise fail(where, f"network field `{name}` is {v}, over the limit of {top}.",
+                       f"use `{name}` <= {top}; a network that large does not fit in memory.")
+    mult = fields.get("channel_mult")
+    if isinstance(mult, (list, tuple)) and (len(mult) > MAX_CHANNEL_MULT[1] or any(
+            isinstance(m, int) and m > MAX_CHANNEL_MULT[0] for m in mult)):
+        raise fail(where, f"network field `channel_mult` is {list(mult)[:12]!r}, over the limit of "
+                   f"{MAX_CHANNEL_MULT[1]} levels of at most {MAX_CHANNEL_MULT[0]}.", "use fewer, smaller levels.")
+
+
+def _check_parameters(cfg: LocalNetConfig | UNetConfig, where: str = "network_config") -> None:
+    """Count the parameters of ``cfg``'s network on the meta device (no memory) and refuse too many."""
+    import torch
+
+    from ..nn import build_denoiser
+
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in build_denoiser(cfg).parameters())
+    except Exception:   # a network that cannot be built on the meta device is checked when it is built
+        return
+    if n > MAX_PARAMETERS:
+        raise fail(where, f"this network config has {n:,} parameters, over the limit of {MAX_PARAMETERS:,}.",
+                   "use a smaller width or depth.")
 
 
 def load_experiments(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[ExperimentConfig]]:
@@ -188,12 +244,7 @@ def load_experiments(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list
     """
     where = "load_experiments"
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise fail(where, f"cannot read {str(p)!r} ({e.strerror or e}).", "check the path.") from e
-    except json.JSONDecodeError as e:
-        raise fail(where, f"{str(p)!r} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).") from e
+    data = read_json(p, where=where, what="config file")
     if not isinstance(data, dict) or not isinstance(data.get("experiments"), list) or not data["experiments"]:
         raise fail(where, f"{str(p)!r} must be a JSON object with a non-empty list 'experiments'.")
     defaults = data.get("defaults", {})

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._errors import fail
-from .._io import load_payload, save_payload
+from .._errors import describe, fail
+from .._io import load_payload, read_json, save_payload
 from ..nn import LocalNetConfig, UNetConfig, build_denoiser
 from ..train import load_checkpoint
 from .data import SceneConfig
@@ -130,7 +130,10 @@ def load_model(path_or_name: str | os.PathLike[str], *, device: torch.device | s
     (``"local-32"``, ``"baseline-32"``), a model file, a run folder of
     :func:`~localscore.lengthgen.train_experiment` (its ``model.pt``, else its ``checkpoint.pt``), or a
     training checkpoint next to that run's ``experiment.json`` (the EMA weights are loaded). Everything is
-    read with ``torch.load(..., weights_only=True)`` and the digest is checked.
+    read with ``torch.load(..., weights_only=True)`` and the digest is checked. The digest detects damage
+    (a truncated or corrupted file), not tampering: it is no signature, so the record's fields are checked
+    as untrusted data before anything is built (network sizes against
+    ``localscore.lengthgen.experiments.NETWORK_LIMITS``, the weights a dict of tensors).
 
     Args:
         path_or_name: what to load.
@@ -151,16 +154,42 @@ def load_model(path_or_name: str | os.PathLike[str], *, device: torch.device | s
     if p.name == "checkpoint.pt" or _is_checkpoint(p):
         return _from_checkpoint(p, device=device)
     payload = load_payload(p, kind=MODEL_KIND, version=MODEL_VERSION, where="load_model")
+    _check_payload(payload, p)
     network = network_config(payload["kind"], payload["network"])
+    scene = SceneConfig.from_dict(payload["scene"])
     model = build_denoiser(network, enforce_radius=payload.get("enforce_radius"))
     try:
         model.load_state_dict(payload["weights"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, ValueError, KeyError) as e:
         raise fail("load_model", f"the weights in {str(p)!r} do not fit its network config "
                    f"({str(e).splitlines()[0]}).", "recreate the model file.") from e
     model.to(device).eval().requires_grad_(False)
-    return LoadedModel(model, payload["kind"], network, SceneConfig.from_dict(payload["scene"]),
-                       dict(payload["meta"]), str(p))
+    return LoadedModel(model, payload["kind"], network, scene, dict(payload["meta"]), str(p))
+
+
+def _check_payload(payload: Any, p: Path) -> None:
+    """The fields of a model file, checked before anything is built from them."""
+    fix = "recreate the model file with save_model (or `localscore train`)."
+    if not isinstance(payload, dict):
+        raise fail("load_model", f"{str(p)!r} holds {describe(payload)}, not a model record.", fix)
+    missing = sorted({"kind", "network", "scene", "weights"} - set(payload))
+    if missing:
+        raise fail("load_model", f"{str(p)!r} has no {', '.join(repr(m) for m in missing)} in its record.", fix)
+    if payload["kind"] not in ("local", "unet"):
+        raise fail("load_model", f"{str(p)!r} names the network kind {describe(payload['kind'])}; expected 'local' "
+                   "or 'unet'.", fix)
+    for key in ("network", "scene", "weights"):
+        if not isinstance(payload[key], dict):
+            raise fail("load_model", f"'{key}' in {str(p)!r} is {describe(payload[key])}, expected a dict.", fix)
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload["weights"].items()):
+        raise fail("load_model", f"'weights' in {str(p)!r} is not a dict of named tensors.", fix)
+    if not isinstance(payload.get("meta", {}), dict):
+        raise fail("load_model", f"'meta' in {str(p)!r} is {describe(payload.get('meta'))}, expected a dict.", fix)
+    payload.setdefault("meta", {})
+    r = payload.get("enforce_radius")
+    if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1e6):
+        raise fail("load_model", f"'enforce_radius' in {str(p)!r} is {describe(r)}, expected None or a radius "
+                   "in pixels.", fix)
 
 
 def _is_checkpoint(p: Path) -> bool:
@@ -174,7 +203,10 @@ def _from_checkpoint(path: Path, *, device: torch.device | str = "cpu") -> Loade
     if not exp_file.is_file():
         raise fail("load_model", f"no experiment.json next to {str(path)!r}; cannot rebuild the network.",
                    "pass a model file written by save_model, or a run directory of train_experiment.")
-    info = json.loads(exp_file.read_text(encoding="utf-8"))
+    info = read_json(exp_file, where="load_model", what="run record")
+    if not isinstance(info, dict) or not isinstance(info.get("experiment"), dict):
+        raise fail("load_model", f"{str(exp_file)!r} is {describe(info)}, expected an object with an 'experiment' "
+                   "config.", "restore it from the run's model.pt, or retrain into a new folder.")
     exp = ExperimentConfig.from_dict(info["experiment"])
     model = build_denoiser(exp.network_config(), enforce_radius=exp.enforce_radius)
     state = load_checkpoint(path, model, weights="ema")

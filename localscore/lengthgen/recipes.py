@@ -25,13 +25,14 @@ from torch import Tensor, nn
 
 from .. import compose
 from .._errors import describe, fail
-from .._io import atomic_write
+from .._io import atomic_write, read_json, remove_stale_temps, run_lock
 from ..conditions import Conditions
 from ..masks import DiscRule
 from ..nn import LocalNetConfig, UNetConfig, build_denoiser, localize
 from ..sampling import sample_euler, sample_heun
 from ..schedules import karras_sigmas
 from ..train import train
+from ..train._state import seed_everything
 from .data import SceneStream
 from .evaluate import EvaluationResult, evaluate_sampler
 from .experiments import METHODS, ExperimentConfig
@@ -51,9 +52,17 @@ def train_experiment(
 ) -> LoadedModel:
     """Train one model of an experiment; resumable; writes ``OUT/checkpoint.pt``, ``log.jsonl``, ``model.pt``.
 
-    The data stream is seeded with ``seed`` and the trainer with ``seed`` (noise levels, noise, dropout),
-    so a run is reproducible and an interrupted one (killed at any moment) continues exactly from its
-    last checkpoint when called again with the same arguments.
+    Every generator is seeded with ``seed`` before the model is built (torch, numpy, python: the initial
+    weights), the data stream with ``seed`` and the trainer with ``seed`` (noise levels, noise, dropout), so
+    a run is reproducible bit for bit at a fixed thread count (float reductions in another thread count
+    differ in the last bits), and an interrupted one (killed at any moment) continues exactly from its last
+    checkpoint when called again with the same arguments.
+
+    The run folder is locked while it trains (``out_dir/.lock`` holds the pid; a second writer is refused
+    with a :class:`~localscore.LocalScoreError`), temporary files of writes killed mid-way are removed first,
+    and a folder whose ``experiment.json`` records another training setup or seed is refused (``name``,
+    ``model``, ``network``, ``scene``, ``enforce_radius`` and ``train`` must agree, except ``train``'s ``steps``,
+    ``log_every``, ``checkpoint_every`` and ``progress``; the test-time settings may change).
 
     Args:
         config: the experiment.
@@ -68,7 +77,50 @@ def train_experiment(
     """
     seed = config.seeds[0] if seed is None else seed
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out, where="train_experiment"):
+        remove_stale_temps(out)
+        return _train_experiment(config, out, seed, steps, progress, log)
+
+
+_FREE_TRAIN = {"steps", "log_every", "checkpoint_every", "progress"}
+"""``train`` fields a run may resume with other values (they do not change the trajectory)."""
+_TRAINING_FIELDS = {"name", "model", "network", "scene", "train", "enforce_radius"}
+"""The :class:`ExperimentConfig` fields that shape the trained weights (the others are test-time settings)."""
+
+
+def _check_record(config: ExperimentConfig, out: Path, seed: int) -> None:
+    """Refuse a run folder whose ``experiment.json`` records another experiment or seed."""
+    record = out / "experiment.json"
+    if not record.exists():
+        return
+    where = "train_experiment"
+    fix = f"train into a new folder, or use the config of the run in {str(out)!r} (its experiment.json)."
+    theirs = read_json(record, where=where, what="run record")
+    if not isinstance(theirs, dict) or not isinstance(theirs.get("experiment"), dict):
+        raise fail(where, f"{str(record)!r} is not a run record (expected an object with 'experiment').", fix)
+    try:
+        old = ExperimentConfig.from_dict(theirs["experiment"]).to_dict()
+    except ValueError as e:
+        raise fail(where, f"{str(record)!r} holds an experiment this localscore cannot read "
+                   f"({str(e).splitlines()[0]}).", fix) from None
+    new = config.to_dict()
+    for d in (old, new):   # what shapes the trained weights; the test-time settings may change
+        for k in set(d) - _TRAINING_FIELDS:
+            d.pop(k)
+        d["train"] = {k: v for k, v in d["train"].items() if k not in _FREE_TRAIN}
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if theirs.get("seed") != seed:
+        differ.append("seed")
+    if differ:
+        detail = "; ".join(f"{k}: run {old.get(k, theirs.get(k))!r} vs now {new.get(k, seed)!r}"
+                           for k in differ[:4])
+        raise fail(where, f"{str(out)!r} holds a run of another configuration ({detail[:400]}); resuming it with "
+                   "this one would mix two runs.", fix)
+
+
+def _train_experiment(config: ExperimentConfig, out: Path, seed: int, steps: int | None, progress: bool,
+                      log: Callable[[str], None] | None) -> LoadedModel:
+    _check_record(config, out, seed)
     tcfg = config.train_config(seed)
     changes: dict[str, Any] = {"progress": progress}
     if steps is not None:
@@ -79,6 +131,7 @@ def train_experiment(
     info = {"experiment": config.to_dict(), "seed": seed}
     text = json.dumps(info, indent=1).encode()
     atomic_write(out / "experiment.json", lambda f: f.write(text))
+    seed_everything(seed)   # the initial weights, and any global RNG a module draws from
     model = build_denoiser(network, enforce_radius=config.enforce_radius)
     stream = SceneStream(scene, tcfg.batch_size, seed=seed, value_range=(-1.0, 1.0))
     t0 = time.perf_counter()

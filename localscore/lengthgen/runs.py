@@ -20,6 +20,7 @@ paths are relative to the configuration file), otherwise scenes are made on the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -29,8 +30,9 @@ from typing import Any
 from torch import nn
 
 from .._errors import describe, fail
-from .._io import atomic_write
+from .._io import atomic_write, read_json, remove_stale_temps, run_lock
 from ..train import TrainConfig, Trainer, setup_distributed, train
+from ..train._state import seed_everything
 from .data.attributes import ATTR_DIM
 from .data.datasets import DatasetStream, SceneStream, read_dataset
 from .data.scenes import SceneConfig
@@ -103,16 +105,7 @@ class RunConfig:
     def from_file(cls, path: str | os.PathLike[str]) -> RunConfig:
         """Read a JSON configuration file."""
         p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as e:
-            raise fail("RunConfig.from_file", f"cannot read {str(p)!r} ({e.strerror or e}).",
-                       "check the path of the configuration file.") from e
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise fail("RunConfig.from_file", f"{str(p)!r} is not valid JSON ({e.msg} at line {e.lineno}, "
-                       f"column {e.colno}).") from e
+        data = read_json(p, where="RunConfig.from_file", what="run configuration")
         return cls.from_dict(data, source=p)
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,30 +149,37 @@ def run_training(config: RunConfig, out_dir: str | os.PathLike[str], *, resume: 
     """Train the configured model into ``out_dir`` (``checkpoint.pt``, ``log.jsonl``, ``run.json``).
 
     Works in a plain process and under ``torchrun`` (it calls :func:`setup_distributed`). The model is
-    initialised from ``torch.manual_seed(config.train.seed)``, so a run is reproducible from its file.
+    initialised after seeding every generator (torch, numpy, python) with ``config.train.seed``, so a run is
+    reproducible from its file, bit for bit at a fixed thread count. The run folder is locked while it
+    trains (a second writer is refused) and temporary files of killed writes are removed first.
     ``run.json`` (the configuration) is written atomically by process 0; a directory that already holds
     another configuration's ``run.json`` is refused.
     """
-    import torch
-
     if not isinstance(config, RunConfig):
         raise fail("run_training", f"`config` is {describe(config)}, expected a RunConfig.")
     rank, _world, device = setup_distributed()
     out = Path(out_dir)
+    with run_lock(out, where="run_training") if rank == 0 else contextlib.nullcontext(out):
+        if rank == 0:
+            remove_stale_temps(out)
+        return _run_training(config, out, rank, device, resume=resume, until=until)
+
+
+def _run_training(config: RunConfig, out: Path, rank: int, device: Any, *, resume: bool,
+                  until: int | None) -> Trainer:
     record = out / "run.json"
     mine = config.to_dict()
     if record.exists():
-        try:
-            theirs = json.loads(record.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise fail("run_training", f"{str(record)!r} exists but is unreadable ({e}).",
-                       "remove it, or train into a new directory.") from e
+        theirs = read_json(record, where="run_training", what="run record")
+        if not isinstance(theirs, dict):
+            raise fail("run_training", f"{str(record)!r} is {describe(theirs)}, not a run record.",
+                       "remove it, or train into a new directory.")
         free = {"steps", "log_every", "checkpoint_every", "progress"}
         strip = lambda d: {**d, "train": {k: v for k, v in d.get("train", {}).items() if k not in free}}  # noqa: E731
         if strip(theirs) != strip(mine):
             raise fail("run_training", f"{str(out)!r} holds a run of another configuration ({str(record)!r}).",
                        "train into a new directory, or use the configuration of that run.")
-    torch.manual_seed(config.train.seed)
+    seed_everything(config.train.seed)
     model = config.build_model()
     data = config.build_data()
     if rank == 0:

@@ -8,7 +8,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-__all__ = ["get_rng_state", "set_rng_state"]
+__all__ = ["get_rng_state", "seed_everything", "set_rng_state"]
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -39,3 +39,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     cuda = state.get("cuda") or []
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda[: torch.cuda.device_count()]])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and python's ``random`` from one seed (numpy gets ``seed % 2**32``)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)

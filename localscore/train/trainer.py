@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .._config import ConfigMixin
 from .._errors import describe, fail
-from .._io import atomic_write, load_payload, save_payload
+from .._io import atomic_write, load_payload, remove_stale_temps, run_lock, save_payload
 from ..conditions import Conditions
 from ._state import get_rng_state, set_rng_state
 from .losses import Objective, SigmaSampling, denoising_loss, drop_conditions, sample_sigmas
@@ -56,6 +56,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 """File name of the latest checkpoint in a run's output directory."""
 LOG_NAME = "log.jsonl"
 """File name of the JSON-lines training log in a run's output directory."""
+MAX_BATCH_SIZE = 65536
+"""The largest global batch a :class:`TrainConfig` accepts."""
+MAX_TRAIN_STEPS = 10**9
+"""The most steps a :class:`TrainConfig` accepts."""
 _KIND = "localscore-checkpoint"
 _VERSION = 1
 # Config fields that do not change the trajectory: a run may resume with other values.
@@ -136,6 +140,10 @@ class TrainConfig(ConfigMixin):
 
         integer("steps", 1)
         integer("batch_size", 1)
+        for name, top in (("steps", MAX_TRAIN_STEPS), ("batch_size", MAX_BATCH_SIZE)):
+            if getattr(self, name) > top:
+                raise fail(where, f"`{name}` is {getattr(self, name):,}, over the limit of {top:,}.",
+                           f"use `{name}` <= {top:,}.")
         integer("warmup_steps", 0)
         integer("seed", 0)
         integer("log_every", 1)
@@ -530,6 +538,10 @@ def train(
 ) -> Trainer:
     """Train ``model`` on ``data`` with ``config``; resume from ``out_dir/checkpoint.pt`` if present.
 
+    With ``out_dir``, process 0 holds a lock on the folder while it trains (``out_dir/.lock``, with its pid: a
+    second process training into the same folder is refused at once) and first removes the temporary files
+    that writes killed mid-way left there.
+
     Under ``torchrun`` call :func:`setup_distributed` first (and pass its device): the trainer then
     runs DistributedDataParallel and each process reads its shard of every global batch.
 
@@ -557,10 +569,19 @@ def train(
         >>> t.step, len(t.history)
         (5, 1)
     """
+    if out_dir is None or _dist()[0] != 0:
+        return _train(model, data, config, out_dir, resume, device, until, find_unused_parameters)
+    with run_lock(out_dir, where="train"):
+        remove_stale_temps(out_dir)
+        return _train(model, data, config, out_dir, resume, device, until, find_unused_parameters)
+
+
+def _train(model: nn.Module, data: Any, config: TrainConfig, out_dir: str | os.PathLike[str] | None, resume: bool,
+           device: torch.device | str | None, until: int | None, find_unused_parameters: bool) -> Trainer:
     trainer = Trainer(model, data, config, out_dir=out_dir, device=device,
                       find_unused_parameters=find_unused_parameters)
-    if resume and out_dir is not None:
-        trainer.resume()
+    if resume and out_dir is not None and not trainer.resume() and trainer.rank == 0:
+        trainer._truncate_log()   # no checkpoint yet: lines a killed first attempt logged are not part of the run
     return trainer.fit(until)
 
 

@@ -22,11 +22,14 @@ from typing import Any
 import torch
 
 from ..._errors import describe, fail
-from ..._io import atomic_write
+from ..._io import atomic_write, parse_json, read_json
 from .attributes import COLORS, SHAPES, SIZES
 from .scenes import Scene
 
 __all__ = ["layout_to_dict", "load_layout", "parse_layout", "save_layout"]
+
+MAX_LAYOUT_IMAGES = 1_000_000
+"""The most images one layout may request (the CLI samples them in batches of ``--batch-size``)."""
 
 _OBJECT_KEYS = {"pos", "color", "shape", "size"}
 
@@ -70,11 +73,7 @@ def parse_layout(
         ([[[4.0, 5.5]], [[0.0, 0.0]]], [1, 0], [[1], [0]])
     """
     if isinstance(layout, (str, bytes)):
-        try:
-            layout = json.loads(layout)
-        except json.JSONDecodeError as e:
-            raise fail(where, f"the layout is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).",
-                       'a layout looks like {"size": 32, "images": [[{"pos": [4, 5], "color": "red"}]]}.') from e
+        layout = parse_json(layout, where=where, what="the layout")
     if not isinstance(layout, dict):
         raise fail(where, f"the layout is {describe(layout)}, expected a JSON object with keys 'size' and 'images'.")
     unknown = sorted(set(layout) - {"size", "images"})
@@ -89,6 +88,12 @@ def parse_layout(
     if not isinstance(images, list) or not images:
         raise fail(where, f"layout 'images' is {describe(images)}, expected a non-empty list with one list of "
                    "objects per image.", "an image without objects is an empty list [].")
+    if len(images) > MAX_LAYOUT_IMAGES:
+        raise fail(where, f"the layout requests {len(images):,} images, over the limit of {MAX_LAYOUT_IMAGES:,}.",
+                   "split it into several layout files.")
+    if max_objects is not None and (isinstance(max_objects, bool) or not isinstance(max_objects, int)
+                                    or max_objects < 0):
+        raise fail(where, f"`max_objects` is {max_objects!r}, expected None or an int >= 0.")
     shp_default = -1 if default_shape is None else _name(default_shape, SHAPES, "shape", where, "default_shape")
     siz_default = -1 if default_size is None else _name(default_size, SIZES, "size", where, "default_size")
     rows: list[list[tuple[float, float, int, int, int]]] = []
@@ -113,7 +118,7 @@ def parse_layout(
             pos = obj["pos"]
             if (not isinstance(pos, (list, tuple)) or len(pos) != 2
                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pos)
-                    or not all(math.isfinite(v) for v in pos)):
+                    or not all(_finite(v) for v in pos)):
                 raise fail(where, f"{loc}: 'pos' is {pos!r}, expected [row, col], two finite numbers (pixels).")
             r, c = float(pos[0]), float(pos[1])
             if not (0 <= r <= size - 1 and 0 <= c <= size - 1):
@@ -126,29 +131,33 @@ def parse_layout(
         rows.append(row)
     B = len(rows)
     K = max(len(r) for r in rows)
-    pos_t = torch.zeros(B, K, 2)
-    color_t = torch.zeros(B, K, dtype=torch.long)
-    shape_t = torch.zeros(B, K, dtype=torch.long)
-    size_t = torch.zeros(B, K, dtype=torch.long)
-    valid = torch.zeros(B, K, dtype=torch.bool)
-    for b, row in enumerate(rows):
-        for k, (r, c, col, shp, sz) in enumerate(row):
-            pos_t[b, k] = torch.tensor([r, c])
-            color_t[b, k], shape_t[b, k], size_t[b, k] = col, shp, sz
-            valid[b, k] = True
+    pad = (0.0, 0.0, 0, 0, 0)
+    table = [row + [pad] * (K - len(row)) for row in rows]
+    pos_t = torch.tensor([[(o[0], o[1]) for o in row] for row in table], dtype=torch.float32).reshape(B, K, 2)
+    color_t = torch.tensor([[o[2] for o in row] for row in table], dtype=torch.long).reshape(B, K)
+    shape_t = torch.tensor([[o[3] for o in row] for row in table], dtype=torch.long).reshape(B, K)
+    size_t = torch.tensor([[o[4] for o in row] for row in table], dtype=torch.long).reshape(B, K)
+    valid = torch.tensor([[k < len(row) for k in range(K)] for row in rows], dtype=torch.bool).reshape(B, K)
     return Scene(pos_t, color_t, shape_t, size_t, valid, size)
 
 
+def _finite(v: float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:   # an int too large for a float
+        return False
+
+
 def load_layout(path: str | os.PathLike[str], **kwargs: Any) -> Scene:
-    """Read a layout JSON file and parse it with :func:`parse_layout` (same keyword arguments)."""
+    """Read a layout JSON file and parse it with :func:`parse_layout` (same keyword arguments).
+
+    The file is read by one bounded reader: at most 64 MiB of UTF-8 JSON, integers of at most 30 digits,
+    finite numbers; anything else is a :class:`~localscore.LocalScoreError` naming the file and the problem.
+    """
     where = kwargs.pop("where", "load_layout")
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise fail(where, f"cannot read the layout file {str(p)!r} ({e.strerror or e}).",
-                   "check the path.") from e
-    return parse_layout(text, where=f"{where} ({p.name})", **kwargs)
+    data = read_json(p, where=where, what="layout file")
+    return parse_layout(data, where=f"{where} ({p.name})", **kwargs)
 
 
 def layout_to_dict(scene: Scene) -> dict[str, Any]:

@@ -49,6 +49,10 @@ __all__ = [
 
 Labelling = Literal["all", "one"]
 
+MAX_OBJECTS = 100
+"""The most objects one scene may hold (``SceneConfig.counts``, layouts, ``locality --count``): placement and
+rendering cost grow with the square of the count, and no 16..128 px image fits more of the shipped sizes."""
+
 _SQUARE_HALF = 0.85
 _TRI_CIRCUM = 1.25
 _SQRT3_2 = math.sqrt(3.0) / 2.0
@@ -118,6 +122,9 @@ class SceneConfig(ConfigMixin):
         if not counts or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
             raise fail(where, f"`counts` is {self.counts!r}, expected a non-empty sequence of ints >= 0.",
                        "e.g. counts=(1, 2, 3) for training, counts=tuple(range(11)) for evaluation.")
+        if len(counts) > 10_000 or max(counts) > MAX_OBJECTS:
+            raise fail(where, f"`counts` asks for {max(counts):,} objects per scene ({len(counts):,} counts), over "
+                       f"the limit of {MAX_OBJECTS} objects.", f"use counts of at most {MAX_OBJECTS}.")
         object.__setattr__(self, "counts", counts)
         for name, allowed in (("colors", COLORS), ("shapes", SHAPES), ("sizes", SIZES)):
             value = getattr(self, name)
@@ -202,6 +209,34 @@ class Scene:
                 raise fail(where, f"`{name}` is {describe(t)}, expected a tensor [B, K] = [{B}, {K}].")
         if self.valid.dtype != torch.bool:
             raise fail(where, f"`valid` has dtype {self.valid.dtype}, expected torch.bool.")
+        if not self.pos.is_floating_point():
+            raise fail(where, f"`pos` has dtype {self.pos.dtype}, expected a floating dtype (pixels).")
+        for name in ("color", "shape", "size"):
+            t = getattr(self, name)
+            if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+                raise fail(where, f"`{name}` has dtype {t.dtype}, expected integer indices (torch.long).")
+        res = self.resolution
+        if isinstance(res, bool) or not isinstance(res, int) or not 1 <= res <= 4096:
+            raise fail(where, f"`resolution` is {self.resolution!r}, expected an int in 1..4096 (pixels).")
+        if K > MAX_OBJECTS:
+            raise fail(where, f"`pos` has {K} object slots, over the limit of {MAX_OBJECTS}.",
+                       f"request at most {MAX_OBJECTS} objects per scene.")
+        v = self.valid
+        if self.pos.device.type != "meta" and v.numel():
+            # Padding slots may hold anything (as in Conditions); valid slots must be drawable.
+            if bool((v & ~torch.isfinite(self.pos).all(-1)).any()):
+                b, k = (v & ~torch.isfinite(self.pos).all(-1)).nonzero()[0].tolist()
+                raise fail(where, f"image {b}, object {k}: position {self.pos[b, k].tolist()} is not finite.",
+                           "give every valid object a finite (row, col) in pixels; padding slots are ignored.")
+            for name, names, low in (("color", COLORS, 0), ("shape", SHAPES, -1), ("size", SIZES, -1)):
+                t = getattr(self, name)
+                bad = v & ((t < low) | (t >= len(names)))
+                if bool(bad.any()):
+                    b, k = bad.nonzero()[0].tolist()
+                    allowed = f"{low}..{len(names) - 1}" + (" (-1: unspecified)" if low < 0 else "")
+                    raise fail(where, f"image {b}, object {k}: `{name}` index {int(t[b, k])} is out of range; "
+                               f"expected {allowed}, an index into {names}.",
+                               f"use the index helpers ({name}_index) or parse_layout.")
 
     @property
     def batch_size(self) -> int:
@@ -395,6 +430,13 @@ def sample_scenes(
         raise fail(where, f"objects of bounding radius {smallest:.2f} px with margin {config.margin} px do not "
                    f"fit in a {config.resolution}x{config.resolution} image.",
                    "use smaller `radii`, a smaller `margin`, or a larger `resolution`.")
+    # No packing of K discs of radius (smallest + gap / 2) is denser than the hexagonal one (pi / sqrt(12)):
+    # refuse at once what no number of rejection rounds could place.
+    free = side - 2 * config.margin + config.gap   # the square the discs of the centres lie in
+    if K > 0 and K * math.pi * (smallest + config.gap / 2) ** 2 > math.pi / math.sqrt(12) * free ** 2:
+        raise fail(where, f"{K} objects (bounding radius >= {smallest:.2f} px, gap {config.gap} px) cannot fit in a "
+                   f"{config.resolution}x{config.resolution} image: their discs cover more than any packing allows.",
+                   "lower the object count, `min_gap` or `radii`, or raise `resolution`.")
     color = torch.zeros(n, K, dtype=torch.long)
     shape = torch.zeros(n, K, dtype=torch.long)
     size = torch.zeros(n, K, dtype=torch.long)
@@ -501,10 +543,12 @@ def render_scene(scene: Scene, config: SceneConfig | None = None, *, dtype: torc
     if K == 0:
         return bg.clamp(0, 1).contiguous()
     radii = torch.tensor(config.object_radii(), dtype=dtype, device=dev)
-    shape = scene.shape.clamp(min=0)
-    r = radii[scene.size.clamp(min=0)]                                          # [B, K]
+    # Padding slots are ignored whatever they hold (NaN positions, any ids): they are drawn as a zero-coverage
+    # disc at the origin, so nothing of theirs can reach a pixel.
+    shape = torch.where(v, scene.shape, 0).clamp(min=0)
+    r = radii[torch.where(v, scene.size, 0).clamp(min=0)]                       # [B, K]
     b = r * torch.tensor(_SHAPE_BOUND, dtype=dtype, device=dev)[shape]
-    pos = scene.pos.to(dtype)
+    pos = torch.where(v[..., None], scene.pos.to(dtype), 0.0)
     rows = torch.arange(H, device=dev, dtype=dtype).view(1, 1, H, 1)
     cols = torch.arange(W, device=dev, dtype=dtype).view(1, 1, 1, W)
     d_row = rows - pos[..., 0, None, None]                                      # [B, K, H, 1]
@@ -520,7 +564,7 @@ def render_scene(scene: Scene, config: SceneConfig | None = None, *, dtype: torc
         s = ((0.5 * width - _sdf(d_row - off, d_col - off, shp, rr)) / width).clamp(0, 1) * vf
         shade_bg = 1.0 - torch.prod(1.0 - s, dim=1)                            # [B, H, W]
         bg = bg * (1.0 - config.shadow * shade_bg[:, None])
-    rgb = COLOR_RGB.to(device=dev, dtype=dtype)[scene.color.clamp(0, len(COLORS) - 1)]   # [B, K, 3]
+    rgb = COLOR_RGB.to(device=dev, dtype=dtype)[torch.where(v, scene.color, 0).clamp(0, len(COLORS) - 1)]
     one_minus = 1.0 - a
     rev = torch.flip(torch.cumprod(torch.flip(one_minus, [1]), dim=1), [1])   # prod_{j >= k}
     after = torch.cat([rev[:, 1:], torch.ones_like(rev[:, :1])], dim=1)       # prod_{j > k}
