@@ -54,8 +54,10 @@ import math
 import re
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,6 +153,7 @@ class _Progress:
         self.n = 0
         self.t0 = self.last = time.perf_counter()
         self.bar: Any = None
+        self._lock = threading.Lock()  # sampler callbacks of runs side by side (the demo) update it
         isatty = getattr(sys.stderr, "isatty", None)
         if enabled and callable(isatty) and isatty():
             try:
@@ -173,12 +176,13 @@ class _Progress:
             self.bar.set_description(desc)
 
     def update(self, n: int = 1) -> None:
-        """Count ``n`` more units done."""
-        self.n += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.enabled and time.perf_counter() - self.last >= self.every:
-            self._line()
+        """Count ``n`` more units done (from any thread)."""
+        with self._lock:
+            self.n += n
+            if self.bar is not None:
+                self.bar.update(n)
+            elif self.enabled and time.perf_counter() - self.last >= self.every:
+                self._line()
 
     def print(self, text: str) -> None:
         """Print a line on stdout without breaking the bar."""
@@ -571,20 +575,41 @@ def _demo(args: argparse.Namespace) -> int:
     t_all = time.perf_counter()
     results: dict[str, Any] = {}
     images: dict[str, Tensor] = {}
+
+    def run(name: str, method: str, bar: _Progress) -> tuple[dict[str, Any], Tensor]:
+        t0 = time.perf_counter()
+        keep: list[Tensor] = []
+        exp = ExperimentConfig.from_dict(models[name].meta["experiment"])  # masks as the model was benchmarked
+        res = evaluate_model(models[name], method, counts=counts, per_count=per_count, seed=args.seed,
+                             steps=steps, mask_radius=exp.mask_radius, crop=exp.crop,
+                             batch_size=per_count * len(counts), strategy=_DEMO_STRATEGY, callback=bar.step,
+                             meta={"model": name, "method": method}, keep_images=keep)
+        return ({"model": name, "method": method, "evaluation": res.to_dict(),
+                 "seconds": round(time.perf_counter() - t0, 1), "meta": models[name].meta}, torch.cat(keep))
+
+    # The runs are independent (each draws from its own seeded generator), so on a machine with several cores
+    # they run side by side in threads, one torch thread each: the demo's batches are too small for torch's
+    # intra-op threads to pay off, and every run gives the same numbers as alone on one thread.
+    workers = min(torch.get_num_threads(), len(runs))
     with _Progress(len(runs) * steps, "localscore demo", enabled=args.progress) as bar:
-        for name, method in runs:
-            key = f"{name} {method}"
-            bar.stage(f"localscore demo ({key})")
-            t0 = time.perf_counter()
-            keep: list[Tensor] = []
-            exp = ExperimentConfig.from_dict(models[name].meta["experiment"])  # masks as the model was benchmarked
-            res = evaluate_model(models[name], method, counts=counts, per_count=per_count, seed=args.seed,
-                                 steps=steps, mask_radius=exp.mask_radius, crop=exp.crop,
-                                 batch_size=per_count * len(counts), strategy=_DEMO_STRATEGY, callback=bar.step,
-                                 meta={"model": name, "method": method}, keep_images=keep)
-            images[key] = torch.cat(keep)
-            results[key] = {"model": name, "method": method, "evaluation": res.to_dict(),
-                            "seconds": round(time.perf_counter() - t0, 1), "meta": models[name].meta}
+        if workers > 1:
+            bar.stage(f"localscore demo ({len(runs)} runs, {workers} at a time)")
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    by_cost = sorted(runs, key=lambda r: r[1] == "joint")  # compositions first: the longest
+                    futures = {r: pool.submit(run, r[0], r[1], bar) for r in by_cost}
+                    done = {r: f.result() for r, f in futures.items()}
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            done = {}
+            for name, method in runs:
+                bar.stage(f"localscore demo ({name} {method})")
+                done[(name, method)] = run(name, method, bar)
+    for name, method in runs:
+        results[f"{name} {method}"], images[f"{name} {method}"] = done[(name, method)]
     total = time.perf_counter() - t_all
 
     evals = {k: EvaluationResult.from_dict(r["evaluation"]) for k, r in results.items()}

@@ -203,9 +203,14 @@ def test_demo_default_settings_and_counts_flag(tmp_path: Path, capsys: pytest.Ca
                                 batch_size=kw["batch_size"])
 
     monkeypatch.setattr(lengthgen, "evaluate_model", fake)
+    threads = torch.get_num_threads()
     assert main(["demo", "--no-progress", "--out", str(tmp_path)]) == 0
-    assert [(s["method"], s["counts"], s["per_count"], s["steps"], s["strategy"]) for s in seen] == \
+    assert torch.get_num_threads() == threads  # the side-by-side runs give the torch threads back
+    # the runs may run side by side in threads (in any order); the table keeps the runs' order
+    assert sorted((s["method"], s["counts"], s["per_count"], s["steps"], s["strategy"]) for s in seen) == \
         [(m, [1, 2, 3, 8, 9, 10], 6, 16, "auto") for m in ("joint", "projective", "projective")]
+    assert list(json.loads((tmp_path / "demo.json").read_text())["runs"]) == \
+        ["local-32 joint", "local-32 projective", "baseline-32 projective"]
     assert "Sampling 6 images for each of 1-3, 8-10 objects (16 Euler steps)" in capsys.readouterr().out
     seen.clear()
     assert main(["demo", "--quick", "--no-progress", "--counts", "1..4", "--out", str(tmp_path)]) == 0
