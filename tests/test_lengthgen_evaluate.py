@@ -162,8 +162,18 @@ def test_wilson_interval_solves_its_defining_equation(k: int, extra: int, z: flo
 
 
 def test_wilson_interval_rejects_bad_counts() -> None:
-    with pytest.raises(LocalScoreError):
+    with pytest.raises(LocalScoreError, match="0 <= successes <= trials"):
         wilson_interval(5, 3)
+    with pytest.raises(LocalScoreError, match="expected integers"):
+        wilson_interval(1.5, 3)  # type: ignore[arg-type]  # was (0.13, 0.87): a fractional count accepted
+
+
+@pytest.mark.parametrize("z", [-1.0, 0.0, math.nan, math.inf, "1.96", True])
+def test_wilson_interval_rejects_bad_z(z: object) -> None:
+    # z = -1 gave (0.65, 0.35), z = 0 (0.5, 0.5), NaN and inf (0, 1): all silently wrong
+    assert wilson_interval(5, 10, 1.0) != (0.0, 1.0)  # positive control: a good z gives an interval
+    with pytest.raises(LocalScoreError, match="finite number > 0"):
+        wilson_interval(5, 10, z)  # type: ignore[arg-type]
 
 
 def test_seed_table_pools_and_renders() -> None:

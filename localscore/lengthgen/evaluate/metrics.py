@@ -21,6 +21,7 @@ intervals are optimistic.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,9 +59,15 @@ def wilson_interval(successes: int, trials: int, z: float = _Z95) -> tuple[float
         >>> [round(v, 4) for v in wilson_interval(8, 10)]
         [0.4902, 0.9433]
     """
-    if isinstance(successes, bool) or isinstance(trials, bool) or not (0 <= successes <= trials):
+    def integer(v: object) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if not (integer(successes) and integer(trials) and 0 <= successes <= trials):
         raise fail("wilson_interval", f"got successes = {successes!r}, trials = {trials!r}; expected "
-                   "0 <= successes <= trials (ints).")
+                   "integers with 0 <= successes <= trials.", "pass counts, e.g. wilson_interval(8, 10).")
+    if isinstance(z, bool) or not isinstance(z, numbers.Real) or not (0 < z < math.inf):
+        raise fail("wilson_interval", f"got z = {z!r}; expected a finite number > 0 (the normal quantile of the "
+                   "interval's confidence).", "leave the default (1.96, a 95 % interval) or pass e.g. z=2.576.")
     if trials == 0:
         return (0.0, 1.0)
     n = float(trials)
