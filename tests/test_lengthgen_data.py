@@ -456,3 +456,14 @@ def test_layout_numbers_and_sizes_are_bounded(tmp_path: Path) -> None:
         load_layout(tmp_path)
     (tmp_path / "l.json").write_text(json.dumps({"size": 16, "images": [[]] * 100_000}))
     assert load_layout(tmp_path / "l.json").batch_size == 100_000
+
+
+def test_scene_rejects_a_texture_of_the_wrong_shape() -> None:
+    # a texture of the wrong shape was accepted and broke (or silently broadcast in) render_scene later
+    pos, ids = torch.zeros(2, 3, 2), torch.zeros(2, 3, dtype=torch.long)
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    Scene(pos, ids, ids, ids, valid, 16, torch.rand(2, 1, 4, 4))  # positive control: [B, 1, h, w]
+    wrong = (torch.rand(5), torch.rand(3, 1, 4, 4), torch.rand(2, 3, 4, 4), torch.zeros(2, 1, 4, 4, dtype=torch.long))
+    for bad in wrong:
+        with pytest.raises(LocalScoreError, match=r"`texture` is .* expected None or a float tensor \[B, 1, h, w\]"):
+            Scene(pos, ids, ids, ids, valid, 16, bad)

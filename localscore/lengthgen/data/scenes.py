@@ -218,6 +218,12 @@ class Scene:
         res = self.resolution
         if isinstance(res, bool) or not isinstance(res, int) or not 1 <= res <= 4096:
             raise fail(where, f"`resolution` is {self.resolution!r}, expected an int in 1..4096 (pixels).")
+        tex = self.texture
+        if tex is not None and not (isinstance(tex, torch.Tensor) and tex.is_floating_point() and tex.dim() == 4
+                                    and tex.shape[0] == B and tex.shape[1] == 1 and min(tex.shape[2:]) >= 1):
+            raise fail(where, f"`texture` is {describe(tex)}, expected None or a float tensor [B, 1, h, w] = "
+                       f"[{B}, 1, h, w] of low-resolution noise in [-1, 1].",
+                       "pass the texture sample_scenes draws, or None for a plain background.")
         if K > MAX_OBJECTS:
             raise fail(where, f"`pos` has {K} object slots, over the limit of {MAX_OBJECTS}.",
                        f"request at most {MAX_OBJECTS} objects per scene.")
