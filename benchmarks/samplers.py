@@ -28,17 +28,14 @@ judged on the mean of those runs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
-import platform
-import sys
 import time
-import types
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from _bench import cpu_name, load_k_diffusion_sampling
 
 from localscore.oracles import GaussianMixture
 from localscore.sampling import (
@@ -123,43 +120,6 @@ SAMPLERS: dict[str, tuple[Callable[..., torch.Tensor], dict[str, Any], Callable[
 # the samplers without fresh noise (probability-flow ODE solvers): they carry the start's error to the end
 DETERMINISTIC = ["euler", "heun", "ddim(eta=0)", "dpm_2", "dpmpp_2m", "dpmpp_3m(eta=0)", "lms", "deis", "unipc",
                  "unipc(bh1)"]
-
-
-def load_k_diffusion_sampling() -> Any:
-    """k-diffusion's ``sampling.py`` alone (its package imports clip, clean-fid and torchvision), or ``None``.
-
-    From ``$LOCALSCORE_K_DIFFUSION_SAMPLING`` (a path to ``k_diffusion/sampling.py``) or an installed
-    ``k_diffusion``; ``torchsde`` / ``torchdiffeq`` are stubbed when absent (the SDE samplers are then given a
-    plain Gaussian ``noise_sampler``, as localscore draws its noise).
-    """
-    path = os.environ.get("LOCALSCORE_K_DIFFUSION_SAMPLING")
-    if not path:
-        spec = importlib.util.find_spec("k_diffusion")
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        path = os.path.join(next(iter(spec.submodule_search_locations)), "sampling.py")
-    if not os.path.exists(path):
-        return None
-    stubs = [name for name in ("torchsde", "torchdiffeq") if importlib.util.find_spec(name) is None]
-    try:
-        for name in stubs:  # only while the file runs: a stub without __spec__ breaks diffusers' imports
-            stub = types.ModuleType(name)
-            stub.odeint = None  # type: ignore[attr-defined]
-            sys.modules[name] = stub
-        pkg, utils = types.ModuleType("_kd"), types.ModuleType("_kd.utils")
-        pkg.__path__ = []  # type: ignore[attr-defined]
-        utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]  # type: ignore[attr-defined]
-        pkg.utils = utils  # type: ignore[attr-defined]
-        sys.modules["_kd"], sys.modules["_kd.utils"] = pkg, utils
-        spec = importlib.util.spec_from_file_location("_kd.sampling", path)
-        if spec is None or spec.loader is None:
-            return None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        for name in stubs:
-            sys.modules.pop(name, None)
 
 
 def k_diffusion_rows(kd: Any) -> dict[str, Runner]:
@@ -436,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--quick and --full exclude each other")
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    print(f"CPU: {_cpu_name()}; load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
+    print(f"CPU: {cpu_name()}; load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
           f"{os.getloadavg()[2]:.2f}; torch {torch.__version__}; {torch.get_num_threads()} thread(s)")
     n = args.n or (1000 if args.quick else 4000)
     replicates = args.replicates or (4 if args.quick else 16)
@@ -466,17 +426,6 @@ def main(argv: list[str] | None = None) -> None:
         else:
             overhead_table(batch=16, size=32, steps=50, repeats=5)
     print(f"\nTotal run time {time.perf_counter() - t0:.0f} s; load average now {os.getloadavg()[0]:.2f}")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

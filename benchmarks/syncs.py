@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from _bench import cpu_name
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -149,17 +149,6 @@ def inline_euler(net: Conv1x1, x: Tensor, sigmas: Tensor, sigma_data: float) -> 
         d = c_skip * x + c_out * net(x * c_in, torch.log(s) / 4)
         x = x + (sigma_next - sigma) * (x - d) / sigma
     return x
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def overhead(quick: bool, steps_list: list[int]) -> None:

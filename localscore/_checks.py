@@ -45,6 +45,7 @@ __all__ = [
     "checked_call",
     "current_scope",
     "trusted",
+    "trusting_scope",
     "vouch",
 ]
 
@@ -163,10 +164,13 @@ class CheckScope:
                                "and raises once, at the end of the call.")
 
 
+_FUNCTORCH_WRAPPED: Callable[[Tensor], bool] | None = getattr(
+    getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)  # looked up once, not per check
+
+
 def _transformed(t: Tensor) -> bool:
     """Whether ``t`` is wrapped by a :mod:`torch.func` transform (a batched or dual tensor of vmap / jvp / grad)."""
-    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
-    return wrapped is not None and bool(wrapped(t))
+    return _FUNCTORCH_WRAPPED is not None and bool(_FUNCTORCH_WRAPPED(t))
 
 
 def _passed(values: tuple[Tensor, ...], finite: bool) -> bool:
@@ -255,8 +259,20 @@ def trusted(x: Any, sigma: Any) -> bool:
     images ``[B, C, H, W]`` and noise levels ``[B]`` it has checked or derived itself, on one device and in one
     dtype (a caller that changes either passes a new, unvouched tensor).
     """
+    return trusting_scope(x, sigma) is not None
+
+
+def trusting_scope(x: Any, sigma: Any) -> CheckScope | None:
+    """The active scope when it trusts ``x`` and ``sigma`` (see :func:`trusted`), else ``None``: the fast path of a
+    nested denoiser call, which goes on with the scope it got here (one context lookup per call)."""
     scope = _SCOPE.get()
-    return scope is not None and scope.vouched(x) and scope.vouched(sigma) and sigma.shape[0] == x.shape[0]
+    if scope is None:
+        return None
+    vouched = scope._vouched
+    t, s = vouched.get(id(x)), vouched.get(id(sigma))  # the very objects x and sigma, if vouched for
+    if t is None or s is None or t is not x or s is not sigma:
+        return None
+    return scope if s.shape[0] == t.shape[0] else None
 
 
 def check_flag(bad: Tensor, error: ErrorFn) -> None:

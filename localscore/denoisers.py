@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import (
+    CheckScope,
     as_sigma,
     check_flag,
     check_image,
@@ -40,8 +41,8 @@ from ._checks import (
     checked_call,
     current_scope,
     trusted,
+    trusting_scope,
 )
-from ._checks import vouch as _vouch  # inputs an adapter derived from checked ones (c_in * x)
 from ._errors import LocalScoreError, describe, fail
 from .conditions import ConditionSet
 
@@ -255,9 +256,8 @@ def _check_sigma_data(value: Any, where: str) -> float:
     return float(value)
 
 
-def _col(c: Tensor, x: Tensor) -> Tensor:
-    """``c [B]`` as ``[B, 1, 1, 1]``, broadcast over ``x [B, C, H, W]``."""
-    return c.view(-1, *([1] * (x.dim() - 1)))
+_COL4 = (-1, 1, 1, 1)
+"""The view of ``[B]`` scalings broadcast over images ``[B, C, H, W]``."""
 
 
 class _Adapter(nn.Module):
@@ -295,29 +295,34 @@ class _Adapter(nn.Module):
         code, a non-finite output raises here; called by a sampler or a composition, the output's finiteness is
         recorded on the device and the caller raises at the end of its call, naming the step.
         """
-        if trusted(x, sigma):  # called by a sampler or a composition with inputs it has checked
-            s = cast(Tensor, sigma)  # trusted() holds only for a vouched tensor [B]
-            check_model(self.inner, x, self._where, "net")  # metadata, once per scope (see _checks.check_model)
+        scope = trusting_scope(x, sigma)
+        if scope is not None:  # called by a sampler or a composition with inputs it has checked
+            s = cast(Tensor, sigma)  # trusted only for a vouched tensor [B]
+            inner = self.inner
+            scope.check_model(inner, x, self._where, "net")  # metadata, once per scope (see _checks.check_model)
             self._check_sigma(s)
-            return self._denoise(x, s, cond)
+            return self._denoise(x, s, cond, scope, inner)
         x = check_image(x, self._where)
         check_model(self.inner, x, self._where, "net")
         s = as_sigma(sigma, x.shape[0], self._where, like=x)
         self._check_sigma(s)
-        if current_scope() is not None:  # nested in a sampler or composition: its scope holds x and s
-            return self._denoise(x, s, cond)
+        scope = current_scope()
+        if scope is not None:  # nested in a sampler or composition: its scope holds x and s
+            return self._denoise(x, s, cond, scope, self.inner)
         with checked_call(self._where) as scope:  # called from user code: the output is checked here
             scope.vouch(x, s)
-            out = self._denoise(x, s, cond)
+            out = self._denoise(x, s, cond, scope, self.inner)
             scope.require_finite(out, _non_finite_output, self._where, "the wrapped model", s)
             return out
 
-    def _denoise(self, x: Tensor, s: Tensor, cond: ConditionSet | None) -> Tensor:
+    def _denoise(self, x: Tensor, s: Tensor, cond: ConditionSet | None, scope: CheckScope, inner: Network) -> Tensor:
+        """The combination, for checked inputs, in the check scope ``scope``; ``inner`` is ``self.inner``, read
+        once by the caller (a module attribute lookup is not free on a sampler's per-step path)."""
         c_skip, c_out, c_in = self.get_scalings(s)
-        col = (-1,) + (1,) * (x.dim() - 1)  # [B] -> [B, 1, 1, 1], broadcast over x
+        col = _COL4 if x.dim() == 4 else (-1,) + (1,) * (x.dim() - 1)  # [B] -> [B, 1, 1, 1], broadcast over x
         x_in = x * c_in.view(col)
-        _vouch(x_in)
-        out = self.inner(x_in, self.c_noise(s), cond)
+        scope.vouch(x_in)  # derived from checked inputs: the network's own checks skip it
+        out = inner(x_in, self.c_noise(s), cond)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else describe(out)
             raise fail(self._where, f"the wrapped model returned {got} for input shape {tuple(x.shape)}; "
@@ -468,11 +473,14 @@ class EDMPreconditioner(_Adapter):
     def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(c_skip, c_out, c_in)`` of the class docstring for ``sigma [B]``."""
         sd = self.sigma_data
-        s2 = sigma**2 + sd**2  # sigma**2 + sigma_data**2, and its root, computed once
+        # The operators' own arithmetic, without their Python wrappers (this runs at every sampler step):
+        # ``a / t`` for a float a is ``t.reciprocal() * a`` (``* 1.0`` is exact) and ``t**2`` is ``t.pow(2)``, bit
+        # for bit.
+        s2 = sigma.pow(2) + sd**2  # sigma**2 + sigma_data**2, and its root, computed once
         root = torch.sqrt(s2)
-        c_skip = sd**2 / s2
+        c_skip = s2.reciprocal() * sd**2  # sigma_data**2 / s2
         c_out = sigma * sd / root
-        c_in = 1.0 / root
+        c_in = root.reciprocal()  # 1 / root
         return c_skip, c_out, c_in
 
     def c_noise(self, sigma: Tensor) -> Tensor:

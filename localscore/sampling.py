@@ -260,6 +260,8 @@ def _churn(run: _Run, i: int, x: Tensor, s_churn: float, s_tmin: float, s_tmax: 
            generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
     """EDM's churn at step ``i``: ``(x_h, sigma_h (0-d), sigma_h [B])``; ``x`` and ``sigma`` unchanged when
     ``gamma = 0`` (no noise drawn)."""
+    if s_churn == 0:  # the default: gamma = 0 at every step
+        return x, run.levels[i], run.rows[i]
     gamma = min(s_churn / run.n, math.sqrt(2) - 1) if s_tmin <= run.grid[i] <= s_tmax else 0.0
     sigma = run.levels[i]
     if gamma > 0:
@@ -301,11 +303,12 @@ def _finish(scope: CheckScope, x: Tensor, where: str) -> None:
                                          "check the grid and the scale of x (noise already scaled by sigmas[0])."))
 
 
-def _report(callback: Callback | None, i: int, x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Tensor,
+def _report(callback: Callback, i: int, x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Tensor,
             **extra: Any) -> None:
-    if callback is not None:
-        with unchecked_section():  # user code: library calls it makes check their inputs at once
-            callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised, **extra})
+    """Call the user's callback after step ``i`` (samplers call this only when there is one: no call per step
+    otherwise)."""
+    with unchecked_section():  # user code: library calls it makes check their inputs at once
+        callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised, **extra})
 
 
 # ---------------------------------------------------------------------------------------------- samplers
@@ -432,7 +435,8 @@ def sample_heun(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
             if grid[i + 1] > 0:
                 d_next = (x - _denoise(scope, denoiser, x, rows[i + 1], cond, where)) / sigma_next
                 x = x_h + (sigma_next - sigma_h) * (d + d_next) / 2
-            _report(callback, i, x, sigma, sigma_next, den, sigma_hat=sigma_h)
+            if callback is not None:
+                _report(callback, i, x, sigma, sigma_next, den, sigma_hat=sigma_h)
         _finish(scope, x, where)
     return x
 
@@ -681,7 +685,8 @@ def sample_euler_ancestral(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Condi
             x = x + (down - sigma) * (x - d) / sigma
             if grid[i + 1] > 0 and eta > 0:
                 x = x + s_noise * up * _noise(x, generator)
-            _report(callback, i, x, sigma, sigma_next, d)
+            if callback is not None:
+                _report(callback, i, x, sigma, sigma_next, d)
         _finish(scope, x, where)
     return x
 
@@ -754,7 +759,8 @@ def sample_dpm_2(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | No
                 x = _dpm2_step(scope, denoiser, x_h, d, sigma_h, sigma_next, cond, where)
             else:
                 x = x_h + (sigma_next - sigma_h) * d
-            _report(callback, i, x, sigma, sigma_next, den, sigma_hat=sigma_h)
+            if callback is not None:
+                _report(callback, i, x, sigma, sigma_next, den, sigma_hat=sigma_h)
         _finish(scope, x, where)
     return x
 
@@ -812,7 +818,8 @@ def sample_dpm_2_ancestral(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Condi
                 x = x + (down - sigma) * d
             if grid[i + 1] > 0 and eta > 0:
                 x = x + s_noise * up * _noise(x, generator)
-            _report(callback, i, x, sigma, sigma_next, den)
+            if callback is not None:
+                _report(callback, i, x, sigma, sigma_next, den)
         _finish(scope, x, where)
     return x
 
@@ -879,7 +886,8 @@ def sample_dpmpp_2s_ancestral(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Co
                 x = d
             if grid[i + 1] > 0 and eta > 0:
                 x = x + s_noise * up * _noise(x, generator)
-            _report(callback, i, x, sigma, sigma_next, d)
+            if callback is not None:
+                _report(callback, i, x, sigma, sigma_next, d)
         _finish(scope, x, where)
     return x
 
@@ -943,7 +951,8 @@ def sample_dpmpp_2m(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions |
                     x = (sigma_next / sigma) * x - torch.expm1(-h) * ((1 + 1 / (2 * r)) * d - d_prev / (2 * r))
                 h_prev = h
             d_prev = d
-            _report(callback, i, x, sigma, sigma_next, d)
+            if callback is not None:
+                _report(callback, i, x, sigma, sigma_next, d)
         _finish(scope, x, where)
     return x
 
@@ -1024,7 +1033,8 @@ def sample_dpmpp_2m_sde(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditio
                     x = x + s_noise * sigma_next * torch.sqrt(-torch.expm1(-2 * eta * h)) * _noise(x, generator)
                 h_prev = h
             d_prev = d
-            _report(callback, i, x, sigma, sigma_next, d)
+            if callback is not None:
+                _report(callback, i, x, sigma, sigma_next, d)
         _finish(scope, x, where)
     return x
 
@@ -1114,7 +1124,8 @@ def sample_dpmpp_3m_sde(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditio
                     x = x + s_noise * sigma_next * torch.sqrt(-torch.expm1(-2 * eta * h)) * _noise(x, generator)
             d_1, d_2 = d, d_1
             h_1, h_2 = h, h_1
-            _report(callback, i, x, sigma, sigma_next, d)
+            if callback is not None:
+                _report(callback, i, x, sigma, sigma_next, d)
         _finish(scope, x, where)
     return x
 
@@ -1192,7 +1203,8 @@ def sample_lms(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | None
             den = _denoise(scope, denoiser, x, rows[i], cond, where)
             ds = [(x - den) / levels[i], *ds[: order - 1]]
             x = x + sum((c * dj for c, dj in zip(coeffs[i], ds)), torch.zeros_like(x))
-            _report(callback, i, x, levels[i], levels[i + 1], den)
+            if callback is not None:
+                _report(callback, i, x, levels[i], levels[i + 1], den)
         _finish(scope, x, where)
     return x
 
@@ -1250,7 +1262,8 @@ def sample_deis(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | Non
                 x = x + sum((c * e for c, e in zip(coeffs[i], eps)), torch.zeros_like(x))
             else:
                 x = den
-            _report(callback, i, x, levels[i], levels[i + 1], den)
+            if callback is not None:
+                _report(callback, i, x, levels[i], levels[i + 1], den)
         _finish(scope, x, where)
     return x
 
@@ -1365,7 +1378,8 @@ def sample_unipc(denoiser: Any, x: Tensor, sigmas: Tensor, cond: Conditions | No
                 for k, (rk, rho) in enumerate(zip(rks, rhos_p)):
                     x_new = x_new - b_h * rho * (ms[k + 1] - m) / rk
             x_last, x = x, x_new
-            _report(callback, i, x, sigma, sigma_next, m)
+            if callback is not None:
+                _report(callback, i, x, sigma, sigma_next, m)
         _finish(scope, x, where)
     return x
 
@@ -1577,7 +1591,8 @@ def _langevin(scope: CheckScope, call: checked_call, denoiser: Any, x: Tensor, s
             s = torch.where(keep, s_p, s)
             if lp is not None:
                 lp = torch.where(accepted, lp_p, lp)
-        _report(callback, i, x, sig, sig, d, step_size=eps.flatten(), accepted=accepted)
+        if callback is not None:
+            _report(callback, i, x, sig, sig, d, step_size=eps.flatten(), accepted=accepted)
     if call.owned:
         scope.begin_step(None)
     return x

@@ -6,15 +6,15 @@ import math
 import sys
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
+from _sampling_oracles import F64, GAUSS, MIXTURE, flow_slope
 from _twosample import energy_test, ks_projections
 from hypothesis import given
 from hypothesis import strategies as st
 
 from localscore import Conditions, LocalScoreError
-from localscore.oracles import Gaussian, GaussianMixture
+from localscore.oracles import Gaussian
 from localscore.sampling import (
     langevin_correct,
     log_prob_difference,
@@ -25,18 +25,7 @@ from localscore.sampling import (
     sample_euler_maruyama,
     sample_heun,
 )
-from localscore.schedules import karras_sigmas, loguniform_sigmas
-
-F64 = torch.float64
-
-MIXTURE = GaussianMixture(
-    torch.tensor([0.3, 0.7], dtype=F64),
-    torch.tensor([[-2.0, 1.0], [1.5, -0.5]], dtype=F64).view(2, 2, 1, 1),
-    torch.tensor([[[0.3, 0.1], [0.1, 0.2]], [[0.25, -0.15], [-0.15, 0.4]]], dtype=F64),
-)
-GAUSS = Gaussian(torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=F64).view(1, 2, 2),
-                 torch.tensor([[1.0, 0.3, 0.0, 0.1], [0.3, 0.5, 0.1, 0.0], [0.0, 0.1, 0.8, -0.2],
-                               [0.1, 0.0, -0.2, 0.3]], dtype=F64))
+from localscore.schedules import karras_sigmas
 
 # (name, sampler, steps, extra kwargs): steps chosen so that the discretisation bias is below the
 # statistical resolution of the checks (n = 4000 for moments, 1000 + 1000 for the two-sample tests).
@@ -89,27 +78,16 @@ def test_the_two_sample_checks_have_power() -> None:
     assert ks_projections(out, ref) < 0.01
 
 
-def _slope(sampler: Any, steps: list[int], **kwargs: Any) -> float:
-    """Log-log slope of the ODE endpoint error against the number of steps (fixed start, sigma 10 -> 0.05)."""
-    x = torch.tensor([2.0, -3.0, 1.5, 4.0], dtype=F64).view(1, 1, 2, 2) * 10
-    exact = GAUSS.probability_flow(x, 10.0, 0.05)
-    errs = []
-    for n in steps:
-        sigmas = loguniform_sigmas(n, 0.05, 10.0, append_zero=False, dtype=F64)
-        errs.append(float((sampler(GAUSS, x, sigmas, **kwargs) - exact).norm()))
-    return float(np.polyfit(np.log(steps), np.log(errs), 1)[0])
-
-
 def test_euler_converges_at_first_order() -> None:
-    assert -1.15 < _slope(sample_euler, [16, 32, 64, 128]) < -0.85
+    assert -1.15 < flow_slope(sample_euler, [16, 32, 64, 128]) < -0.85
 
 
 def test_ddim_eta0_converges_at_first_order() -> None:
-    assert -1.15 < _slope(sample_ddim, [16, 32, 64, 128]) < -0.85
+    assert -1.15 < flow_slope(sample_ddim, [16, 32, 64, 128]) < -0.85
 
 
 def test_heun_converges_at_second_order() -> None:
-    assert -2.2 < _slope(sample_heun, [8, 16, 32, 64]) < -1.8
+    assert -2.2 < flow_slope(sample_heun, [8, 16, 32, 64]) < -1.8
 
 
 def test_deterministic_samplers_land_on_the_exact_flow() -> None:

@@ -12,14 +12,14 @@ import sys
 import types
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
+from _sampling_oracles import F64, GAUSS, MIXTURE, flow_slope
 from _twosample import energy_test
 
 from localscore import Conditions, LocalConditionalDenoiser, LocalScoreError
 from localscore.compose import projective_from
-from localscore.oracles import Gaussian, GaussianMixture
+from localscore.oracles import Gaussian
 from localscore.sampling import (
     sample_deis,
     sample_dpm_2,
@@ -34,17 +34,6 @@ from localscore.sampling import (
     sample_unipc,
 )
 from localscore.schedules import karras_sigmas, loguniform_sigmas
-
-F64 = torch.float64
-
-MIXTURE = GaussianMixture(
-    torch.tensor([0.3, 0.7], dtype=F64),
-    torch.tensor([[-2.0, 1.0], [1.5, -0.5]], dtype=F64).view(2, 2, 1, 1),
-    torch.tensor([[[0.3, 0.1], [0.1, 0.2]], [[0.25, -0.15], [-0.15, 0.4]]], dtype=F64),
-)
-GAUSS = Gaussian(torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=F64).view(1, 2, 2),
-                 torch.tensor([[1.0, 0.3, 0.0, 0.1], [0.3, 0.5, 0.1, 0.0], [0.0, 0.1, 0.8, -0.2],
-                               [0.1, 0.0, -0.2, 0.3]], dtype=F64))
 
 NEW: list[tuple[str, Any, dict[str, Any]]] = [
     ("euler_churn", sample_euler, {"s_churn": 10.0, "s_tmin": 0.05, "s_tmax": 50.0}),
@@ -65,18 +54,6 @@ DETERMINISTIC = {"dpm_2", "dpmpp_2m", "lms", "deis", "unipc_bh2", "unipc_bh1_3"}
 
 
 # ------------------------------------------------------------------------------------------- convergence orders
-def _slope(sampler: Any, steps: list[int], hi: float = 10.0, **kwargs: Any) -> float:
-    """Log-log slope of the endpoint error against the number of steps: loguniform grid ``hi -> 0.05`` (no 0),
-    the exact endpoint from the Gaussian's closed-form probability-flow ODE."""
-    x = torch.tensor([2.0, -3.0, 1.5, 4.0], dtype=F64).view(1, 1, 2, 2) * hi
-    exact = GAUSS.probability_flow(x, hi, 0.05)
-    errs = []
-    for n in steps:
-        sigmas = loguniform_sigmas(n, 0.05, hi, append_zero=False, dtype=F64)
-        errs.append(float((sampler(GAUSS, x, sigmas, **kwargs) - exact).norm()))
-    return float(np.polyfit(np.log(steps), np.log(errs), 1)[0])
-
-
 FINE = [16, 32, 64, 128]
 COARSE = [8, 16, 32, 64]
 # (name, sampler, kwargs, steps, hi, (lo, hi) bounds of the fitted slope). Measured slopes (float64):
@@ -108,7 +85,7 @@ ORDERS: list[tuple[str, Any, dict[str, Any], list[int], float, tuple[float, floa
 @pytest.mark.parametrize(("name", "sampler", "kwargs", "steps", "hi", "bounds"), ORDERS, ids=[o[0] for o in ORDERS])
 def test_convergence_order_on_the_exact_flow(name: str, sampler: Any, kwargs: dict[str, Any], steps: list[int],
                                              hi: float, bounds: tuple[float, float]) -> None:
-    slope = _slope(sampler, steps, hi, **kwargs)
+    slope = flow_slope(sampler, steps, hi, **kwargs)
     assert bounds[0] < slope < bounds[1], slope
 
 

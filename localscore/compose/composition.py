@@ -2,9 +2,9 @@ r"""The :class:`Composition` operator: the specs, the engine and the combination
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import torch
 from torch import Tensor
@@ -59,6 +59,12 @@ class _Static:
     index: dict[int, Tensor]  # component -> the images it acts on, when not all
     choice: dict[tuple[Any, ...], tuple[str, engine.CropPlan | None]]  # (H, W, declarations) -> what "auto" picks
     plans: dict[tuple[Any, ...], engine.CropPlan | None]  # (H, W, declarations, strict) -> the crop plan
+
+
+_Prepared = tuple[Tensor, list[Tensor | None], list[list[bool]], list[engine.Target], _Static | None]
+"""What :meth:`Composition._prepare` returns: ``(coef [B, n], masks, act, targets, static)``."""
+
+_T = TypeVar("_T")
 
 
 def _positive_int(name: str, v: Any, where: str) -> None:
@@ -301,25 +307,7 @@ class Composition:
         if chosen not in STRATEGIES or (chosen == "crop" and self.crop_size is not None):
             raise fail(where, f"`strategy` is {strategy!r}, expected one of "
                        f"{list(STRATEGIES) if self.crop_size is None else list(STRATEGIES)[:3]}.")
-        x = check_image(x, where)
-        self._check_models(x, where)
-        s = as_sigma(sigma, x.shape[0], where, like=x)
-        with checked_call(where) as scope:
-            scope.vouch(x, s)
-            coef, masks, act, targets, static = self._prepare(x, s, where)
-            parts = self._parts()
-            if self.crop_size is not None:
-                return engine.eval_windows(x, s, coef, masks, act, targets, parts, self.crop_size, where)
-            plan: engine.CropPlan | None = None
-            if chosen == "auto":
-                chosen, plan = self._choose(x, masks, act, targets, where, static)
-            if chosen == "crop":
-                if plan is None:
-                    plan = self._cached_crop_plan(x, masks, act, targets, where, static, strict=True)
-                assert plan is not None
-                return engine.eval_crop(x, s, coef, masks, targets, plan, parts, where)
-            return engine.eval_full(x, s, coef, masks, act, targets, parts, where,
-                                    None if static is None else static.index, merge=chosen == "batched")
+        return self._checked(x, sigma, where, lambda x, s, prepared: self._evaluate(x, s, prepared, chosen, where))
 
     def plan(self, x: Tensor, sigma: Any) -> str:
         """The strategy a call would use for these inputs: ``self.strategy``, what ``auto`` resolves to, or
@@ -333,20 +321,45 @@ class Composition:
             >>> projective_from(D, Conditions.from_lists([[(0.0, 0.0)]])).plan(torch.zeros(1, 1, 4, 4), 1.0)
             'sequential'
         """
-        where = "Composition.plan"
+        return self._checked(x, sigma, "Composition.plan", self._plan)
+
+    # ----------------------------------------------------------------- internals
+    def _checked(self, x: Tensor, sigma: Any, where: str, body: Callable[[Tensor, Tensor, _Prepared], _T]) -> _T:
+        """The opening :meth:`evaluate` and :meth:`plan` share: check ``x``, the models and ``sigma``, then run
+        ``body(x, s [B], self._prepare(x, s))`` in the call's check scope, which vouches for ``x`` and ``s``."""
         x = check_image(x, where)
         self._check_models(x, where)
         s = as_sigma(sigma, x.shape[0], where, like=x)
         with checked_call(where) as scope:
             scope.vouch(x, s)
-            _, masks, act, targets, static = self._prepare(x, s, where)
-            if self.crop_size is not None:
-                return "windows"
-            if self.strategy != "auto":
-                return self.strategy
-            return self._choose(x, masks, act, targets, where, static)[0]
+            return body(x, s, self._prepare(x, s, where))
 
-    # ----------------------------------------------------------------- internals
+    def _evaluate(self, x: Tensor, s: Tensor, prepared: _Prepared, chosen: str, where: str) -> Tensor:
+        """The body of :meth:`evaluate` with the strategy ``chosen`` (checked)."""
+        coef, masks, act, targets, static = prepared
+        parts = self._parts()
+        if self.crop_size is not None:
+            return engine.eval_windows(x, s, coef, masks, act, targets, parts, self.crop_size, where)
+        plan: engine.CropPlan | None = None
+        if chosen == "auto":
+            chosen, plan = self._choose(x, masks, act, targets, where, static)
+        if chosen == "crop":
+            if plan is None:
+                plan = self._cached_crop_plan(x, masks, act, targets, where, static, strict=True)
+            assert plan is not None
+            return engine.eval_crop(x, s, coef, masks, targets, plan, parts, where)
+        return engine.eval_full(x, s, coef, masks, act, targets, parts, where,
+                                None if static is None else static.index, merge=chosen == "batched")
+
+    def _plan(self, x: Tensor, s: Tensor, prepared: _Prepared) -> str:
+        """The body of :meth:`plan`."""
+        _, masks, act, targets, static = prepared
+        if self.crop_size is not None:
+            return "windows"
+        if self.strategy != "auto":
+            return self.strategy
+        return self._choose(x, masks, act, targets, "Composition.plan", static)[0]
+
     def _check_models(self, x: Tensor, where: str) -> None:
         """The dtype and device of the denoisers' parameters against ``x`` (metadata only, no host sync)."""
         check_model(self.background, x, where, "background")
@@ -363,8 +376,7 @@ class Composition:
         """
         return self._weights.static and not self._masks.present and all(win is None for win in self.windows)
 
-    def _prepare(self, x: Tensor, s: Tensor, where: str
-                 ) -> tuple[Tensor, list[Tensor | None], list[list[bool]], list[engine.Target], _Static | None]:
+    def _prepare(self, x: Tensor, s: Tensor, where: str) -> _Prepared:
         """``(coef [B, n], masks, act, targets, static)``: ``act[b][j]`` on the host says whether component ``j``
         is evaluated on image ``b``. A static composition (see :meth:`_is_static`) computes it once per batch
         size, dtype and device and keeps it (``static``); any other reads it back once per call, unless

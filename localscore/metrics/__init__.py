@@ -11,9 +11,7 @@ The composition residual, ``||D(x|c_J) - proj|| / ||D(x|c_J) - D(x|none)||`` per
 
 from __future__ import annotations
 
-from typing import Any
-
-from .._moved import warn_moved
+from .._moved import moved_getattr
 from .features import feature_orthogonality
 from .influence import ablation_influence, gradient_influence, math_attention
 from .jacobians import BandedJacobian, JacobianProbes, LocalityViolation, jacobian, jvp_batch, vjp_batch
@@ -42,16 +40,6 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # 0.1.0 names of localscore.compose's residual (two names for one thing); they warn until 0.3.
-    if name == "composition_residual":
-        warn_moved(f"{__name__}.composition_residual", "localscore.compose.residual")
-        from ..compose import residual
-
-        return residual
-    if name == "CompositionResidual":
-        warn_moved(f"{__name__}.CompositionResidual", "localscore.compose.CompositionResidual")
-        from ..compose import CompositionResidual
-
-        return CompositionResidual
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# 0.1.0 names of localscore.compose's residual (two names for one thing); they warn until 0.3.
+__getattr__ = moved_getattr(__name__, {"composition_residual": "localscore.compose.residual",
+                                       "CompositionResidual": "localscore.compose.CompositionResidual"})

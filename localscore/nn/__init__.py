@@ -18,9 +18,7 @@ guarantees.
 
 from __future__ import annotations
 
-from typing import Any
-
-from .._moved import forward
+from .._moved import moved_getattr
 from .attention import (
     CondContext,
     ConditioningLayer,
@@ -94,15 +92,7 @@ __all__ = [
     "share_weights_copy",
 ]
 
-_MOVED = dict.fromkeys(
-    ["BoxRule", "DiscRule", "GaussianRule", "MaskRule", "box_masks", "disc_masks", "gaussian_masks",
-     "nearest_conditioner", "union", "voronoi_masks"],
-    "localscore.masks",
-)
-"""0.1.0 re-exports of :mod:`localscore.masks` (two names for one thing); they warn until 0.3."""
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        return forward(__name__, _MOVED[name], name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# 0.1.0 re-exports of localscore.masks (two names for one thing); they warn until 0.3.
+__getattr__ = moved_getattr(__name__, {name: f"localscore.masks.{name}" for name in (
+    "BoxRule", "DiscRule", "GaussianRule", "MaskRule", "box_masks", "disc_masks", "gaussian_masks",
+    "nearest_conditioner", "union", "voronoi_masks")})

@@ -10,20 +10,12 @@ The patch-local empirical machine moved to :mod:`localscore.empirical` in 0.2;
 
 from __future__ import annotations
 
-from typing import Any
-
-from .._moved import forward
+from .._moved import moved_getattr
 from ._base import AnalyticDistribution
 from .gaussian import Gaussian, GaussianMixture
 from .objects import FactorizedObjects, OverlappingObjects
 
 __all__ = ["AnalyticDistribution", "FactorizedObjects", "Gaussian", "GaussianMixture", "OverlappingObjects"]
 
-_MOVED = {"PatchLocalEmpirical": "localscore.empirical"}
-"""Names of 0.1.0 that moved out of this package, and their new modules."""
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        return forward(__name__, _MOVED[name], name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Names of 0.1.0 that moved out of this package; they warn until 0.3.
+__getattr__ = moved_getattr(__name__, {"PatchLocalEmpirical": "localscore.empirical.PatchLocalEmpirical"})

@@ -46,9 +46,7 @@ plain dicts import the library (install it with ``pip install "localscore[diffus
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..._moved import forward
+from ..._moved import moved_getattr
 from .denoiser import DiffusersDenoiser, concept_composition, ve_to_vp, vp_to_ve
 from .denoiser import PromptBound as PromptBound  # deprecated, warns when built
 from .denoiser import bind_prompt as bind_prompt  # deprecated, warns when called
@@ -92,8 +90,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # 0.1.0 re-export of localscore.metrics.math_attention (two names for one thing); it warns until 0.3.
-    if name == "math_attention":
-        return forward(__name__, "localscore.metrics", name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# 0.1.0 re-export of localscore.metrics.math_attention (two names for one thing); it warns until 0.3.
+__getattr__ = moved_getattr(__name__, {"math_attention": "localscore.metrics.math_attention"})
