@@ -29,6 +29,11 @@ directory's layout, so the report can be regenerated from it alone (``--out ARCH
 seeds run in different sessions or on different machines add up: runs directories are scratch space, the
 archive is the record.
 
+Each run folder has one writer at a time: ``train``, ``evaluate`` and ``locality`` hold its lock
+(``OUT/<name>/seed<k>/.lock``, :func:`localscore._io.run_lock`) while they read and write it, so a second
+process on the same folder is refused at once with one line naming the first one's pid (exit 2), instead of
+computing the same results and overwriting them.
+
 Models whose training stopped short of ``train.steps`` (``--max-minutes``) are evaluated as they are and
 reported with the steps they actually ran.
 """
@@ -38,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,6 +52,8 @@ from typing import IO, Any
 
 import torch
 
+from localscore import LocalScoreError
+from localscore._io import remove_stale_temps, run_lock
 from localscore.lengthgen import ExperimentConfig, LocalityProfile, load_experiments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,34 +151,46 @@ def stage_evaluate(runs: list[tuple[ExperimentConfig, int]], out: Path, args: ar
 
     for exp, seed in runs:
         run_dir = out / exp.name / f"seed{seed}"
-        model = _model_for(run_dir)
-        if model is None:
+        if not run_dir.is_dir():
             _log(f"skip {exp.name} seed {seed}: not trained")
             continue
-        steps_trained = int(model.meta.get("steps", 0))
-        for method in exp.methods:
-            if args.methods and method not in args.methods:
+        # One writer per run folder: a second evaluate (or locality, or train) on it is refused, naming the pid.
+        with run_lock(run_dir, where=f"length_generalization --stage evaluate ({exp.name} seed {seed})"):
+            remove_stale_temps(run_dir)
+            _evaluate_run(exp, seed, run_dir, args, evaluate_model)
+
+
+def _evaluate_run(exp: ExperimentConfig, seed: int, run_dir: Path, args: argparse.Namespace,
+                  evaluate_model: Callable[..., Any]) -> None:
+    """The evaluations of one run folder (called holding its lock)."""
+    model = _model_for(run_dir)
+    if model is None:
+        _log(f"skip {exp.name} seed {seed}: not trained")
+        return
+    steps_trained = int(model.meta.get("steps", 0))
+    for method in exp.methods:
+        if args.methods and method not in args.methods:
+            continue
+        target = run_dir / f"eval-{method}.json"
+        if target.exists() and not args.force:
+            old = json.loads(target.read_text())
+            if old.get("meta", {}).get("train_steps") == steps_trained:
                 continue
-            target = run_dir / f"eval-{method}.json"
-            if target.exists() and not args.force:
-                old = json.loads(target.read_text())
-                if old.get("meta", {}).get("train_steps") == steps_trained:
-                    continue
-            per_count = args.per_count or exp.per_count
-            _log(f"evaluate {exp.name} seed {seed} ({method}, {per_count} per count, {steps_trained} steps)")
-            t0 = time.perf_counter()
-            keep: list[torch.Tensor] = []
-            res = evaluate_model(model, method, counts=exp.eval_counts, per_count=per_count, seed=EVAL_SEED,
-                                 steps=exp.sampling_steps, solver=exp.sampler, mask_radius=exp.mask_radius,
-                                 crop=exp.crop, batch_size=args.batch_size, progress=args.progress, keep_images=keep,
-                                 meta={"experiment": exp.name, "train_seed": seed, "train_steps": steps_trained,
-                                       "model": exp.model, "torch": torch.__version__,
-                                       "threads": torch.get_num_threads()})
-            d = res.to_dict()
-            d["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
-            _write_json(target, d)
-            _grid(run_dir / f"grid-{method}.png", torch.cat(keep), model, exp, per_count,
-                  f"{exp.name} ({method}), seed {seed}, {steps_trained} steps")
+        per_count = args.per_count or exp.per_count
+        _log(f"evaluate {exp.name} seed {seed} ({method}, {per_count} per count, {steps_trained} steps)")
+        t0 = time.perf_counter()
+        keep: list[torch.Tensor] = []
+        res = evaluate_model(model, method, counts=exp.eval_counts, per_count=per_count, seed=EVAL_SEED,
+                             steps=exp.sampling_steps, solver=exp.sampler, mask_radius=exp.mask_radius,
+                             crop=exp.crop, batch_size=args.batch_size, progress=args.progress, keep_images=keep,
+                             meta={"experiment": exp.name, "train_seed": seed, "train_steps": steps_trained,
+                                   "model": exp.model, "torch": torch.__version__,
+                                   "threads": torch.get_num_threads()})
+        d = res.to_dict()
+        d["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
+        _write_json(target, d)
+        _grid(run_dir / f"grid-{method}.png", torch.cat(keep), model, exp, per_count,
+              f"{exp.name} ({method}), seed {seed}, {steps_trained} steps")
 
 
 def _grid(path: Path, images: torch.Tensor, model: Any, exp: ExperimentConfig, per_count: int, title: str) -> None:
@@ -224,17 +244,23 @@ def stage_locality(runs: list[tuple[ExperimentConfig, int]], out: Path, args: ar
 
     for exp, seed in runs:
         run_dir = out / exp.name / f"seed{seed}"
-        model = _model_for(run_dir)
-        if model is None:
+        if not run_dir.is_dir():
             continue
-        target = run_dir / "locality.json"
-        steps_trained = int(model.meta.get("steps", 0))
-        if target.exists() and not args.force and _read_locality(target).meta.get("train_steps") == steps_trained:
-            continue
-        _log(f"locality {exp.name} seed {seed}")
-        prof = locality_profile(model.denoiser, model.scene, count=4, n_images=args.locality_images, seed=EVAL_SEED)
-        prof.meta["train_steps"] = steps_trained
-        _write_json(target, prof.to_dict())
+        with run_lock(run_dir, where=f"length_generalization --stage locality ({exp.name} seed {seed})"):
+            remove_stale_temps(run_dir)
+            model = _model_for(run_dir)
+            if model is None:
+                continue
+            target = run_dir / "locality.json"
+            steps_trained = int(model.meta.get("steps", 0))
+            if target.exists() and not args.force and \
+                    _read_locality(target).meta.get("train_steps") == steps_trained:
+                continue
+            _log(f"locality {exp.name} seed {seed}")
+            prof = locality_profile(model.denoiser, model.scene, count=4, n_images=args.locality_images,
+                                    seed=EVAL_SEED)
+            prof.meta["train_steps"] = steps_trained
+            _write_json(target, prof.to_dict())
 
 
 def _reference(exp: ExperimentConfig, per_count: int) -> Any:
@@ -552,12 +578,16 @@ def main(argv: list[str] | None = None) -> int:
     header, exps = load_experiments(args.config)
     out = Path(args.out)
     runs = _runs(exps, args.only, args.seeds)
-    if args.stage in ("all", "train"):
-        stage_train(runs, out, args)
-    if args.stage in ("all", "evaluate"):
-        stage_evaluate(runs, out, args)
-    if args.stage in ("all", "locality"):
-        stage_locality(runs, out, args)
+    try:
+        if args.stage in ("all", "train"):
+            stage_train(runs, out, args)
+        if args.stage in ("all", "evaluate"):
+            stage_evaluate(runs, out, args)
+        if args.stage in ("all", "locality"):
+            stage_locality(runs, out, args)
+    except LocalScoreError as e:  # e.g. a run folder locked by another process: one message, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.stage in ("all", "report"):
         stage_report(exps, header, out, args)
     if args.stage == "ship":

@@ -459,7 +459,10 @@ def as_sigma(
     if isinstance(sigma, bool):
         raise fail(where, f"argument `{name}` is a bool, expected a noise level (a float or a [B] tensor).")
     if isinstance(sigma, (int, float)):
-        value = float(sigma)
+        try:
+            value = float(sigma)
+        except OverflowError:   # an int beyond the float range, e.g. 10**400
+            value = math.inf
         if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
             raise fail(
                 where,

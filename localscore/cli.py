@@ -35,7 +35,9 @@ purple, cyan, yellow; `shape` (disc / square / triangle) and `size` (small / lar
 refused; objects closer than any pair of the training scenes are sampled with a warning.
 
 Output paths are checked before any work starts; an existing output file is refused unless `--overwrite`
-(sample, evaluate, locality). `sample` draws a long layout in batches of `--batch-size` images. Everything
+(sample, evaluate, locality). A demo is meant to be re-run: it replaces the `demo.json` and `demo.png` of a
+previous demo in its `--out` folder and says so first; two demos at once on one folder are refused (the
+second names the first one's pid). `sample` draws a long layout in batches of `--batch-size` images. Everything
 that sizes memory or time (steps, images, counts, batch sizes, network sizes in model files and configs)
 is bounded before any work. A failure prints one line naming the problem and the fix: exit code 2 for a
 mistake in the command or its files, 1 for anything else (out of memory, a full disk, a bug); `--debug`
@@ -48,6 +50,7 @@ rename): an interrupted command leaves no half-written file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -65,7 +68,7 @@ import torch
 from torch import Tensor
 
 from ._errors import LocalScoreError, fail
-from ._io import atomic_write, check_output, read_json
+from ._io import atomic_write, check_output, read_json, remove_stale_temps, run_lock
 from .conditions import Conditions
 from .lengthgen.data.scenes import MAX_OBJECTS
 from .train.trainer import MAX_TRAIN_STEPS
@@ -541,9 +544,38 @@ def _demo_top_notes(evals: Mapping[str, Any], results: Mapping[str, Any], models
     return out
 
 
+_DEMO_FILES = ("demo.json", "demo.png")
+"""The files a demo writes into its ``--out`` folder."""
+
+
 def _demo(args: argparse.Namespace) -> int:
-    if args.oracle:
-        return _demo_oracle(args)
+    """``localscore demo``: one writer per output folder; a previous demo's files are replaced, and said so.
+
+    The folder is locked (:func:`localscore._io.run_lock`) for the whole demo, so a second demo on the same
+    ``--out`` is refused at once, naming the first one's pid, instead of interleaving its files. A demo is
+    meant to be re-run, so, unlike ``sample``, it needs no ``--overwrite``: the previous ``demo.json`` and
+    ``demo.png`` are replaced (each atomically, when the new one is written) and the demo prints that it
+    replaces them before it starts.
+    """
+    where = "localscore demo"
+    out_dir = check_output(args.out, where=where, folder=True)
+    created = not out_dir.exists()
+    try:
+        with run_lock(out_dir, where=where):
+            remove_stale_temps(out_dir)
+            previous = [name for name in _DEMO_FILES if (out_dir / name).exists()]
+            if previous:
+                print(f"localscore demo: {str(out_dir)!r} holds a previous demo's {' and '.join(previous)}; this run "
+                      "replaces them (pass another --out to keep them).", flush=True)
+            return _demo_oracle(args) if args.oracle else _demo_trained(args)
+    except BaseException:
+        if created:  # leave no empty folder behind a demo that failed before writing anything
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
+
+
+def _demo_trained(args: argparse.Namespace) -> int:
     from .lengthgen import MODEL_NAMES, ExperimentConfig, checkpoint_dir, evaluate_model, load_model
     from .lengthgen.evaluate import EvaluationResult, request_scenes
 

@@ -46,12 +46,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import as_sigma, check_image
+from ._checks import MAX_ELEMENTS as _MAX_ELEMENTS
+from ._checks import as_sigma, check_elements, check_image
 from ._errors import describe, fail
 from .conditions import Conditions
 from .denoisers import tweedie
 
 __all__ = ["PatchLocalEmpirical"]
+
+MAX_ELEMENTS = _MAX_ELEMENTS
+"""The most elements of the training patches ``[N, C (2R + 1)**2, H W]`` (float64: 8 bytes each) and of the
+images ``sample`` draws; checked from the shapes before allocating. Read at call time:
+``localscore.empirical.MAX_ELEMENTS = 2**31`` raises it where the memory is there."""
+_LIMIT = "localscore.empirical.MAX_ELEMENTS"
 
 _CondTerm = tuple[Tensor, Tensor, float]
 """The conditioner term of the weights: query descriptors ``[B, E, L]``, training ones ``[N, E, L]``, and
@@ -116,7 +123,17 @@ class PatchLocalEmpirical:
             raise fail(where, f"`dtype` is {dtype!r}, expected a floating torch.dtype.")
         if isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 1:
             raise fail(where, f"`max_elements` is {max_elements!r}, expected a positive int.")
+        if not isinstance(equivariant, bool):
+            raise fail(where, f"`equivariant` is {describe(equivariant)}, expected True or False.")
         N, C, H, W = data.shape
+        if radius > max(H, W) - 1:
+            raise fail(where, f"`radius` = {radius} is beyond the {H} x {W} images: radius max(H, W) - 1 = "
+                       f"{max(H, W) - 1} already makes every patch the whole image; expected 0 <= radius <= "
+                       f"{max(H, W) - 1}.", f"pass radius={max(H, W) - 1} (the same machine, without the padding).")
+        P0 = 2 * radius + 1
+        check_elements(N * C * P0 * P0 * H * W, MAX_ELEMENTS, where,
+                       f"the training patches [N, C (2R + 1)**2, H W] = [{N}, {C * P0 * P0}, {H * W}]",
+                       "use fewer training images or a smaller radius", limit_name=_LIMIT)
         self.shape = (C, H, W)
         self.receptive_radius = radius
         self.equivariant = bool(equivariant)
@@ -138,8 +155,11 @@ class PatchLocalEmpirical:
             if isinstance(conditioner_radius, bool) or not isinstance(conditioner_radius, (int, float)) \
                     or not conditioner_radius >= 0 or not math.isfinite(conditioner_radius):
                 raise fail(where, f"`conditioner_radius` is {conditioner_radius!r}, expected a finite number >= 0.")
-            if not temperature > 0:
-                raise fail(where, f"`temperature` is {temperature!r}, expected a positive number.")
+            if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                    or not (math.isfinite(temperature) and temperature > 0):
+                raise fail(where, f"`temperature` is {describe(temperature)}, expected a finite number > 0.",
+                           "the descriptor term is |phi - phi'|**2 / (2 temperature**2): an infinite temperature "
+                           "would ignore the conditions, a zero one divides by zero.")
             self.cond_radius = float(conditioner_radius)
             self.conditioner_radius = math.ceil(self.cond_radius)
             self.temperature = float(temperature)
@@ -161,7 +181,15 @@ class PatchLocalEmpirical:
         where = "PatchLocalEmpirical.descriptors"
         if self.cond_radius is None:
             raise fail(where, "this machine is unconditional (built without `cond`).")
+        if cond is not None and not isinstance(cond, Conditions):
+            raise fail(where, f"`cond` is {describe(cond)}, expected Conditions or None.")
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise fail(where, f"`batch` is {describe(batch)}, expected None or an int >= 1.")
         _, H, W = self.shape
+        A0 = self.attr_dim or 0
+        B0 = batch if batch is not None else (1 if cond is None else cond.batch_size)
+        check_elements(B0 * max(1, 0 if cond is None else cond.num_slots) * (3 + A0) * H * W, MAX_ELEMENTS, where,
+                       f"the descriptors of {B0} sets on {H} x {W}", "use smaller batches", limit_name=_LIMIT)
         A = self.attr_dim or 0
         dt, dev = self.dtype, self.data.device
         if cond is None or cond.num_slots == 0:
@@ -298,7 +326,17 @@ class PatchLocalEmpirical:
         cond = n if isinstance(n, Conditions) else None
         if cond is None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise fail(where, f"`n` is {describe(n)}, expected a positive int or a Conditions batch.")
+        if cond is not None and self.cond_radius is None:
+            raise fail(where, "`n` is a Conditions batch, but this machine is unconditional (built without "
+                       "`cond`), so the conditions would be ignored; expected an int.",
+                       "pass the number of images, or build the machine with training conditions.")
+        if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
+            raise fail(where, f"`generator` is {describe(generator)}, expected a CPU torch.Generator or None "
+                       "(the initial noise is drawn on the CPU).")
         B = cond.batch_size if cond is not None else int(n)  # type: ignore[arg-type]
+        C, H, W = self.shape
+        check_elements(B * C * H * W, MAX_ELEMENTS, where, f"the samples [B, C, H, W] = [{B}, {C}, {H}, {W}]",
+                       "draw fewer images per call", limit_name=_LIMIT)
         sig = karras_sigmas(steps, sigma_min, sigma_max, dtype=self.dtype, device=self.data.device)
         z = torch.randn((B, *self.shape), generator=generator, dtype=self.dtype, device="cpu").to(self.data.device)
         return sample_heun(self, z * sig[0], sig, cond)

@@ -164,6 +164,39 @@ def test_demo_oracle(tmp_path: Path) -> None:
     assert data["rows"] and (tmp_path / "demo.png").is_file()
 
 
+def test_demo_run_twice_replaces_its_files_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["demo", "--oracle", "--quick", "--samples", "4", "--steps", "2", "--no-progress", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "previous demo" not in first
+    (tmp_path / ".demo.json.abc123.tmp").write_text("stale")  # a write killed mid-way by an earlier demo
+    assert main([*argv[:-3], "--seed", "1", "--out", str(tmp_path)]) == 0  # the README runs `localscore demo` twice
+    second = capsys.readouterr().out
+    assert "holds a previous demo's demo.json and demo.png; this run replaces them" in second
+    assert json.loads((tmp_path / "demo.json").read_text())["seed"] == 1   # last writer wins, as announced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.json", "demo.png"]   # no lock or temp left
+
+
+def test_a_second_concurrent_demo_on_one_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import fcntl
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "demo.json").write_text('{"kept": true}')
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)   # another demo holds the folder (its own flock)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242\n")
+        code = main(["demo", "--oracle", "--quick", "--samples", "4", "--steps", "2", "--no-progress", "--out",
+                     str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and "in use by another localscore process (pid 4242)" in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 2   # the line and its fix
+        assert (out / "demo.json").read_text() == '{"kept": true}'          # nothing written
+    finally:
+        os.close(fd)
+
+
 def test_demo_shipped_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--quick", "--samples", "1", "--steps", "2", "--out", str(tmp_path)]) == 0  # the default
     text = capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -62,3 +63,36 @@ class AnalyticDistribution(ABC):
             raise fail(where, f"`x` has image shape {tuple(x.shape[1:])}, expected {tuple(self.shape)} "
                        "(this oracle's [C, H, W]).")
         return x
+
+
+def check_sigma_range(s: Tensor, dtype: torch.dtype, where: str, name: str = "sigma") -> None:
+    """Raise if ``sigma**2`` (with the oracles' sums of a few such terms) overflows ``dtype``, or underflows to 0.
+
+    Without it a huge finite ``sigma`` (``1e200`` in float64, ``1e20`` in float32) gives ``inf`` variances and
+    NaN posteriors, silently. Reads ``max(sigma)`` back once.
+    """
+    if s.numel() == 0 or s.device.type == "meta":
+        return
+    limit = math.sqrt(torch.finfo(dtype).max) / 1e3
+    low = math.sqrt(torch.finfo(dtype).tiny) * 1e3
+    top = float(s.detach().abs().max())
+    positive = s.detach().abs()[s.detach() != 0]
+    bottom = float(positive.min()) if positive.numel() else low
+    if bottom < low:
+        raise fail(where, f"`{name}` = {bottom:.3g} is too small for this oracle's {dtype} arithmetic: sigma**2 "
+                   f"underflows to 0 (and the score divides by it); expected {name} >= {low:.3g} (or exactly 0 "
+                   "where zero is allowed).", "use a larger noise level; the data itself is sigma = 0.")
+    if top > limit:
+        raise fail(where, f"`{name}` = {top:.3g} is too large for this oracle's {dtype} arithmetic: sigma**2 "
+                   f"overflows; expected {name} <= {limit:.3g}.",
+                   "use a smaller noise level" + ("" if dtype == torch.float64 else
+                                                  ", or build the oracle with dtype=torch.float64") + ".")
+
+
+def check_samples(x: Tensor, where: str, sigma: float) -> Tensor:
+    """Return the samples ``x``, or raise if they overflow their dtype (a ``sigma`` too large for it)."""
+    if x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+        big = torch.finfo(x.dtype).max
+        raise fail(where, f"samples at sigma = {sigma:.3g} overflow {x.dtype} (largest finite value {big:.3g}).",
+                   "use a smaller sigma, or a wider `dtype` (e.g. dtype=torch.float64).")
+    return x

@@ -28,12 +28,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import as_sigma, check_tensor
+from .._checks import MAX_ELEMENTS as _MAX_ELEMENTS
+from .._checks import as_sigma, check_elements, check_not_meta, check_tensor
 from .._errors import describe, fail
 from ..conditions import Conditions
-from ._base import AnalyticDistribution
+from ._base import AnalyticDistribution, check_samples, check_sigma_range
 
 __all__ = ["Gaussian", "GaussianMixture"]
+
+MAX_ELEMENTS = _MAX_ELEMENTS
+"""The most elements ``sample`` (``n x C x H x W``) and ``moments`` / ``cov`` / ``covs`` (``M x D x D``) allocate;
+checked from the shapes before allocating. Read at call time: ``localscore.oracles.gaussian.MAX_ELEMENTS = 2**31``
+raises it where the memory is there."""
 
 
 def _check_image_shape(mean: Tensor, where: str, name: str, lead: tuple[int, ...]) -> tuple[int, int, int]:
@@ -49,6 +55,7 @@ def _check_image_shape(mean: Tensor, where: str, name: str, lead: tuple[int, ...
 
 
 def _check_finite_param(t: Tensor, where: str, name: str) -> None:
+    check_not_meta(t, where, name)
     if not bool(torch.isfinite(t).all()):
         raise fail(where, f"argument `{name}` holds NaN or infinite values.", f"pass a finite `{name}`.")
 
@@ -127,6 +134,7 @@ class _GaussianFamily(AnalyticDistribution):
                            "pass cond=None (or an empty Conditions); use localscore.oracles.FactorizedObjects "
                            "for conditional oracles.")
         s = as_sigma(sigma, x.shape[0], where, like=x, allow_zero=allow_zero)
+        check_sigma_range(s, self.dtype, where)
         return x.to(self.dtype).flatten(1), s.to(self.dtype)
 
     def _posterior(self, xf: Tensor, s: Tensor, where: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -187,12 +195,18 @@ class _GaussianFamily(AnalyticDistribution):
             raise fail(where, f"argument `n` is {describe(n)}, expected an int >= 1.")
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):
             raise fail(where, f"argument `sigma` is {describe(sigma)}, expected a finite float >= 0.")
+        check_sigma_range(torch.tensor([float(sigma)], dtype=torch.float64), self.dtype, where)
         if generator is not None and (not isinstance(generator, torch.Generator)
                                       or generator.device.type != self.device.type):
             raise fail(where, f"argument `generator` is {describe(generator)}, expected a torch.Generator on "
                        f"{self.device} or None.")
         if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
             raise fail(where, f"argument `dtype` is {describe(dtype)}, expected a floating torch.dtype.")
+        d = self._mu.shape[1]
+        shape = ", ".join(map(str, self.shape))
+        check_elements(n * d, MAX_ELEMENTS, where, f"the samples [n, C, H, W] = [{n}, {shape}]",
+                       "draw the samples in batches of fewer images",
+                       limit_name="localscore.oracles.gaussian.MAX_ELEMENTS")
         m = self._log_w.shape[0]
         if m == 1:
             idx = torch.zeros(n, dtype=torch.long, device=self.device)
@@ -203,7 +217,7 @@ class _GaussianFamily(AnalyticDistribution):
         if self._vec is not None:
             y = torch.einsum("bde,be->bd", self._vec[idx], y)
         x = self._mu[idx] + y
-        return x.reshape(n, *self.shape).to(dtype or torch.get_default_dtype())
+        return check_samples(x.reshape(n, *self.shape).to(dtype or torch.get_default_dtype()), where, float(sigma))
 
     def moments(self, sigma: float = 0.0) -> tuple[Tensor, Tensor]:
         """The exact mean ``[C, H, W]`` and covariance ``[D, D]`` of ``x_sigma`` (in the oracle's dtype).
@@ -219,15 +233,21 @@ class _GaussianFamily(AnalyticDistribution):
         """
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):
             raise fail(f"{self._name}.moments", f"argument `sigma` is {describe(sigma)}, expected a float >= 0.")
+        check_sigma_range(torch.tensor([float(sigma)], dtype=torch.float64), self.dtype, f"{self._name}.moments")
         w = torch.softmax(self._log_w, 0)
         mean = torch.einsum("m,md->d", w, self._mu)
-        covs = self._covariances()
+        covs = self._covariances(f"{self._name}.moments")
         second = torch.einsum("m,mde->de", w, covs + self._mu[:, :, None] * self._mu[:, None, :])
         cov = second - mean[:, None] * mean[None, :]
         cov = (cov + cov.T) / 2 + float(sigma) ** 2 * torch.eye(cov.shape[0], dtype=self.dtype, device=self.device)
         return mean.reshape(self.shape), cov
 
-    def _covariances(self) -> Tensor:
+    def _covariances(self, where: str) -> Tensor:
+        m, d = self._mu.shape
+        check_elements(m * d * d, MAX_ELEMENTS, where, f"the covariance matrices [M, D, D] = [{m}, {d}, {d}] "
+                       f"(D = C*H*W of images {self.shape})", "use the closed-form methods (denoise, score, "
+                       "log_prob, sample), which never form a D x D matrix for a diagonal covariance",
+                       limit_name="localscore.oracles.gaussian.MAX_ELEMENTS")
         if self._vec is None:
             return torch.diag_embed(self._lam)
         return torch.einsum("mde,me,mfe->mdf", self._vec, self._lam, self._vec)
@@ -248,6 +268,7 @@ def _std_to_var(std: Any, shape: tuple[int, ...], dtype: torch.dtype, device: to
         t = torch.full(shape, float(std), dtype=dtype, device=device)
     else:
         t = check_tensor(std, where, "std").to(dtype)
+        check_not_meta(t, where, "std")
         if t.device != device:
             raise fail(where, f"argument `std` is on {t.device} but `mean` is on {device}.",
                        "put every parameter on one device.")
@@ -324,7 +345,7 @@ class Gaussian(_GaussianFamily):
     @property
     def cov(self) -> Tensor:
         """``[D, D]`` the covariance (oracle dtype)."""
-        return self._covariances()[0]
+        return self._covariances("Gaussian.cov")[0]
 
     def probability_flow(self, x: Tensor, sigma_from: Tensor | float, sigma_to: Tensor | float) -> Tensor:
         r"""The exact solution of the probability-flow ODE ``dx/dsigma = -sigma * score(x, sigma)``.
@@ -351,6 +372,7 @@ class Gaussian(_GaussianFamily):
         where = "Gaussian.probability_flow"
         xf, s0 = self._prepare(x, sigma_from, None, where, allow_zero=False)
         s1 = as_sigma(sigma_to, xf.shape[0], where, like=x, name="sigma_to", allow_zero=True).to(self.dtype)
+        check_sigma_range(s1, self.dtype, where, "sigma_to")
         y = self._rotate_in(xf[:, None, :] - self._mu[None])
         ratio = torch.sqrt((self._lam[None] + (s1**2).view(-1, 1, 1)) / (self._lam[None] + (s0**2).view(-1, 1, 1)))
         out = self._mu[None] + self._rotate_out(y * ratio)
@@ -405,6 +427,7 @@ class GaussianMixture(_GaussianFamily):
         if weights.device != means.device:
             raise fail(where, f"argument `weights` is on {weights.device} but `means` is on {means.device}.")
         _check_finite_param(means, where, "means")
+        check_not_meta(weights, where, "weights")
         if not bool((torch.isfinite(weights) & (weights >= 0)).all()) or not float(weights.sum()) > 0:
             raise fail(where, f"argument `weights` is {weights.tolist()[:8]}, expected finite values >= 0 with a "
                        "positive sum.", "pass mixture weights (they are normalised for you).")
@@ -446,7 +469,7 @@ class GaussianMixture(_GaussianFamily):
     @property
     def covs(self) -> Tensor:
         """``[M, D, D]`` the component covariances (oracle dtype)."""
-        return self._covariances()
+        return self._covariances("GaussianMixture.covs")
 
     def __repr__(self) -> str:
         kind = "full" if self._vec is not None else "diagonal"

@@ -41,12 +41,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import as_sigma, check_image
+from .._checks import MAX_ELEMENTS as _MAX_ELEMENTS
+from .._checks import as_sigma, check_elements, check_image
 from .._errors import describe, fail
 from ..conditions import Conditions
-from ._base import AnalyticDistribution
+from ._base import AnalyticDistribution, check_samples, check_sigma_range
 
 __all__ = ["FactorizedObjects", "OverlappingObjects"]
+
+MAX_ELEMENTS = _MAX_ELEMENTS
+"""The most elements one allocation of an object oracle may hold: region maps ``[B, K, H, W]``, samples
+``[B, C, H, W]``, the covariance blocks of the objects (``pixels**2`` per object and channel) and the global
+field ``[B, C, H W, C]``. Estimated before allocating; read at call time, so
+``localscore.oracles.objects.MAX_ELEMENTS = 2**31`` raises it where the memory is there."""
+_LIMIT = "localscore.oracles.objects.MAX_ELEMENTS"
+
+
+def _bound(count: int, where: str, what: str, fix: str) -> None:
+    check_elements(count, MAX_ELEMENTS, where, what, fix, limit_name=_LIMIT)
 
 
 # --------------------------------------------------------------------------- parameter helpers
@@ -74,11 +86,19 @@ def _vector(value: Any, n: int, where: str, name: str, *, positive: bool = False
 def _scalar(value: Any, where: str, name: str, *, positive: bool = True, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise fail(where, f"argument `{name}` is {describe(value)}, expected a float.")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond float64
+        raise fail(where, f"argument `{name}` is an int of {len(str(value))} digits, too large for a float.",
+                   f"pass a float for `{name}` (pixels and standard deviations are small numbers).") from None
     ok = math.isfinite(v) and (v > 0 or (allow_zero and v == 0) or not positive)
     if not ok:
         raise fail(where, f"argument `{name}` is {v!r}, expected a finite float "
                    f"{'>= 0' if allow_zero else '> 0'}.")
+    if not math.isfinite(v * v) or (v != 0 and v * v == 0):  # the oracles use squares of every scalar
+        raise fail(where, f"argument `{name}` is {v!r}, whose square {'overflows' if v * v else 'underflows'} a float; "
+                   "expected a value between 1e-150 and 1e150.",
+                   f"`{name}` is in pixels or image units: pass a moderate value.")
     return v
 
 
@@ -263,8 +283,10 @@ class _GaussianObjects(AnalyticDistribution):
         C = self.shape[0]
         H, W = size if size is not None else self.shape[1:]
         dt, dev = self.dtype, cond.device
+        B, K = cond.valid.shape
+        _bound(B * K * H * W, where, f"the object regions [B, K, H, W] = [{B}, {K}, {H}, {W}]",
+               "use smaller images or fewer objects per call")
         pos, attr, valid = self._validate(cond, where, H, W)
-        B, K = valid.shape
         regions, d2 = self._regions(pos, valid, H, W)
         flat = regions.flatten(2)  # [B, K, HW]
         sizes = flat.sum(-1)
@@ -319,6 +341,15 @@ class _GaussianObjects(AnalyticDistribution):
                 buckets[-1].append(g)
             else:
                 buckets.append([g])
+        cc = self.channel_corr
+        per_block = C if bool((cc == torch.diag(torch.diagonal(cc))).all()) else C * C  # see _solve
+        for members in buckets:
+            n_px = max(size_list[g] for g in members)
+            _bound(len(members) * n_px * n_px * per_block, where,
+                   f"the covariance blocks of {len(members)} object group(s) of up to {n_px} pixels each "
+                   f"([N, P, P] x {per_block} channel term(s))",
+                   "objects cover pi * object_radius**2 pixels each: use a smaller `object_radius` (or fewer, "
+                   "non-overlapping objects)")
         out = []
         for members in buckets:
             sel = torch.as_tensor(members, dtype=torch.long, device=dev)
@@ -447,7 +478,12 @@ class _GaussianObjects(AnalyticDistribution):
     def _prepare(self, x: Any, sigma: Any, cond: Conditions | None, where: str,
                  allow_zero: bool = False) -> tuple[Tensor, Tensor, _Layout]:
         x = self._check_canvas(x, where)
+        if self.global_std > 0:
+            B, C, H, W = x.shape
+            _bound(B * C * H * W * C, where, f"the global field [B, C, H W, C] = [{B}, {C}, {H * W}, {C}]",
+                   "denoise fewer or smaller images per call")
         s = as_sigma(sigma, x.shape[0], where, like=x, allow_zero=allow_zero).to(self.dtype)
+        check_sigma_range(s, self.dtype, where)
         c = self._cond(cond, x.shape[0], x.device, where)
         return x.to(self.dtype), s, self._layout(c, where, (x.shape[2], x.shape[3]))
 
@@ -530,11 +566,14 @@ class _GaussianObjects(AnalyticDistribution):
         else:
             raise fail(where, f"argument `n` is {describe(n)}, expected an int >= 1 or a Conditions batch.")
         s = _scalar(sigma, where, "sigma", allow_zero=True)
+        check_sigma_range(torch.tensor([s], dtype=torch.float64), self.dtype, where)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise fail(where, f"argument `generator` is {describe(generator)}, expected a torch.Generator or None.")
         if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
             raise fail(where, f"argument `dtype` is {describe(dtype)}, expected a floating torch.dtype.")
         out_dtype = dtype or (cond.dtype if isinstance(n, Conditions) else torch.get_default_dtype())
+        _bound(cond.batch_size * C * H * W, where, f"the samples [B, C, H, W] = [{cond.batch_size}, {C}, {H}, {W}]",
+               "draw fewer images per call")
         lay = self._layout(cond, where, blocks=False)
         dt, dev = self.dtype, cond.device
         B = cond.batch_size
@@ -548,6 +587,8 @@ class _GaussianObjects(AnalyticDistribution):
         if M and self.object_std > 0:
             flat = lay.regions.flatten(2)[ob, ok]  # [M, HW]
             P = int(flat.sum(1).max())
+            _bound(M * P * P, where, f"the covariance blocks [objects, P, P] = [{M}, {P}, {P}] of the objects' fields",
+                   "objects cover pi * object_radius**2 pixels each: use a smaller `object_radius`")
             order = torch.argsort((~flat).to(torch.int8), dim=1, stable=True)[:, :P]
             pm = torch.gather(flat, 1, order)
             r, c = (order // W).to(dt), (order % W).to(dt)
@@ -566,7 +607,7 @@ class _GaussianObjects(AnalyticDistribution):
             x = x + self.global_std * randn(B, C, 1, 1)
         if s > 0:
             x = x + s * randn(B, C, H, W)
-        return x.to(out_dtype)
+        return check_samples(x.to(out_dtype), where, s)
 
     def composition_gap(self, x: Tensor, sigma: Tensor | float, cond: Conditions) -> Tensor:
         """The exact failure of projective composition: ``[B, C, H, W]`` in ``x``'s dtype.

@@ -14,13 +14,15 @@ in pixels, as declared receptive radii are.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._checks import as_sigma, check_image
+from .._checks import MAX_ELEMENTS as _MAX_ELEMENTS
+from .._checks import as_sigma, check_elements, check_image, check_model
 from .._errors import LocalScoreError, describe, fail
 from ..conditions import Conditions
 from ..denoisers import call_denoiser
@@ -33,6 +35,11 @@ __all__ = [
     "assert_pixel_local",
     "assert_projective",
 ]
+
+MAX_ELEMENTS = _MAX_ELEMENTS
+"""The most elements of the batch an assertion sends to the model in one call (``x`` repeated once per variant:
+perturbation, ablation, permutation). Checked before building it; read at call time, so
+``localscore.testing.assertions.MAX_ELEMENTS = 2**31`` raises it where the memory is there."""
 
 
 def _sigmas(sigma: Any, B: int, where: str, like: Tensor) -> list[Tensor]:
@@ -56,6 +63,37 @@ def _default_atol(ref: Tensor) -> float:
 def _check_fn(fn: Any, where: str) -> None:
     if not callable(fn):
         raise fail(where, f"`fn` is {describe(fn)}, expected a denoiser D(x, sigma, cond).")
+
+
+def _check_x(fn: Any, x: Any, where: str) -> Tensor:
+    """``x`` checked as an image, and against ``fn``'s parameters (dtype, device: from metadata)."""
+    x = check_image(x, where).detach()
+    check_model(fn, x, where, "fn")
+    return x
+
+
+def _check_tol(value: Any, where: str, name: str) -> float | None:
+    """A tolerance: ``None`` (the default) or a finite number ``>= 0`` (NaN or inf would let every check pass)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise fail(where, f"`{name}` is {describe(value)}, expected None or a finite number >= 0.",
+                   f"a NaN or infinite `{name}` would let every comparison pass; pass e.g. {name}=1e-5.")
+    return float(value)
+
+
+def _check_generator(generator: Any, where: str) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise fail(where, f"`generator` is {describe(generator)}, expected a torch.Generator or None.",
+                   "pass torch.Generator().manual_seed(0) (a CPU generator) or None.")
+
+
+def _check_passes(n: int, x: Tensor, where: str, what: str) -> None:
+    """Refuse, before building it, a batch of ``n`` copies of ``x`` above :data:`MAX_ELEMENTS`."""
+    B, C, H, W = x.shape
+    check_elements(n * x.numel(), MAX_ELEMENTS, where, f"the batch of {n} copies of `x` [{B}, {C}, {H}, {W}] ({what})",
+                   "use a smaller image, or fewer conditioners / perturbations / permutations per call",
+                   limit_name="localscore.testing.assertions.MAX_ELEMENTS")
 
 
 def _check_radius(radius: Any, where: str, *, integer: bool) -> float:
@@ -140,13 +178,16 @@ def assert_pixel_local(
     """
     where = "assert_pixel_local"
     _check_fn(fn, where)
-    x = check_image(x, where).detach()
+    x = _check_x(fn, x, where)
     R = int(_check_radius(radius, where, integer=True))
     B, C, H, W = x.shape
     if cond is not None:
         cond = _check_cond(cond, B, x, where)
     if isinstance(n_perturb, bool) or not isinstance(n_perturb, int) or n_perturb < 0:
         raise fail(where, f"`n_perturb` is {n_perturb!r}, expected an int >= 0.")
+    atol = _check_tol(atol, where, "atol")
+    _check_generator(generator, where)
+    _check_passes(min(n_perturb, H * W) + 1, x, where, f"n_perturb = {n_perturb} perturbed inputs")
     for s in _sigmas(sigma, B, where, x):
         label = _fmt_sigma(s)
 
@@ -239,13 +280,21 @@ def assert_conditionally_local(
     """
     where = "assert_conditionally_local"
     _check_fn(fn, where)
-    x = check_image(x, where).detach()
+    x = _check_x(fn, x, where)
     r = _check_radius(radius, where, integer=False)
+    if not math.isfinite(r):
+        raise fail(where, f"`radius` is {radius!r}, expected a finite number >= 0.")
     B, C, H, W = x.shape
     cond = _check_cond(cond, B, x, where)
+    if isinstance(move, bool) or not isinstance(move, (int, float)) or not (math.isfinite(move) and move >= 0):
+        raise fail(where, f"`move` is {describe(move)}, expected a finite number >= 0 (pixels).",
+                   "pass move=0 to check ablations only.")
+    atol = _check_tol(atol, where, "atol")
+    _check_generator(generator, where)
     K = cond.num_slots
     if K == 0 or not bool(cond.valid.any()):
         return
+    _check_passes(K * (2 if move > 0 else 1) + 1, x, where, f"{K} conditioner slots")
     for s in _sigmas(sigma, B, where, x):
         label = _fmt_sigma(s)
         variants: list[tuple[str, int, Conditions]] = []
@@ -327,11 +376,14 @@ def assert_projective(
     """
     where = "assert_projective"
     _check_fn(fn, where)
-    x = check_image(x, where).detach()
+    x = _check_x(fn, x, where)
     B, C, H, W = x.shape
     cond = _check_cond(cond, B, x, where)
-    if not rtol >= 0:
-        raise fail(where, f"`rtol` is {rtol!r}, expected a number >= 0.")
+    rtol = _check_tol(rtol, where, "rtol")  # type: ignore[assignment]
+    if rtol is None:
+        raise fail(where, "`rtol` is None, expected a finite number >= 0.")
+    atol = _check_tol(atol, where, "atol")
+    _check_passes(cond.num_slots + 2, x, where, f"{cond.num_slots} conditioner slots")
     singles = cond.singletons()
     K = len(singles)
     n = K + 2
@@ -396,17 +448,30 @@ def assert_permutation_invariant(
     """
     where = "assert_permutation_invariant"
     _check_fn(fn, where)
-    x = check_image(x, where).detach()
+    x = _check_x(fn, x, where)
     B, C, H, W = x.shape
     cond = _check_cond(cond, B, x, where)
+    atol = _check_tol(atol, where, "atol")
+    _check_generator(generator, where)
     K = cond.num_slots
     if isinstance(permutations, int) and not isinstance(permutations, bool):
+        if permutations < 0:
+            raise fail(where, f"`permutations` is {permutations}, expected an int >= 0 or a list of permutations.")
+        _check_passes(permutations + 1, x, where, f"{permutations} permutations")
         perms = [torch.randperm(K, generator=generator).tolist() for _ in range(permutations)]
     else:
-        perms = [list(p) for p in permutations]  # type: ignore[union-attr]
-        for p in perms:
-            if sorted(p) != list(range(K)):
-                raise fail(where, f"permutation {p} is not a permutation of range({K}).")
+        if isinstance(permutations, (str, bytes)) or not isinstance(permutations, (list, tuple)):
+            raise fail(where, f"`permutations` is {describe(permutations)}, expected an int >= 0 (random "
+                       f"permutations) or a list of permutations of range({K}).",
+                       "e.g. permutations=3, or permutations=[[1, 0, 2]].")
+        perms = []
+        for p in permutations:
+            ok = isinstance(p, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in p)
+            if not ok or sorted(p) != list(range(K)):
+                raise fail(where, f"permutation {describe(p)} is not a permutation of range({K}); expected a "
+                           f"list of the {K} slot indices in some order.")
+            perms.append(list(p))
+        _check_passes(len(perms) + 1, x, where, f"{len(perms)} permutations")
     if not perms or K < 2:
         return
     variants = []

@@ -29,6 +29,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from .._errors import describe, fail
 from ..conditions import Conditions
 from ..denoisers import conditioner_radius as declared_conditioner_radius
 from ..denoisers import receptive_radius as declared_receptive_radius
@@ -84,13 +85,44 @@ class LocalScoreTesterMixin:
     # ------------------------------------------------------------------ to implement
     def make_model(self) -> Any:
         """Return the denoiser ``D(x, sigma, cond)`` to test (a fresh one per call is fine)."""
-        raise NotImplementedError("implement make_model() in your LocalScoreTesterMixin subclass")
+        raise fail(type(self).__name__, "make_model() is not implemented; expected the subclass to return the "
+                   "denoiser to test.", "define `def make_model(self): return MyDenoiser(...)` in the test class.")
 
     # ------------------------------------------------------------------ helpers
     def _model(self) -> Any:
         if not hasattr(self, "_cached_model"):
-            self._cached_model = self.make_model()
+            self._check_settings()
+            model = self.make_model()
+            if not callable(model):
+                raise fail(type(self).__name__, f"make_model() returned {describe(model)}, expected a denoiser "
+                           "D(x, sigma, cond) (a callable).", "return the model instance from make_model().")
+            self._cached_model = model
         return self._cached_model
+
+    def _check_settings(self) -> None:
+        """The class attributes, checked once before the first test runs the model."""
+        where = type(self).__name__
+        shape = self.image_shape
+        if not (isinstance(shape, tuple) and len(shape) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+            raise fail(where, f"`image_shape` is {describe(shape)}, expected (C, H, W) with ints >= 1.")
+        if math.prod(shape) > 2**24:
+            raise fail(where, f"`image_shape` {shape} has {math.prod(shape):,} values per image, over the 2**24 the "
+                       "battery is sized for (it evaluates the model on many copies).", "test on small images.")
+        sig = self.sigmas
+        if not isinstance(sig, (tuple, list)) or not sig or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in sig):
+            raise fail(where, f"`sigmas` is {describe(sig)}, expected a non-empty tuple of finite noise levels > 0.")
+        if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
+            raise fail(where, f"`dtype` is {describe(self.dtype)}, expected a floating torch.dtype.")
+        if self.attr_dim is not None and (isinstance(self.attr_dim, bool) or not isinstance(self.attr_dim, int)
+                                          or self.attr_dim < 1):
+            raise fail(where, f"`attr_dim` is {describe(self.attr_dim)}, expected None or an int >= 1.")
+        for name in ("receptive_radius", "conditioner_radius", "atol"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not (math.isfinite(v) and v >= 0)):
+                raise fail(where, f"`{name}` is {describe(v)}, expected None or a finite number >= 0.")
 
     def _gen(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)

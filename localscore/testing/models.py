@@ -12,16 +12,39 @@ hypothesis nor pytest.
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._checks import as_sigma, check_image
-from .._errors import fail
+from .._checks import MAX_ELEMENTS as _MAX_ELEMENTS
+from .._checks import as_sigma, check_elements, check_image, check_model
+from .._errors import describe, fail
 from ..conditions import Conditions
 
 __all__ = ["GlobalConvDenoiser", "LocalConvDenoiser", "render_conditions"]
+
+MAX_ELEMENTS = _MAX_ELEMENTS
+"""The most elements of a rendered conditioner map ``[B, K, H, W]`` and of a reference model's parameters;
+checked before allocating, read at call time (``localscore.testing.models.MAX_ELEMENTS``)."""
+MAX_RADIUS = 1024
+"""The largest receptive radius of the reference models (one 3x3 layer per pixel of radius)."""
+
+
+def _int_arg(value: Any, where: str, name: str, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise fail(where, f"`{name}` is {describe(value)}, expected an int {rng}.")
+    return value
+
+
+def _cond_arg(cond: Any, where: str) -> Conditions | None:
+    if cond is not None and not isinstance(cond, Conditions):
+        raise fail(where, f"`cond` is {describe(cond)}, expected a localscore.Conditions or None.",
+                   "build it with Conditions.from_lists([[(row, col), ...], ...]).")
+    return cond
 
 
 def render_conditions(cond: Conditions | None, size: tuple[int, int], radius: float, attr_dim: int,
@@ -38,7 +61,22 @@ def render_conditions(cond: Conditions | None, size: tuple[int, int], radius: fl
         >>> render_conditions(c, (1, 4), 1.0, 0, dtype=torch.float32, device=torch.device("cpu"))[0, 0].tolist()
         [[0.5, 0.5, 0.5, 0.0]]
     """
+    where = "render_conditions"
+    cond = _cond_arg(cond, where)
+    if not (isinstance(size, (tuple, list)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)):
+        raise fail(where, f"`size` is {describe(size)}, expected (H, W) with ints >= 1.")
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not (math.isfinite(radius) and radius >= 0):
+        raise fail(where, f"`radius` is {describe(radius)}, expected a finite number >= 0 (pixels).")
+    attr_dim = _int_arg(attr_dim, where, "attr_dim", 0)
     H, W = size
+    B = 1 if cond is None else cond.batch_size
+    K = 1 if cond is None else max(cond.num_slots, 1)
+    check_elements(B * max(K, 1 + attr_dim) * H * W, MAX_ELEMENTS, where,
+                   f"the conditioner map [B, K, H, W] = [{B}, {K}, {H}, {W}]", "render smaller images",
+                   limit_name="localscore.testing.models.MAX_ELEMENTS")
+    if cond is not None and cond.num_slots and cond.device.type == "meta":
+        raise fail(where, "`cond` is on the meta device (a shape without values).", "build it on a real device.")
     if cond is None or cond.num_slots == 0:
         B = 1 if cond is None else cond.batch_size
         return torch.zeros(B, 1 + attr_dim, H, W, dtype=dtype, device=device)
@@ -85,8 +123,22 @@ class LocalConvDenoiser(nn.Module):
     def __init__(self, channels: int, radius: int, *, cond_radius: float | None = None, attr_dim: int = 0,
                  hidden: int = 16, seed: int = 0) -> None:
         super().__init__()
-        if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
-            raise fail("LocalConvDenoiser", f"`radius` is {radius!r}, expected an int >= 0.")
+        where = type(self).__name__
+        _int_arg(channels, where, "channels", 1)
+        _int_arg(radius, where, "radius", 0, MAX_RADIUS)
+        _int_arg(attr_dim, where, "attr_dim", 0)
+        _int_arg(hidden, where, "hidden", 1)
+        _int_arg(seed, where, "seed", -(2**63), 2**63 - 2)
+        if cond_radius is not None and (isinstance(cond_radius, bool) or not isinstance(cond_radius, (int, float))
+                                        or not (math.isfinite(cond_radius) and 0 <= cond_radius <= 1e9)):
+            raise fail(where, f"`cond_radius` is {describe(cond_radius)}, expected None (unconditional) or a finite "
+                       "number >= 0 (pixels).")
+        n_in0 = channels + 1 + (0 if cond_radius is None else 1 + attr_dim)
+        widths = [n_in0] + [hidden] * max(radius - 1, 0) + [channels]
+        n_params = sum(9 * a * b + b for a, b in itertools.pairwise(widths))
+        check_elements(n_params + (channels + 2 + attr_dim) * channels, MAX_ELEMENTS, where,
+                       f"the network's parameters (channels {channels}, hidden {hidden}, radius {radius})",
+                       "use fewer channels or hidden units", limit_name="localscore.testing.models.MAX_ELEMENTS")
         self.channels = channels
         self.cond_radius = cond_radius
         self.attr_dim = attr_dim
@@ -111,9 +163,24 @@ class LocalConvDenoiser(nn.Module):
 
     def features(self, x: Tensor, sigma: Tensor | float, cond: Conditions | None) -> Tensor:
         """The network input ``[x, log(sigma) / 4, m(cond)]``."""
-        x = check_image(x, type(self).__name__)
-        s = as_sigma(sigma, x.shape[0], type(self).__name__, like=x)
+        where = type(self).__name__
+        x = check_image(x, where)
+        if x.shape[1] != self.channels:
+            raise fail(where, f"`x` has {x.shape[1]} channels (shape {tuple(x.shape)}), expected {self.channels}.",
+                       f"build the model with channels={x.shape[1]}, or pass images of {self.channels} channels.")
+        check_model(self, x, where, "model")
+        s = as_sigma(sigma, x.shape[0], where, like=x)
         B, _, H, W = x.shape
+        cond = _cond_arg(cond, where)
+        if cond is not None and self.cond_radius is not None:
+            if cond.batch_size not in (1, B):
+                raise fail(where, f"`cond` has {cond.batch_size} sets for {B} images, expected {B} (or 1, shared).")
+            if cond.device != x.device and cond.num_slots:
+                raise fail(where, f"`cond` is on {cond.device} but `x` is on {x.device}.", "move one to the other.")
+            if cond.attr is not None and self.attr_dim == 0 and cond.num_slots:
+                raise fail(where, f"`cond` carries attributes of length {cond.attr_dim}, but the model was built with "
+                           "attr_dim=0 and cannot see them.",
+                           f"build it with attr_dim={cond.attr_dim}, or pass Conditions(cond.pos, None, cond.valid).")
         parts = [x, (torch.log(s) / 4).view(B, 1, 1, 1).expand(B, 1, H, W)]
         if self.cond_radius is not None:
             m = render_conditions(cond, (H, W), float(self.cond_radius), self.attr_dim, dtype=x.dtype,

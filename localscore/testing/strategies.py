@@ -35,22 +35,59 @@ import torch
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from .._errors import fail
+from .._checks import MAX_ELEMENTS as _MAX_ELEMENTS
+from .._checks import check_elements
+from .._errors import describe, fail
 from ..conditions import Conditions
 
 __all__ = ["conditions", "image_from_seed", "images", "mask_from_seed", "masks", "sigmas", "sizes"]
 
 IntSpec = int | tuple[int, int]
 
+MAX_ELEMENTS = _MAX_ELEMENTS
+"""The most elements of one drawn tensor (images ``[B, C, H, W]``, masks ``[B, K, H, W]``); a strategy whose
+largest draw would exceed it is refused when it is built, before any draw. Read at call time
+(``localscore.testing.strategies.MAX_ELEMENTS``)."""
+MAX_DRAWS = 2**16
+"""The most objects (``batch_size * max_objects``) :func:`conditions` draws one by one from hypothesis."""
+_LIMIT = "localscore.testing.strategies.MAX_ELEMENTS"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _hi(spec: IntSpec) -> int:
+    return spec if isinstance(spec, int) else spec[1]
+
 
 def _ints(spec: IntSpec, name: str) -> st.SearchStrategy[int]:
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        if spec < 1:
+    if _is_int(spec):
+        if spec < 1:  # type: ignore[operator]
             raise fail("localscore.testing.strategies", f"`{name}` is {spec}, expected >= 1.")
-        return st.just(spec)
-    if isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(v, int) for v in spec) and 1 <= spec[0] <= spec[1]:
+        return st.just(spec)  # type: ignore[arg-type]
+    if isinstance(spec, tuple) and len(spec) == 2 and all(_is_int(v) for v in spec) and 1 <= spec[0] <= spec[1]:
         return st.integers(spec[0], spec[1])
-    raise fail("localscore.testing.strategies", f"`{name}` is {spec!r}, expected an int >= 1 or a (lo, hi) range.")
+    raise fail("localscore.testing.strategies", f"`{name}` is {spec!r}, expected an int >= 1 or a (lo, hi) range "
+               "with 1 <= lo <= hi.")
+
+
+def _number(value: Any, where: str, name: str, *, lo: float = -math.inf, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not lo <= value <= hi:
+        rng = "" if (lo, hi) == (-math.inf, math.inf) else f" in [{lo}, {hi}]"
+        raise fail(where, f"`{name}` is {describe(value)}, expected a finite number{rng}.")
+    return float(value)
+
+
+def _float_dtype(dtype: Any, where: str) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise fail(where, f"`dtype` is {describe(dtype)}, expected a floating torch.dtype (e.g. torch.float32).")
+
+
+def _bound(shape: tuple[int, ...], where: str, what: str) -> None:
+    check_elements(math.prod(shape), MAX_ELEMENTS, where, f"{what} {list(shape)}", "draw smaller tensors",
+                   limit_name=_LIMIT)
 
 
 def sigmas(min_value: float = 0.01, max_value: float = 80.0) -> st.SearchStrategy[float]:
@@ -61,6 +98,8 @@ def sigmas(min_value: float = 0.01, max_value: float = 80.0) -> st.SearchStrateg
         >>> find(sigmas(0.1, 10.0), lambda s: s > 5.0) <= 10.0
         True
     """
+    _number(min_value, "sigmas", "min_value")
+    _number(max_value, "sigmas", "max_value")
     if not 0 < min_value <= max_value:
         raise fail("sigmas", f"expected 0 < min_value <= max_value, got {min_value!r}, {max_value!r}.")
     lo, hi = math.log(min_value), math.log(max_value)
@@ -70,6 +109,10 @@ def sigmas(min_value: float = 0.01, max_value: float = 80.0) -> st.SearchStrateg
 
 def sizes(min_size: int = 4, max_size: int = 16) -> st.SearchStrategy[tuple[int, int]]:
     """Image sizes ``(H, W)`` with both sides in ``[min_size, max_size]``."""
+    side = math.isqrt(MAX_ELEMENTS)
+    if not (_is_int(min_size) and _is_int(max_size) and 1 <= min_size <= max_size <= side):
+        raise fail("sizes", f"`min_size`, `max_size` are {min_size!r}, {max_size!r}; expected ints with "
+                   f"1 <= min_size <= max_size <= {side} (an image of max_size**2 pixels at most MAX_ELEMENTS).")
     return st.tuples(st.integers(min_size, max_size), st.integers(min_size, max_size))
 
 
@@ -98,8 +141,17 @@ def image_from_seed(
         >>> x.shape, x[0, 0, 0].tolist()
         (torch.Size([1, 2, 4, 4]), [-1.0, 1.0, -1.0, 1.0])
     """
-    g = torch.Generator().manual_seed(seed)
+    where = "image_from_seed"
+    for name, v in (("batch", batch), ("channels", channels), ("height", height), ("width", width)):
+        if not _is_int(v) or v < 1:
+            raise fail(where, f"`{name}` is {describe(v)}, expected an int >= 1.")
+    if not _is_int(seed):
+        raise fail(where, f"`seed` is {describe(seed)}, expected an int.")
+    _float_dtype(dtype, where)
+    _number(scale, where, "scale")
     shape = (batch, channels, height, width)
+    _bound(shape, where, "the image [B, C, H, W] =")
+    g = torch.Generator().manual_seed(seed)
     if kind == "normal":
         x = torch.randn(shape, generator=g, dtype=torch.float64)
     elif kind == "uniform":
@@ -137,11 +189,17 @@ def images(
         >>> find(images(batch=2, channels=3), lambda x: True).shape
         torch.Size([2, 3, 8, 8])
     """
+    _float_dtype(dtype, "images")
+    _number(scale, "images", "scale")
+    if not isinstance(kinds, (tuple, list)):
+        raise fail("images", f"`kinds` is {describe(kinds)}; expected a tuple among {', '.join(_KINDS)}.")
+    strategies = [_ints(batch, "batch"), _ints(channels, "channels"), _ints(height, "height"), _ints(width, "width")]
+    _bound(tuple(_hi(v) for v in (batch, channels, height, width)), "images", "the largest image [B, C, H, W] =")
     unknown = [k for k in kinds if k not in _KINDS]
     if unknown or not kinds:
         raise fail("images", f"`kinds` is {kinds!r}; expected a non-empty tuple among {', '.join(_KINDS)}.")
-    return st.builds(image_from_seed, batch=_ints(batch, "batch"), channels=_ints(channels, "channels"),
-                     height=_ints(height, "height"), width=_ints(width, "width"), kind=st.sampled_from(kinds),
+    return st.builds(image_from_seed, batch=strategies[0], channels=strategies[1],
+                     height=strategies[2], width=strategies[3], kind=st.sampled_from(kinds),
                      seed=st.integers(0, 2**31 - 1), dtype=st.just(dtype), scale=st.just(scale))
 
 
@@ -177,6 +235,21 @@ def conditions(
         [2, 2]
     """
     where = "conditions"
+    for name, v, lo in (("batch_size", batch_size, 1), ("height", height, 1), ("width", width, 1),
+                        ("min_objects", min_objects, 0), ("max_objects", max_objects, 0)):
+        if not _is_int(v) or v < lo:
+            raise fail(where, f"`{name}` is {describe(v)}, expected an int >= {lo}.")
+    if batch_size * max(max_objects, 1) > MAX_DRAWS:
+        raise fail(where, f"`batch_size` * `max_objects` = {batch_size} * {max_objects} objects to draw one by one, "
+                   f"over MAX_DRAWS = {MAX_DRAWS:,} (localscore.testing.strategies.MAX_DRAWS).",
+                   "draw fewer images or objects per example (properties need few).")
+    _number(min_separation, where, "min_separation", lo=0.0)
+    _number(margin, where, "margin")
+    if metric not in ("chebyshev", "euclidean"):
+        raise fail(where, f"`metric` is {metric!r}, expected 'chebyshev' or 'euclidean'.")
+    if attr_dim is not None and (not _is_int(attr_dim) or attr_dim < 1 or attr_dim > 4096):
+        raise fail(where, f"`attr_dim` is {describe(attr_dim)}, expected None or an int in [1, 4096].")
+    _float_dtype(dtype, where)
     if not 0 <= min_objects <= max_objects:
         raise fail(where, f"expected 0 <= min_objects <= max_objects, got {min_objects}, {max_objects}.")
     if margin < 0 or 2 * margin > min(height, width) - 1:
@@ -233,6 +306,15 @@ def mask_from_seed(batch: int, slots: int, height: int, width: int, seed: int,
         >>> mask_from_seed(1, 2, 3, 3, seed=0, density=0.0).any().item()
         False
     """
+    where = "mask_from_seed"
+    for name, v in (("batch", batch), ("slots", slots), ("height", height), ("width", width)):
+        if not _is_int(v) or v < 1:
+            raise fail(where, f"`{name}` is {describe(v)}, expected an int >= 1.")
+    if not _is_int(seed):
+        raise fail(where, f"`seed` is {describe(seed)}, expected an int.")
+    if density is not None:
+        _number(density, where, "density", lo=0.0, hi=1.0)
+    _bound((batch, slots, height, width), where, "the mask [B, K, H, W] =")
     g = torch.Generator().manual_seed(seed)
     u = torch.rand(batch, slots, height, width, generator=g, dtype=torch.float64)
     return u if density is None else u < density
@@ -256,7 +338,14 @@ def masks(
         >>> m.shape, bool(((m >= 0) & (m <= 1)).all())
         (torch.Size([1, 3, 8, 8]), True)
     """
+    where = "masks"
+    if not (isinstance(density, (tuple, list)) and len(density) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in density)
+            and 0 <= density[0] <= density[1] <= 1):
+        raise fail(where, f"`density` is {describe(density)}, expected (lo, hi) with 0 <= lo <= hi <= 1.")
+    sizes = [_ints(batch, "batch"), _ints(slots, "slots"), _ints(height, "height"), _ints(width, "width")]
+    _bound(tuple(_hi(v) for v in (batch, slots, height, width)), where, "the largest mask [B, K, H, W] =")
     dens = st.none() if soft else st.floats(density[0], density[1], allow_nan=False)
-    return st.builds(mask_from_seed, batch=_ints(batch, "batch"), slots=_ints(slots, "slots"),
-                     height=_ints(height, "height"), width=_ints(width, "width"), seed=st.integers(0, 2**31 - 1),
+    return st.builds(mask_from_seed, batch=sizes[0], slots=sizes[1],
+                     height=sizes[2], width=sizes[3], seed=st.integers(0, 2**31 - 1),
                      density=dens)

@@ -201,6 +201,11 @@ class DiffusersDenoiser(DiscreteDDPMDenoiser):
     def __init__(self, unet: nn.Module, scheduler: Any, *, prediction_type: str | None = None,
                  null_prompt: PromptConditions | None = None, quantize: bool = False) -> None:
         where = self._where
+        if not isinstance(quantize, bool):
+            raise fail(where, f"`quantize` is {describe(quantize)}, expected True or False.")
+        if null_prompt is not None and not isinstance(null_prompt, PromptConditions):
+            raise fail(where, f"`null_prompt` is {describe(null_prompt)}, expected a PromptConditions (the empty "
+                       "prompt's embeddings) or None.", "wrap the embeddings: PromptConditions(embeds, []).")
         ac = _alphas_cumprod(scheduler, where)
         if isinstance(ac, torch.Tensor) and ac.numel() and float(ac.min()) <= 0:
             raise fail(where, "the scheduler's alphas_cumprod reaches 0 (infinite noise at the last timestep, "
@@ -233,6 +238,12 @@ class DiffusersDenoiser(DiscreteDDPMDenoiser):
 
     def forward(self, x: Tensor, sigma: Tensor | float, cond: ConditionSet | None = None) -> Tensor:
         x = check_image(x, self._where)
+        config = getattr(self.model, "config", None)
+        want = config.get("in_channels") if isinstance(config, Mapping) else getattr(config, "in_channels", None)
+        if isinstance(want, int) and not isinstance(want, bool) and x.shape[1] != want:
+            raise fail(self._where, f"`x` has {x.shape[1]} channels (shape {tuple(x.shape)}), but the model takes "
+                       f"in_channels = {want}; expected latents [B, {want}, H, W].",
+                       "pass the VAE latents of the images (not the images), with the model's channel count.")
         if cond is None:
             if self.null_prompt is None:
                 raise fail(self._where, "`cond` is None and no `null_prompt` was given; a text-conditioned model "

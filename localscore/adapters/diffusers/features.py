@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..._checks import as_sigma, check_image
 from ..._errors import describe, fail
-from ..._moved import forward
+from ..._moved import moved_getattr
 from ...conditions import ConditionSet
 from ...denoisers import Denoiser
 from .prompts import PromptConditions, _check_prompt
@@ -46,6 +46,12 @@ def list_blocks(model: nn.Module, *, max_depth: int = 2, types: Sequence[str] | 
     """
     if not isinstance(model, nn.Module):
         raise fail("list_blocks", f"argument `model` is {describe(model)}, expected a torch.nn.Module.")
+    if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 0:
+        raise fail("list_blocks", f"`max_depth` is {describe(max_depth)}, expected an int >= 0 (dots in a block name).")
+    if types is not None and (isinstance(types, (str, bytes)) or not isinstance(types, Sequence)
+                              or not all(isinstance(t, str) for t in types)):
+        raise fail("list_blocks", f"`types` is {describe(types)}, expected None or a list of class names.",
+                   'e.g. types=["Transformer2DModel"].')
     out = []
     for name, m in model.named_modules():
         if not name or isinstance(m, (nn.ModuleList, nn.ModuleDict)):
@@ -98,6 +104,9 @@ class FeatureRecorder:
             raise fail(where, f"argument `model` is {describe(model)}, expected a torch.nn.Module.")
         if isinstance(names, str):
             names = [names]
+        if not isinstance(names, Sequence) or not names or not all(isinstance(n, str) for n in names):
+            raise fail(where, f"`names` is {describe(names)}, expected a block name or a non-empty list of them.",
+                       "list the names with `localscore.adapters.diffusers.list_blocks(model)`.")
         modules = dict(model.named_modules())
         missing = [n for n in names if n not in modules or not n]
         if missing:
@@ -222,8 +231,11 @@ def concept_feature_means(
         name = f"prompts[{k}]" if k < len(prompts) else "background"
         p = _check_prompt(p, where, name).for_batch(x.shape[0], where)
         out = fn(x, s, p)
-        if not isinstance(out, torch.Tensor) or out.shape[0] != x.shape[0]:
+        if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != x.shape[0]:
             raise fail(where, f"`fn` returned {describe(out)} for {name}, expected a tensor [B = {x.shape[0]}, ...].")
+        if out.device.type != "meta" and not bool(torch.isfinite(out).all()):
+            raise fail(where, f"`fn` returned NaN or infinite features for {name}.",
+                       "check the model's output at this sigma (a float16 overflow, a diverged input).")
         means.append(out.reshape(out.shape[0], -1).mean(0))
     return torch.stack(means[:-1]), means[-1]
 
@@ -277,8 +289,5 @@ def vae_decoder(vae: Any, *, scaling_factor: float | None = None, shift_factor: 
     return decode
 
 
-def __getattr__(name: str) -> Any:
-    # 0.1.0 re-export of localscore.metrics.math_attention (two names for one thing); it warns until 0.3.
-    if name == "math_attention":
-        return forward(__name__, "localscore.metrics", name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# 0.1.0 re-export of localscore.metrics.math_attention (two names for one thing); it warns until 0.3.
+__getattr__ = moved_getattr(__name__, {"math_attention": "localscore.metrics.math_attention"})

@@ -2,17 +2,51 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-from ..._checks import check_tensor
+from ..._checks import MAX_ELEMENTS as _MAX_ELEMENTS
+from ..._checks import check_elements, check_not_meta, check_tensor
 from ..._errors import describe, fail
 from ..._moved import warn_moved
 
 __all__ = ["PromptConditions"]
+
+MAX_ELEMENTS = _MAX_ELEMENTS
+"""The most elements of the embeddings and groups a batch operation (``pad_to``, ``repeat``,
+``repeat_interleave``) builds; checked before allocating, read at call time
+(``localscore.adapters.diffusers.prompts.MAX_ELEMENTS``)."""
+
+
+def _bound(count: int, where: str, what: str) -> None:
+    check_elements(count, MAX_ELEMENTS, where, what, "build smaller prompt batches",
+                   limit_name="localscore.adapters.diffusers.prompts.MAX_ELEMENTS")
+
+
+_CHECKED: dict[int, weakref.ref[Tensor]] = {}
+"""Embeddings already checked finite (by id, held weakly): the slot operations (``select``, ``ablate``,
+``drop_all``, ...) rebuild a prompt around the same tensors, and checking them again would cost a host sync
+each time."""
+
+
+def _check_values(t: Tensor, where: str, name: str) -> None:
+    check_not_meta(t, where, name)
+    key = id(t)
+    ref = _CHECKED.get(key)
+    if ref is not None and ref() is t:
+        return
+    if not bool(torch.isfinite(t).all()):
+        raise fail(where, f"argument `{name}` holds NaN or infinite values.",
+                   "check the text encoder's output (a float16 overflow) and pass finite embeddings.")
+    if not t.requires_grad:  # a tensor in a graph may be changed in place by the caller's optimiser
+        def forget(_ref: weakref.ref[Tensor], key: int = key) -> None:
+            _CHECKED.pop(key, None)
+
+        _CHECKED[key] = weakref.ref(t, forget)
 
 
 class PromptConditions:
@@ -97,6 +131,7 @@ class PromptConditions:
             raise fail(where, f"argument `embeds` has shape {tuple(embeds.shape)}, expected [B, T, D] with B, T >= 1 "
                        "(token embeddings from the text encoder).",
                        "for one prompt use `embeds[None]`.")
+        _check_values(embeds, where, "embeds")
         B, T, _ = embeds.shape
         dev = embeds.device
         g = self._groups_tensor(groups, B, T, dev, where)
@@ -130,7 +165,11 @@ class PromptConditions:
                            "encode the empty prompt with the same tokenizer padding (same T) as the prompt.")
             if null_embeds.device != dev:
                 raise fail(where, f"`null_embeds` is on {null_embeds.device} but `embeds` is on {dev}.")
+            _check_values(null_embeds, where, "null_embeds")
         kwargs: dict[str, Tensor] = {}
+        if added_cond_kwargs is not None and not isinstance(added_cond_kwargs, Mapping):
+            raise fail(where, f"argument `added_cond_kwargs` is {describe(added_cond_kwargs)}, expected None or a "
+                       "dict of tensors.", 'SDXL takes {"text_embeds": [B, 1280], "time_ids": [B, 6]}.')
         for key, v in (added_cond_kwargs or {}).items():
             if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape[0] != B:
                 raise fail(where, f"added_cond_kwargs[{key!r}] is {describe(v)}, expected a tensor with a leading "
@@ -292,7 +331,8 @@ class PromptConditions:
             raise fail(where, f"group index is {describe(g)}, expected an int.")
         G = self.num_groups
         if not -G <= g < G:
-            raise fail(where, f"group index {g} is out of range for G = {G} groups.", f"use 0 <= g < {G}.")
+            raise fail(where, f"group index {g} is out of range for G = {G} groups; expected "
+                       f"0 <= g < {G}.", f"use 0 <= g < {G}.")
         return g % G
 
     def select(self, g: int) -> PromptConditions:
@@ -346,12 +386,13 @@ class PromptConditions:
         if isinstance(num_slots, bool) or not isinstance(num_slots, int):
             raise fail(where, f"`num_slots` is {describe(num_slots)}, expected an int.")
         if num_slots < G:
-            raise fail(where, f"num_slots = {num_slots} is below the current G = {G}.",
+            raise fail(where, f"num_slots = {num_slots} is below the current G = {G}; expected >= {G}.",
                        "select the groups you need with `select` or build a new PromptConditions.")
         if num_slots == G:
             return self
         extra = num_slots - G
         B, T = self.batch_size, self.num_tokens
+        _bound(B * num_slots * T, where, f"the token groups [B, G, T] = [{B}, {num_slots}, {T}]")
         groups = torch.cat([self.groups, self.groups.new_zeros(B, extra, T)], 1)
         active = torch.cat([self.active, self.active.new_zeros(B, extra)], 1)
         regions = self.regions
@@ -407,6 +448,8 @@ class PromptConditions:
             raise fail("PromptConditions.repeat", f"`n` is {n!r}, expected an int >= 1.")
         if n == 1:
             return self
+        _bound(n * self.embeds.numel(), "PromptConditions.repeat",
+               f"the embeddings [n B, T, D] = [{n} x {self.batch_size}, {self.num_tokens}, {self.embeds.shape[2]}]")
         return self._map_batch(lambda t: t.repeat(n, *([1] * (t.dim() - 1))))
 
     def repeat_interleave(self, repeats: int) -> PromptConditions:
@@ -415,6 +458,9 @@ class PromptConditions:
             raise fail("PromptConditions.repeat_interleave", f"`repeats` is {repeats!r}, expected an int >= 1.")
         if repeats == 1:
             return self
+        _bound(repeats * self.embeds.numel(), "PromptConditions.repeat_interleave",
+               f"the embeddings [repeats B, T, D] = [{repeats} x {self.batch_size}, {self.num_tokens}, "
+               f"{self.embeds.shape[2]}]")
         return self._map_batch(lambda t: t.repeat_interleave(repeats, 0))
 
     def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> PromptConditions:
@@ -430,7 +476,8 @@ class PromptConditions:
         B = self.batch_size
         if isinstance(index, int) and not isinstance(index, bool):
             if not -B <= index < B:
-                raise fail(where, f"prompt index {index} is out of range for B = {B}.")
+                raise fail(where, f"prompt index {index} is out of range for B = {B}; expected an int in "
+                           f"[{-B}, {B}).")
             index = slice(index % B, index % B + 1)
         if isinstance(index, bool) or isinstance(index, (str, bytes, tuple)) \
                 or not isinstance(index, (slice, Sequence, torch.Tensor)):
@@ -439,11 +486,14 @@ class PromptConditions:
         try:
             idx = torch.arange(B)[index if not isinstance(index, torch.Tensor) else index.cpu()]
         except (IndexError, TypeError, RuntimeError) as e:
-            raise fail(where, f"cannot index a batch of B = {B} prompts with {describe(index)}: {e}") from None
+            raise fail(where, f"cannot index a batch of B = {B} prompts with {describe(index)} ({e}); "
+                       "expected an int, a slice, a list of ints, or a long/bool tensor over the batch.") from None
         if idx.dim() != 1:
-            raise fail(where, f"index {describe(index)} is not a batch index.")
+            raise fail(where, f"index {describe(index)} is not a batch index; expected one dimension over "
+                       "the batch.")
         if idx.numel() == 0:
-            raise fail(where, f"the index {describe(index)} selects no prompt of B = {B}.")
+            raise fail(where, f"the index {describe(index)} selects no prompt of B = {B}; expected at "
+                       "least one.")
         idx = idx.to(self.device)
         return self._map_batch(lambda t: t.index_select(0, idx))
 

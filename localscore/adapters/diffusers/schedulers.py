@@ -27,6 +27,21 @@ def _check_scheduler(scheduler: Any, where: str) -> None:
                        "diffusers scheduler of a variance-preserving model (DDIM, DDPM, Euler, DPM-Solver, ...).")
 
 
+def _check_steps(scheduler: Any, steps: Any, where: str) -> int:
+    """``num_inference_steps``: an int in ``[1, num_train_timesteps]`` (diffusers refuses more, deep inside)."""
+    config = getattr(scheduler, "config", {})
+    get = config.get if hasattr(config, "get") else (lambda k, d=None: getattr(config, k, d))
+    ac = getattr(scheduler, "alphas_cumprod", None)
+    T = get("num_train_timesteps", None)
+    if not isinstance(T, int) or isinstance(T, bool):
+        T = int(ac.numel()) if isinstance(ac, torch.Tensor) else None
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or (T is not None and steps > T):
+        rng = f"in [1, {T}] (the scheduler's num_train_timesteps)" if T is not None else ">= 1"
+        raise fail(where, f"`num_inference_steps` is {describe(steps)}, expected an int {rng}.",
+                   "sample with fewer steps than the model was trained with.")
+    return steps
+
+
 def _clips(scheduler: Any) -> str | None:
     """What the scheduler does to the predicted sample that an unclipped sampler does not, or ``None``."""
     config = getattr(scheduler, "config", {})
@@ -96,10 +111,10 @@ def scheduler_sigmas(scheduler: Any, num_inference_steps: int | None = None, *,
     """
     where = "scheduler_sigmas"
     _check_scheduler(scheduler, where)
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise fail(where, f"`dtype` is {describe(dtype)}, expected None or a floating torch.dtype.")
     if num_inference_steps is not None:
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise fail(where, f"`num_inference_steps` is {num_inference_steps!r}, expected an int >= 1.")
-        scheduler.set_timesteps(num_inference_steps)
+        scheduler.set_timesteps(_check_steps(scheduler, num_inference_steps, where))
     _warn_clipping(scheduler, where)
     return _grid(scheduler, where).to(device=device, dtype=dtype or torch.get_default_dtype())
 
@@ -131,6 +146,7 @@ def scheduler_start(scheduler: Any, latents: Tensor, num_inference_steps: int) -
     where = "scheduler_start"
     _check_scheduler(scheduler, where)
     latents = check_image(latents, where, "latents")
+    _check_steps(scheduler, num_inference_steps, where)
     sigmas = scheduler_sigmas(scheduler, num_inference_steps, device=latents.device, dtype=latents.dtype)
     x_in = scheduler.scale_model_input(latents, scheduler.timesteps[0])
     return x_in * torch.sqrt(1 + sigmas[0] ** 2), sigmas
@@ -265,8 +281,9 @@ def sample_with_scheduler(
         raise fail(where, f"argument `denoiser` is {describe(denoiser)}, expected a callable D(x, sigma, cond).")
     _check_scheduler(scheduler, where)
     latents = check_image(latents, where, "latents")
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise fail(where, f"`num_inference_steps` is {num_inference_steps!r}, expected an int >= 1.")
+    _check_steps(scheduler, num_inference_steps, where)
+    if callback is not None and not callable(callback):
+        raise fail(where, f"`callback` is {describe(callback)}, expected None or a callable taking a dict.")
     pred = _prediction_type(scheduler, None, where)
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
     grid = _grid(scheduler, where).to(device=latents.device)
