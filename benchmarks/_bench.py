@@ -1,15 +1,19 @@
-"""Helpers the benchmark scripts share (not a benchmark): the CPU's name for the report, and k-diffusion's
-``sampling.py`` for side-by-side runs. The scripts run as ``python benchmarks/<name>.py``, so ``import _bench``
-finds this file next to them."""
+"""Helpers the benchmark scripts share (not a benchmark): the CPU's name for the report, k-diffusion's
+``sampling.py`` for side-by-side runs, and atomic file writes. The scripts run as
+``python benchmarks/<name>.py``, so ``import _bench`` finds this file next to them."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import platform
 import sys
+import tempfile
 import types
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
 
 
 def cpu_name() -> str:
@@ -64,3 +68,25 @@ def load_k_diffusion_sampling() -> Any:
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write ``path`` atomically: a temporary file in the same folder, fsync, rename (a killed run leaves the old
+    file or the new one, never half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON, written atomically."""
+    text = json.dumps(data, indent=1).encode()
+    atomic_write(path, lambda f: f.write(text))

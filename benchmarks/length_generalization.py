@@ -30,7 +30,7 @@ seeds run in different sessions or on different machines add up: runs directorie
 archive is the record.
 
 Each run folder has one writer at a time: ``train``, ``evaluate`` and ``locality`` hold its lock
-(``OUT/<name>/seed<k>/.lock``, :func:`localscore._io.run_lock`) while they read and write it, so a second
+(``OUT/<name>/seed<k>/.lock``, :func:`localscore.train.run_lock`) while they read and write it, so a second
 process on the same folder is refused at once with one line naming the first one's pid (exit 2), instead of
 computing the same results and overwriting them.
 
@@ -42,45 +42,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
+from _bench import atomic_write, write_json
 
 from localscore import LocalScoreError
-from localscore._io import remove_stale_temps, run_lock
 from localscore.lengthgen import ExperimentConfig, LocalityProfile, load_experiments
+from localscore.train import remove_stale_temps, run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write ``path`` atomically: a temporary file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=1).encode()
-    atomic_write(path, lambda f: f.write(text))
 
 
 def _runs(exps: list[ExperimentConfig], only: list[str] | None,
@@ -188,7 +171,7 @@ def _evaluate_run(exp: ExperimentConfig, seed: int, run_dir: Path, args: argpars
                                    "threads": torch.get_num_threads()})
         d = res.to_dict()
         d["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
-        _write_json(target, d)
+        write_json(target, d)
         _grid(run_dir / f"grid-{method}.png", torch.cat(keep), model, exp, per_count,
               f"{exp.name} ({method}), seed {seed}, {steps_trained} steps")
 
@@ -260,7 +243,7 @@ def stage_locality(runs: list[tuple[ExperimentConfig, int]], out: Path, args: ar
             prof = locality_profile(model.denoiser, model.scene, count=4, n_images=args.locality_images,
                                     seed=EVAL_SEED)
             prof.meta["train_steps"] = steps_trained
-            _write_json(target, prof.to_dict())
+            write_json(target, prof.to_dict())
 
 
 def _reference(exp: ExperimentConfig, per_count: int) -> Any:
@@ -396,7 +379,7 @@ def stage_report(exps: list[ExperimentConfig], header: dict[str, Any], out: Path
         "",
     ])
     results = {"header": header, "eval_seed": EVAL_SEED, "rows": rows, "reference": reference.to_dict()}
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     atomic_write(out / "results.md", lambda f: f.write(md.encode()))
     _plot(out / "locality_vs_generalization.png", points)
     _log(f"wrote {out / 'results.json'}, {out / 'results.md'}")

@@ -546,6 +546,26 @@ def _demo_top_notes(evals: Mapping[str, Any], results: Mapping[str, Any], models
 
 _DEMO_FILES = ("demo.json", "demo.png")
 """The files a demo writes into its ``--out`` folder."""
+_BACKGROUND_FILES = ("background.json", "background.png")
+"""The files ``demo --background`` writes into its ``--out`` folder."""
+
+
+def _demo_background(args: argparse.Namespace, out_dir: Path) -> int:
+    """``localscore demo --background``: projective composition over four backgrounds (shipped bg-* models)."""
+    from .lengthgen import BACKGROUND_MODELS, checkpoint_dir
+    from .lengthgen import _background_demo as bg
+
+    clash = [flag for flag, on in (("--oracle", args.oracle), ("--retrain", args.retrain),
+                                   ("--method", args.method is not None)) if on]
+    if clash:
+        raise fail("localscore demo", f"--background cannot be combined with {', '.join(clash)}.",
+                   "run `localscore demo --background` alone (it composes the shipped bg-* models).")
+    missing = [n for n in BACKGROUND_MODELS if not (checkpoint_dir() / f"{n}.pt").is_file()]
+    if missing:
+        raise fail("localscore demo", f"the shipped models {missing} are not in {str(checkpoint_dir())!r}.",
+                   "reinstall localscore, or train them with `python benchmarks/background.py --out runs/background "
+                   "--stage train --seeds 0` and `--stage ship`.")
+    return bg.run(args, out_dir, _write_json, _pyplot, _write_png_grid)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -563,10 +583,13 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         with run_lock(out_dir, where=where):
             remove_stale_temps(out_dir)
-            previous = [name for name in _DEMO_FILES if (out_dir / name).exists()]
+            files = _BACKGROUND_FILES if args.background else _DEMO_FILES
+            previous = [name for name in files if (out_dir / name).exists()]
             if previous:
                 print(f"localscore demo: {str(out_dir)!r} holds a previous demo's {' and '.join(previous)}; this run "
                       "replaces them (pass another --out to keep them).", flush=True)
+            if args.background:
+                return _demo_background(args, out_dir)
             return _demo_oracle(args) if args.oracle else _demo_trained(args)
     except BaseException:
         if created:  # leave no empty folder behind a demo that failed before writing anything
@@ -1045,6 +1068,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a small, fast run (CI)")
     d.add_argument("--oracle", action="store_true",
                    help="instead: exact per-object scores of an object oracle, composed beyond the trained count")
+    d.add_argument("--background", action="store_true",
+                   help="instead: single-object models composed over an empty, a separately trained empty, the "
+                   "unconditional (Bayes) and a cluttered background, for 1, 2, 4 and 8 objects; writes "
+                   "DIR/background.json and DIR/background.png (docs/background.md explains it)")
     d.add_argument("--retrain", action="store_true",
                    help="train local-32 and baseline-32 from scratch first, then sample them (CPU-hours)")
     d.add_argument("--retrain-steps", metavar="N", type=_int_at_least(1, "training steps", MAX_TRAIN_STEPS),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import json
 import os
 import sys
@@ -15,18 +14,14 @@ import pytest
 from localscore.lengthgen import train_experiment
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _benchmarks import load_benchmark
 from test_lengthgen_experiments import tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("length_generalization_bench",
-                                                  REPO / "benchmarks" / "length_generalization.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("length_generalization")
 
 
 @pytest.fixture(scope="module")

@@ -215,6 +215,34 @@ def test_demo_shipped_models(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert (tmp_path / "demo.png").stat().st_size > 1000
 
 
+def test_demo_background_composes_the_shipped_models_over_four_backgrounds(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--background", "--quick", "--samples", "1", "--steps", "2", "--counts", "1,3",
+                 "--no-progress", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if line.lstrip().startswith("objects"))
+    assert header.split()[1:] == ["empty", "empty-separate", "unconditional", "cluttered"]
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["1"], ["3"])]
+    assert [r[0] for r in rows] == ["1", "3"] and all(len(r) == 1 + 3 * 4 for r in rows)
+    data = json.loads((tmp_path / "background.json").read_text())
+    assert data["counts"] == [1, 3] and data["per_count"] == 1 and data["steps"] == 2
+    assert list(data["runs"]) == ["empty", "empty-separate", "unconditional", "cluttered"]
+    for name, run in data["runs"].items():
+        ev = run["evaluation"]
+        assert ev["requested"] == [1, 3] and ev["meta"]["composition"] == name
+        # the two compositions over another model's empty set record it; the others use their own
+        assert ("background" in ev["meta"]) == (name == "empty-separate")
+    assert (tmp_path / "background.png").stat().st_size > 1000
+    assert not (tmp_path / "demo.json").exists()
+
+
+def test_demo_background_refuses_the_other_demo_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for flag in (["--oracle"], ["--method", "masked"]):
+        assert main(["demo", "--background", *flag, "--out", str(tmp_path / "x")]) == 2
+        assert f"cannot be combined with {flag[0]}" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_demo_default_settings_and_counts_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # The defaults the README's timing was measured with: 6 images per count at 1-3 and 8-10 objects, 16 Euler

@@ -12,7 +12,8 @@ import torch
 
 from localscore import Conditions, LocalScoreError
 from localscore.lengthgen import (
-    MODEL_NAMES,
+    BACKGROUND_MODELS,
+    SHIPPED_MODELS,
     ExperimentConfig,
     LoadedModel,
     checkpoint_dir,
@@ -150,7 +151,7 @@ def test_enforced_model_roundtrip(tmp_path: Path) -> None:
         torch.testing.assert_close(back.denoiser(x, 1.0, cond), m(x, 1.0, cond), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
 def test_shipped_models(name: str) -> None:
     path = checkpoint_dir() / f"{name}.pt"
     # shipped as package data (pyproject.toml), so in every checkout, sdist and wheel: missing is a failure
@@ -158,7 +159,12 @@ def test_shipped_models(name: str) -> None:
     assert path.stat().st_size < 4 * 1024**2
     m = load_model(name)
     assert m.resolution == 32 and m.meta["steps"] > 0
-    assert m.kind == ("local" if name == "local-32" else "unet")
+    assert m.kind == ("unet" if name == "baseline-32" else "local")
+    if name in BACKGROUND_MODELS:   # seed 0 of its experiment in benchmarks/configs/background.json, fully trained
+        _, exps = load_experiments(REPO / "benchmarks" / "configs" / "background.json")
+        exp = next(e for e in exps if e.name == BACKGROUND_MODELS[name])
+        assert m.meta["experiment"]["name"] == exp.name and m.meta["seed"] == 0
+        assert m.meta["steps"] == exp.train_config(0).steps and m.scene == exp.scene_config()
     # Loaded with weights_only=True: the file holds nothing but tensors and plain values.
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == "localscore-model"
@@ -226,6 +232,36 @@ def test_sampler_strategy_changes_the_speed_not_the_samples() -> None:
         assert calls["n"] == 3  # one call per Euler step, the background and both objects stacked in it
     joint = sampler(model, "joint", steps=3)(cond, g())
     assert float((joint - seq).abs().max()) > 1e-4  # not vacuous: the composition differs from the joint pass
+
+
+def test_sampler_background_replaces_the_empty_set_pass() -> None:
+    # One Euler step from sigma_max to 0 returns the composed denoiser's output at x = sigma_max * z, so the
+    # sample is clamp((E(x) + sum_j (D(x, c_j) - E(x)) + 1) / 2) with E the background model, computed here.
+    model, bg = _local_model(1), _local_model(2)
+    attrs = [[1.0] + [0.0] * 12, [0.0, 1.0] + [0.0] * 11]
+    cond = Conditions.from_lists([[(4.0, 4.0), (11.0, 11.0)]], attrs=[attrs])
+    sigma_max = 80.0
+    got = sampler(model, "projective", steps=1, sigma_max=sigma_max, background=bg)(
+        cond, torch.Generator().manual_seed(5))
+    res = model.resolution
+    z = torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(5))
+    x, s = sigma_max * z, torch.full((1,), sigma_max)
+    with torch.no_grad():
+        e = bg.denoiser(x, s, cond.drop_all())
+        d = e + sum(model.denoiser(x, s, c) - e for c in cond.singletons())
+    torch.testing.assert_close(got, ((d + 1) / 2).clamp(0, 1), atol=1e-4, rtol=0)   # float32 sums in another order
+    own = sampler(model, "projective", steps=1, sigma_max=sigma_max)(cond, torch.Generator().manual_seed(5))
+    assert float((own - got).abs().max()) > 1e-3          # not vacuous: the model's own empty set differs
+    same = sampler(model, "projective", steps=1, sigma_max=sigma_max, background=model)(
+        cond, torch.Generator().manual_seed(5))
+    assert torch.equal(same, own)
+    masked = sampler(model, "masked", steps=1, sigma_max=sigma_max, background=bg)(
+        cond, torch.Generator().manual_seed(5))
+    assert masked.shape == got.shape
+    with pytest.raises(LocalScoreError, match="no background"):
+        sampler(model, "joint", background=bg)
+    with pytest.raises(LocalScoreError, match="background"):
+        sampler(model, "projective", background="empty")  # type: ignore[arg-type]
 
 
 def test_sampler_bad_input() -> None:

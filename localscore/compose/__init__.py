@@ -14,7 +14,8 @@ affine in ``D`` and the ``a_j`` do not depend on ``x``, the same identity holds 
 
 Under conditional projective composition (CPC, see ``docs/design.md``) the composition of single-object
 denoisers with ``w_j = 1`` and the unconditional background *equals* the joint denoiser for any number of
-objects. :func:`residual` measures how far a model is from that.
+objects. :func:`residual` measures how far a model is from that; :func:`terms` decomposes a composition at
+known images into each object's own term and the other terms' cross-talk.
 
 Every operator here returns a :class:`Composition`, which is itself a denoiser ``D(x, sigma, cond=None)``:
 compositions nest, and every sampler accepts them. Components are denoisers: bound ones
@@ -46,12 +47,13 @@ from __future__ import annotations
 
 from .composition import Composition, EvaluationOptions
 from .operators import guidance, masked, masked_from, projective, projective_from
-from .residuals import CompositionResidual, residual
+from .residuals import CompositionResidual, CompositionTerms, residual, terms
 from .specs import MaskSpec, Strategy, WeightSchedule, WeightSpec
 
 __all__ = [
     "Composition",
     "CompositionResidual",
+    "CompositionTerms",
     "EvaluationOptions",
     "MaskSpec",
     "Strategy",
@@ -63,4 +65,5 @@ __all__ = [
     "projective",
     "projective_from",
     "residual",
+    "terms",
 ]

@@ -21,8 +21,10 @@ from __future__ import annotations
 from .evaluate import LOCALITY_FORMAT, REGION_FRACTION, LocalityProfile, locality_profile, locality_table
 from .experiments import METHODS, ExperimentConfig, load_experiments, network_config
 from .models import (
+    BACKGROUND_MODELS,
     DEMO_EXPERIMENTS,
     MODEL_NAMES,
+    SHIPPED_MODELS,
     LoadedModel,
     checkpoint_dir,
     demo_experiments,
@@ -34,12 +36,14 @@ from .recipes import evaluate_model, sampler, train_experiment
 from .runs import MODEL_KINDS, RunConfig, run_training
 
 __all__ = [
+    "BACKGROUND_MODELS",
     "DEMO_EXPERIMENTS",
     "LOCALITY_FORMAT",
     "METHODS",
     "MODEL_KINDS",
     "MODEL_NAMES",
     "REGION_FRACTION",
+    "SHIPPED_MODELS",
     "ExperimentConfig",
     "LoadedModel",
     "LocalityProfile",

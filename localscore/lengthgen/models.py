@@ -27,8 +27,10 @@ from .data import SceneConfig
 from .experiments import ExperimentConfig, network_config
 
 __all__ = [
+    "BACKGROUND_MODELS",
     "DEMO_EXPERIMENTS",
     "MODEL_NAMES",
+    "SHIPPED_MODELS",
     "LoadedModel",
     "checkpoint_dir",
     "demo_experiments",
@@ -42,7 +44,15 @@ MODEL_KIND = "localscore-model"
 MODEL_VERSION = 1
 """The version of the model file format."""
 MODEL_NAMES = ("local-32", "baseline-32")
-"""Names of the model files shipped in ``localscore/checkpoints/`` (``NAME.pt``)."""
+"""Names of the length-generalization model files shipped in ``localscore/checkpoints/`` (``NAME.pt``)."""
+BACKGROUND_MODELS = {"bg-single01-32": "single01", "bg-single-32": "single", "bg-empty-32": "empty",
+                     "bg-clutter-32": "clutter"}
+"""The shipped models of ``localscore demo --background`` and the experiments of
+``benchmarks/configs/background.json`` they come from (seed 0): local networks trained on 0-1 objects
+(``single01``), on one object with conditioner dropout (``single``), on object-free images (``empty``) and on
+1-3 objects with one labelled (``clutter``)."""
+SHIPPED_MODELS = MODEL_NAMES + tuple(BACKGROUND_MODELS)
+"""Every model name :func:`load_model` accepts."""
 
 
 DEMO_EXPERIMENTS = {"local-32": "local-all-nodrop", "baseline-32": "unet-one"}
@@ -108,7 +118,7 @@ def resolve_model(path_or_name: str | os.PathLike[str]) -> Path:
     directory holds the ``experiment.json`` written by :func:`~localscore.lengthgen.train_experiment`.
     """
     text = str(path_or_name)
-    if text in MODEL_NAMES:
+    if text in SHIPPED_MODELS:
         p = checkpoint_dir() / f"{text}.pt"
         if not p.is_file():
             raise fail("load_model", f"the shipped model {text!r} is missing from {str(checkpoint_dir())!r}.",
@@ -118,7 +128,7 @@ def resolve_model(path_or_name: str | os.PathLike[str]) -> Path:
     if p.is_dir():
         p = p / "model.pt" if (p / "model.pt").is_file() else p / "checkpoint.pt"
     if not p.is_file():
-        raise fail("load_model", f"{text!r} is neither a shipped model name {list(MODEL_NAMES)} nor an existing "
+        raise fail("load_model", f"{text!r} is neither a shipped model name {list(SHIPPED_MODELS)} nor an existing "
                    "file.", "pass a name such as 'local-32', or the path of a model file / training run.")
     return p
 

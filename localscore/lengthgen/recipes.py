@@ -27,6 +27,7 @@ from .. import compose
 from .._errors import describe, fail
 from .._io import atomic_write, read_json, remove_stale_temps, run_lock
 from ..conditions import Conditions
+from ..denoisers import bind
 from ..masks import DiscRule
 from ..nn import LocalNetConfig, UNetConfig, build_denoiser, localize
 from ..sampling import sample_euler, sample_heun
@@ -162,6 +163,7 @@ def sampler(
     resolution: int | None = None,
     channels: int | None = None,
     strategy: compose.Strategy = "auto",
+    background: LoadedModel | nn.Module | None = None,
     progress: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> Callable[[Conditions, torch.Generator], Tensor]:
@@ -182,7 +184,11 @@ def sampler(
       (sampling-time pixel *and* conditioner locality for any network);
 
     and the result is mapped from ``[-1, 1]`` to ``[0, 1]``: ``images = clamp((x + 1) / 2, 0, 1)``.
-    The composed methods need a model trained with conditioner dropout (its unconditional path).
+    The composed methods need a model trained with conditioner dropout (its unconditional path), unless
+    ``background`` gives another model: then ``D(x, sigma, none)`` in ``"projective"`` and ``"masked"`` is
+    that model's empty-set output ``D_bg(x, sigma, none)`` (for example a model of object-free images, the
+    *empty* background, where the model's own empty set is the *unconditional* one: the choice of background
+    decides whether the composition is exact, see :func:`~localscore.lengthgen.evaluate.composition_terms`).
     ``strategy`` is how ``"projective"`` and ``"masked"`` evaluate their passes (the ``strategy`` of
     :class:`~localscore.compose.Composition`: ``"batched"`` stacks the background and every object's pass
     into one network call per step, ``"auto"`` lets the composition choose); it changes the speed, not the
@@ -204,6 +210,8 @@ def sampler(
             or the ``config`` of the module or of the modules it wraps).
         strategy: evaluation strategy of the ``"projective"`` and ``"masked"`` compositions (``"auto"``,
             ``"sequential"``, ``"batched"`` or ``"crop"``); ignored by ``"joint"`` and ``"localized"``.
+        background: the background model of ``"projective"`` and ``"masked"`` (a ``LoadedModel`` or a
+            denoiser module, called with the empty set); ``None``: the model's own empty-set output.
         progress: show the solver's progress bar.
         callback: passed to the solver.
 
@@ -234,6 +242,20 @@ def sampler(
             raise fail(where, f"`{name}` is {describe(v)}, expected an int >= 1.")
     if strategy not in ("auto", "sequential", "batched", "crop"):
         raise fail(where, f"`strategy` is {strategy!r}, expected 'auto', 'sequential', 'batched' or 'crop'.")
+    Dbg: Any = D
+    if background is not None:
+        if method not in ("projective", "masked"):
+            raise fail(where, f"`background` is given with method {method!r}, which has no background.",
+                       "pass background only with method='projective' or 'masked'.")
+        Dbg = background.denoiser if isinstance(background, LoadedModel) else background
+        if not callable(Dbg):
+            raise fail(where, f"`background` is {describe(background)}, expected None, a LoadedModel or a "
+                       "denoiser module.")
+        if isinstance(background, LoadedModel) and isinstance(model, LoadedModel) and (
+                background.resolution != model.resolution or background.network.channels != model.network.channels):
+            raise fail(where, f"the background model draws {background.network.channels} x {background.resolution}"
+                       f" px images, the model {model.network.channels} x {model.resolution} px.",
+                       "use a background model trained on images of the same size.")
     solve = sample_euler if solver == "euler" else sample_heun
     rule = DiscRule(float(mask_radius))
 
@@ -251,11 +273,14 @@ def sampler(
             if method == "joint":
                 out = solve(D, x, sig, cond, progress=progress, callback=callback)
             elif method == "projective":
-                out = solve(compose.projective_from(D, cond, strategy=strategy), x, sig, progress=progress,
-                            callback=callback)
+                comp = compose.projective_from(D, cond, strategy=strategy) if Dbg is D else compose.projective(
+                    bind(Dbg, cond.drop_all()), [bind(D, c) for c in cond.singletons()], strategy=strategy)
+                out = solve(comp, x, sig, progress=progress, callback=callback)
             elif method == "masked":
-                out = solve(compose.masked_from(D, cond, rule, strategy=strategy), x, sig, progress=progress,
-                            callback=callback)
+                comp = compose.masked_from(D, cond, rule, strategy=strategy) if Dbg is D else compose.masked(
+                    bind(Dbg, cond.drop_all()), [bind(D, c) for c in cond.singletons()], rule, mask_cond=cond,
+                    strategy=strategy)
+                out = solve(comp, x, sig, progress=progress, callback=callback)
             else:
                 out = solve(localize(D, rule, crop=crop), x, sig, cond, progress=progress, callback=callback)
         return ((out.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
@@ -292,6 +317,7 @@ def evaluate_model(
     crop: int | None = None,
     batch_size: int = 64,
     strategy: compose.Strategy = "auto",
+    background: LoadedModel | None = None,
     progress: bool = False,
     meta: Mapping[str, Any] | None = None,
     keep_images: list[Tensor] | None = None,
@@ -316,6 +342,8 @@ def evaluate_model(
         crop: window side of ``"localized"``.
         batch_size: images per sampler call.
         strategy: evaluation strategy of the composed methods (see :func:`sampler`).
+        background: another model as the background of ``"projective"`` / ``"masked"`` (see :func:`sampler`);
+            ``None``: the model's own empty-set output.
         progress: progress bar over batches.
         meta: extra metadata stored in the result.
         keep_images: if a list is given, the generated image batches ``[b, C, H, W]`` are appended to it.
@@ -323,7 +351,7 @@ def evaluate_model(
     """
     scene = model.scene.replace(counts=tuple(counts), labelling="all")
     base = sampler(model, method, steps=steps, solver=solver, mask_radius=mask_radius, crop=crop,
-                   strategy=strategy, callback=callback)
+                   strategy=strategy, background=background, callback=callback)
     if keep_images is None:
         fn = base
     else:
@@ -336,5 +364,7 @@ def evaluate_model(
         info["mask_radius"] = mask_radius
     if method == "localized":
         info["crop"] = crop
+    if background is not None:
+        info["background"] = background.meta.get("experiment", {}).get("name") or background.source or "a model"
     return evaluate_sampler(fn, scene, counts=counts, per_count=per_count, seed=seed, batch_size=batch_size,
                             progress=progress, meta=info)

@@ -1,9 +1,15 @@
-"""Training denoisers: losses, the trainer (EMA, atomic checkpoints, exact resume, DDP through torchrun)."""
+"""Training denoisers: losses, the trainer (EMA, atomic checkpoints, exact resume, DDP through torchrun).
+
+Pipelines that write their own run folders (evaluations, benchmarks) use the trainer's folder discipline:
+:func:`run_lock` (one writer per folder, a second one refused naming the holder's pid) and
+:func:`remove_stale_temps` (temporary files of writes killed mid-way).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from .._io import remove_stale_temps, run_lock
 from .._moved import forward
 from .losses import (
     Objective,
@@ -36,6 +42,8 @@ __all__ = [
     "drop_conditions",
     "load_checkpoint",
     "loss_weight",
+    "remove_stale_temps",
+    "run_lock",
     "sample_sigmas",
     "setup_distributed",
     "train",
