@@ -233,8 +233,9 @@ def run_job(job: Job, cfg: dict[str, Any], out: Path, status: str, reason: str) 
     fn = sampler(model, job.method, steps=st["steps"], solver=exp.sampler, mask_radius=exp.mask_radius,
                  crop=exp.crop)
     t0 = time.perf_counter()
-    res = evaluate_sampler(fn, scene, counts=[job.cell.count], per_count=job.per_count, seed=st["seed"],
-                           batch_size=int(cfg.get("batch_size", 20)))
+    with torch.inference_mode():
+        res = evaluate_sampler(fn, scene, counts=[job.cell.count], per_count=job.per_count, seed=st["seed"],
+                               batch_size=int(cfg.get("batch_size", 20)))
     seconds = time.perf_counter() - t0
     meta.update({"seconds": round(seconds, 2), "load_end": load_avg(),
                  "network_passes": job.per_count * st["steps"] * passes_per_step(job.method, job.cell.count)})

@@ -847,7 +847,8 @@ def _sample(args: argparse.Namespace) -> int:
                      crop=args.crop, callback=bar.step)
         for start in chunks:   # a long layout is streamed: one sampler call per batch of --batch-size images
             part = layout[start:start + batch]
-            images[start:start + batch] = fn(part.conditions(), g).numpy()
+            with torch.inference_mode():
+                images[start:start + batch] = fn(part.conditions(), g).numpy()
     how = f"{args.method} sampling, {args.steps} {args.solver} steps, seed {args.seed}"
     for out in outs:
         if out.suffix.lower() == ".npz":

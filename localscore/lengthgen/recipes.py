@@ -193,7 +193,9 @@ def sampler(
     :class:`~localscore.compose.Composition`: ``"batched"`` stacks the background and every object's pass
     into one network call per step, ``"auto"`` lets the composition choose); it changes the speed, not the
     formula (the results agree to float round-off). ``progress`` shows the solver's tqdm bar; ``callback``
-    is passed to the solver (called after each step with its dict, see :mod:`localscore.sampling`).
+    is passed to the solver (called after each step with its dict, see :mod:`localscore.sampling`). Grad
+    mode is the caller's: call the function under ``torch.inference_mode()`` when no gradients are wanted
+    (as :func:`evaluate_model` does).
 
     Args:
         model: a :class:`~localscore.lengthgen.LoadedModel`, or a denoiser module.
@@ -269,20 +271,19 @@ def sampler(
         sig = karras_sigmas(steps, sigma_min, sigma_max, device=dev)
         z = torch.randn(B, C, res, res, generator=generator).to(dev)
         x = sig[0] * z
-        with torch.inference_mode():
-            if method == "joint":
-                out = solve(D, x, sig, cond, progress=progress, callback=callback)
-            elif method == "projective":
-                comp = compose.projective_from(D, cond, strategy=strategy) if Dbg is D else compose.projective(
-                    bind(Dbg, cond.drop_all()), [bind(D, c) for c in cond.singletons()], strategy=strategy)
-                out = solve(comp, x, sig, progress=progress, callback=callback)
-            elif method == "masked":
-                comp = compose.masked_from(D, cond, rule, strategy=strategy) if Dbg is D else compose.masked(
-                    bind(Dbg, cond.drop_all()), [bind(D, c) for c in cond.singletons()], rule, mask_cond=cond,
-                    strategy=strategy)
-                out = solve(comp, x, sig, progress=progress, callback=callback)
-            else:
-                out = solve(localize(D, rule, crop=crop), x, sig, cond, progress=progress, callback=callback)
+        if method == "joint":
+            out = solve(D, x, sig, cond, progress=progress, callback=callback)
+        elif method == "projective":
+            comp = compose.projective_from(D, cond, strategy=strategy) if Dbg is D else compose.projective(
+                bind(Dbg, cond.drop_all()), [bind(D, c) for c in cond.singletons()], strategy=strategy)
+            out = solve(comp, x, sig, progress=progress, callback=callback)
+        elif method == "masked":
+            comp = compose.masked_from(D, cond, rule, strategy=strategy) if Dbg is D else compose.masked(
+                bind(Dbg, cond.drop_all()), [bind(D, c) for c in cond.singletons()], rule, mask_cond=cond,
+                strategy=strategy)
+            out = solve(comp, x, sig, progress=progress, callback=callback)
+        else:
+            out = solve(localize(D, rule, crop=crop), x, sig, cond, progress=progress, callback=callback)
         return ((out.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
 
     return run
@@ -366,5 +367,6 @@ def evaluate_model(
         info["crop"] = crop
     if background is not None:
         info["background"] = background.meta.get("experiment", {}).get("name") or background.source or "a model"
-    return evaluate_sampler(fn, scene, counts=counts, per_count=per_count, seed=seed, batch_size=batch_size,
-                            progress=progress, meta=info)
+    with torch.inference_mode():   # metrics only: no gradients
+        return evaluate_sampler(fn, scene, counts=counts, per_count=per_count, seed=seed, batch_size=batch_size,
+                                progress=progress, meta=info)
