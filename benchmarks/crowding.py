@@ -1,4 +1,4 @@
-"""Crowding (issue 19, part 3): when do the shipped models fail, as a function of count, spacing and margin?
+"""Crowding: when do the shipped models fail, as a function of count, spacing and margin?
 
 The shipped one-label baseline ``baseline-32`` composed projectively loses objects at 8-10 objects on the
 benchmark's own (dense) layouts but not on sparse ones, and sampled jointly it holds on both. This benchmark
@@ -656,7 +656,7 @@ def _holds(p: Proportion) -> bool:
 
 
 def _fails(p: Proportion) -> bool:
-    """Clearly below the issue's 90 % target: the upper end of the Wilson interval is below 0.9."""
+    """Clearly below the 90 % bar: the upper end of the Wilson interval is below 0.9."""
     return p.trials > 0 and p.interval()[1] < 0.9
 
 
@@ -690,7 +690,7 @@ def docs_page(rows: list[dict[str, Any]], ctx: dict[Any, Any], split: dict[Any, 
              "the training spacing). Every model and method with the same number of images in a cell sees the same "
              "layouts (the layout seed depends on the cell only). 'Perfect': exactly "
              "the requested objects are detected, each at its place in its colour; recall: the share of the "
-             "requested objects drawn; a cell *holds* when its perfect rate is at least 0.90 (the issue's target) "
+             "requested objects drawn; a cell *holds* when its perfect rate is at least 0.90 (the bar a model should clear) "
              "and *fails* when the upper end of its 95 % interval is below 0.90.", ""]
     if cfg.get("mode") == "quick":
         lines += ["!!! warning", "    Quick mode: 2 sampler steps and 2 images per cell. The numbers below test the "
