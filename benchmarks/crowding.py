@@ -690,7 +690,7 @@ def docs_page(rows: list[dict[str, Any]], ctx: dict[Any, Any], split: dict[Any, 
              "the training spacing). Every model and method with the same number of images in a cell sees the same "
              "layouts (the layout seed depends on the cell only). 'Perfect': exactly "
              "the requested objects are detected, each at its place in its colour; recall: the share of the "
-             "requested objects drawn; a cell *holds* when its perfect rate is at least 0.90 (the bar a model should clear) "
+             "requested objects drawn; a cell *holds* when its perfect rate is at least 0.90 "
              "and *fails* when the upper end of its 95 % interval is below 0.90.", ""]
     if cfg.get("mode") == "quick":
         lines += ["!!! warning", "    Quick mode: 2 sampler steps and 2 images per cell. The numbers below test the "
