@@ -137,8 +137,6 @@ bad("models", "forward x on meta", lambda: _local()(_x().to("meta"), 1.0, _c()))
 bad("models", "forward x NaN", lambda: _local()(_x() * NAN, 1.0, _c()))
 bad("models", "forward cond batch 3 for B = 2", lambda: _local()(_x(B=2), 1.0, _c(3)))
 bad("models", "forward cond a list", lambda: _local()(_x(), 1.0, [(1.0, 1.0)]))  # type: ignore[arg-type]
-bad("models", "forward attrs of length 2 for attr_dim 0", lambda: _local()(_x(), 1.0, Conditions.from_lists(
-    [[(1.0, 1.0)]], attrs=[[[1.0, 2.0]]])))
 bad("models", "GlobalConvDenoiser forward cond batch 3 for B = 2", lambda: GlobalConvDenoiser(
     2, radius=1, cond_radius=1.0)(_x(B=2), 1.0, _c(3)))
 bad("models", "render_conditions size (10**6, 10**6)", lambda: render_conditions(

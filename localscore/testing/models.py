@@ -105,7 +105,8 @@ class LocalConvDenoiser(nn.Module):
         channels: image channels ``C``.
         radius: receptive radius ``R >= 0`` (number of 3x3 layers).
         cond_radius: ``r``, the rendering radius of the conditioners (``None``: unconditional).
-        attr_dim: attribute length ``A`` of the conditioners (0: positions only).
+        attr_dim: attribute length ``A`` of the conditioners (0: positions only; attributes a set carries are then
+            ignored, as a position-only model of attributed data would).
         hidden: hidden channels.
         seed: weights are drawn from this seed (reproducible, no global RNG use).
 
@@ -177,10 +178,6 @@ class LocalConvDenoiser(nn.Module):
                 raise fail(where, f"`cond` has {cond.batch_size} sets for {B} images, expected {B} (or 1, shared).")
             if cond.device != x.device and cond.num_slots:
                 raise fail(where, f"`cond` is on {cond.device} but `x` is on {x.device}.", "move one to the other.")
-            if cond.attr is not None and self.attr_dim == 0 and cond.num_slots:
-                raise fail(where, f"`cond` carries attributes of length {cond.attr_dim}, but the model was built with "
-                           "attr_dim=0 and cannot see them.",
-                           f"build it with attr_dim={cond.attr_dim}, or pass Conditions(cond.pos, None, cond.valid).")
         parts = [x, (torch.log(s) / 4).view(B, 1, 1, 1).expand(B, 1, H, W)]
         if self.cond_radius is not None:
             m = render_conditions(cond, (H, W), float(self.cond_radius), self.attr_dim, dtype=x.dtype,
