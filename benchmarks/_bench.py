@@ -1,5 +1,6 @@
-"""Helpers the benchmark scripts share (not a benchmark): the CPU's name for the report, k-diffusion's
-``sampling.py`` for side-by-side runs, and atomic file writes. The scripts run as
+"""Helpers the benchmark scripts share (not a benchmark): the CPU's name and load for the report,
+k-diffusion's ``sampling.py`` for side-by-side runs, atomic file writes, matplotlib without a display, the
+archive copy of a run folder and the generated block of a docs page. The scripts run as
 ``python benchmarks/<name>.py``, so ``import _bench`` finds this file next to them."""
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
+import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -90,3 +93,53 @@ def write_json(path: Path, data: Any) -> None:
     """``data`` as indented JSON, written atomically."""
     text = json.dumps(data, indent=1).encode()
     atomic_write(path, lambda f: f.write(text))
+
+
+def log(msg: str) -> None:
+    """Print ``[HH:MM:SS] msg`` at once (benchmarks run for long; their logs are read while they run)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def machine_line() -> str:
+    """One line naming the CPU, its cores and load, torch and its threads: printed beside every timing."""
+    import torch
+
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (f"{cpu_name()}, {os.cpu_count()} cores, load {load}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, or None when matplotlib is not installed (figures skipped)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def archive_results(out: Path, archive: Path) -> None:
+    """Copy the small result files of a run folder (``*.json``, ``*.png``, ``*.md``, ``log.jsonl``; never
+    weights) to ``archive``, keeping the folder layout."""
+    for p in sorted(out.rglob("*")):
+        if p.is_file() and (p.suffix in (".json", ".png", ".md") or p.name == "log.jsonl"):
+            dest = archive / p.relative_to(out)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dest)
+    log(f"archived {out} -> {archive}")
+
+
+def write_docs_block(page: Path, name: str, body: str) -> None:
+    """Put ``body`` between the markers ``<!-- {name}:start -->`` and ``<!-- {name}:end -->`` of ``page``
+    (replacing what was there, or appended with the markers when the page has none)."""
+    text = page.read_text() if page.exists() else ""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    page.write_text(text)
+    log(f"wrote {page}")

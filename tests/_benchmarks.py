@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -30,3 +31,11 @@ def load_benchmark(name: str, module_name: str | None = None) -> ModuleType:
     finally:
         sys.path.remove(str(BENCHMARKS))
     return mod
+
+
+def run_script(name: str, config: Path, *args: str, timeout: float = 600) -> str:
+    """Run ``python benchmarks/<name>.py --config CONFIG ARGS...``, assert it exits 0 and return its stdout."""
+    r = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--config", str(config), *args],
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+from _benchmarks import run_script
 
 from localscore.lengthgen import load_experiments
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "background.py"
 TINY_LOCAL = {"width": 8, "depth": 1, "token_dim": 8, "heads": 2, "conditioning": "render", "norm": "none",
               "cond_radius": 2.0, "relative_freqs": 2, "sigma_embed_dim": 16}
 
@@ -45,10 +44,7 @@ def test_benchmark_end_to_end_tiny(tmp_path: Path) -> None:
     out = tmp_path / "runs"
 
     def bench(*args: str) -> str:
-        r = subprocess.run([sys.executable, str(SCRIPT), "--config", str(path), *args], capture_output=True,
-                           text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-        return r.stdout
+        return run_script("background", path, *args)
 
     bench("--out", str(out), "--mechanism-images", "2", "--no-plots")
     results = json.loads((out / "results.json").read_text())

@@ -23,6 +23,7 @@ from localscore.lengthgen.data import (
     SceneConfig,
     SceneStream,
     bounding_radius,
+    color_concepts,
     color_index,
     coverage,
     decode_attributes,
@@ -234,6 +235,39 @@ def test_labelling_all_and_one() -> None:
     assert float(hits.min()) > 0.15 * float(hits.sum())                              # each slot ~ 1/4
     with pytest.raises(LocalScoreError, match="labelling"):
         label_scene(s, "two")  # type: ignore[arg-type]
+
+
+def test_labelling_color_keeps_each_objects_colour_and_nothing_else() -> None:
+    cfg = SceneConfig(resolution=32, counts=(0, 1, 3))
+    s = sample_scenes(cfg, 200, generator=torch.Generator().manual_seed(2))
+    c = label_scene(s, "color")
+    assert torch.equal(c.valid, s.valid) and c.attr is not None and c.attr.shape[-1] == ATTR_DIM
+    assert torch.equal(c.attr[..., :8].argmax(-1)[s.valid], s.color[s.valid])
+    assert torch.equal(c.attr.sum(-1), s.valid.float())           # the colour one-hot only: no shape, no size
+    assert bool((c.pos == 15.5).all())                            # one place for every concept: the centre
+    # the same colours in other places, shapes and sizes give the same conditioner set
+    moved = Scene(s.pos.flip(0), s.color, s.shape.flip(0), s.size.flip(0), s.valid, 32)
+    d = label_scene(moved, "color")
+    assert torch.equal(d.attr, c.attr) and torch.equal(d.pos, c.pos)  # type: ignore[arg-type]
+    assert SceneConfig(labelling="color").labelling == "color"
+
+
+def test_color_concepts_builds_padded_sets_and_explains_bad_names() -> None:
+    c = color_concepts([["yellow", "Blue"], [], ["red"]], resolution=16, dtype=torch.float64)
+    assert c.counts().tolist() == [2, 0, 1] and c.attr is not None and c.attr.dtype == torch.float64
+    assert c.attr[0, :, :8].argmax(-1).tolist() == [COLORS.index("yellow"), COLORS.index("blue")]
+    assert float(c.attr[1].abs().sum()) == 0 and bool((c.pos == 7.5).all())
+    # what label_scene("color") gives for the same objects
+    s = _scene([(3.0, 4.0, COLORS.index("red"), 1, 0)], res=16)
+    assert torch.equal(label_scene(s, "color").attr, color_concepts([["red"]], resolution=16).attr)  # type: ignore[arg-type]
+    for bad, match in ((["yellow"], "list of B lists"), ([["orange"]], "orange"), ([], "empty"),
+                       ("yellow", "list of B lists"), ([[3]], "colors\\[0\\]\\[0\\]")):
+        with pytest.raises(LocalScoreError, match=match):
+            color_concepts(bad)  # type: ignore[arg-type]
+    with pytest.raises(LocalScoreError, match="resolution"):
+        color_concepts([["red"]], resolution=0)
+    with pytest.raises(LocalScoreError, match="dtype"):
+        color_concepts([["red"]], dtype=torch.long)
 
 
 # ----------------------------------------------------------------------------- streams and files

@@ -307,3 +307,24 @@ def test_relative_freqs_give_every_cross_attention_the_token_offsets_and_stay_gl
     assert bool((Jc[..., 0] > 0).all()), "every pixel still attends to every token: the U-Net stays global"
     with pytest.raises(LocalScoreError, match="relative_freqs"):
         UNetConfig(relative_freqs=-1)
+
+
+def test_concept_tokens_ignore_positions_and_still_condition() -> None:
+    """``token_positions=False``: the output depends on the attributes only (a colour concept has no place)."""
+    D = unet(token_positions=False)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigma = torch.full((2,), 0.7, dtype=torch.float64)
+    attr = torch.randn(2, 1, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    here = Conditions(torch.zeros(2, 1, 2, dtype=torch.float64), attr)
+    there = Conditions(torch.tensor([[[6.0, 1.0]], [[2.0, 7.0]]], dtype=torch.float64), attr)
+    with torch.no_grad():
+        out = D(x, sigma, here)
+        torch.testing.assert_close(D(x, sigma, there), out, atol=0, rtol=0)
+        other = Conditions(here.pos, attr + 1.0)
+        assert float((D(x, sigma, other) - out).abs().max()) > 1e-6      # the attributes do condition
+        with_pos = unet()
+        assert float((with_pos(x, sigma, there) - with_pos(x, sigma, here)).abs().max()) > 1e-6
+    for bad, match in (({"relative_freqs": 2}, "relative_freqs"), ({"attr_dim": 0}, "attr_dim"),
+                       ({"token_positions": 0}, "token_positions")):
+        with pytest.raises(LocalScoreError, match=match):
+            UNetConfig(**{**TINY, "token_positions": False, **bad})  # type: ignore[arg-type]

@@ -226,6 +226,9 @@ class UNetConfig(ConfigMixin):
         token_dim: conditioner token length.
         heads: attention heads.
         fourier_freqs: Fourier frequencies of absolute token positions.
+        token_positions: tokens carry their conditioner's absolute position (``True``, location conditioning).
+            ``False`` builds tokens from the attributes alone, for *concept* conditioners that have no place
+            in the image (a colour, a class): positions are then ignored and ``relative_freqs`` must be 0.
         position_scale: longest Fourier wavelength (pixels), of token positions and of relative offsets.
         relative_freqs: Fourier frequencies of the offset ``p_k - x_q`` between a token and the pixel attending
             to it, added to every cross-attention's logits and values (as in the local network; wavelengths 2
@@ -258,6 +261,7 @@ class UNetConfig(ConfigMixin):
     token_dim: int = 64
     heads: int = 4
     fourier_freqs: int = 8
+    token_positions: bool = True
     position_scale: float = 32.0
     relative_freqs: int = 0
     pooled_embedding: bool = True
@@ -284,6 +288,15 @@ class UNetConfig(ConfigMixin):
             if isinstance(lv, bool) or not isinstance(lv, int) or not 0 <= lv < len(self.channel_mult):
                 raise fail(w, f"`attention_levels` holds {lv!r}, expected levels in 0..{len(self.channel_mult) - 1}.")
         _choice(w, "norm", self.norm, ("group", "channel"))
+        if not isinstance(self.token_positions, bool):
+            raise fail(w, f"`token_positions` is {self.token_positions!r}, expected True or False.")
+        if not self.token_positions and self.relative_freqs:
+            raise fail(w, f"`token_positions` is False but `relative_freqs` is {self.relative_freqs}: relative "
+                       "offset features read the token positions.",
+                       "set relative_freqs=0 for concept conditioners, or token_positions=True.")
+        if not self.token_positions and self.attr_dim == 0:
+            raise fail(w, "`token_positions` is False and `attr_dim` is 0: tokens would carry nothing.",
+                       "give the concepts attributes (attr_dim >= 1), or set token_positions=True.")
         for name in ("position_scale", "sigma_data"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):

@@ -154,6 +154,7 @@ class UNet(nn.Module):
     ::
 
         t    = TokenEncoder(ConditionerEncoder(pos, attr))        # absolute Fourier positions + attributes
+                                                                  # (attributes only if not token_positions)
         e    = SigmaEmbedding(c_noise) + PooledSetEmbedding(t)    # if pooled_embedding
         h    = conv_in(x_in)
         down: per level l (stride 2**l): blocks (+ cross-attention to t), keep skips, stride-2 conv
@@ -183,7 +184,8 @@ class UNet(nn.Module):
         self.config = cfg
         E = cfg.sigma_embed_dim
         self.sigma_embed = SigmaEmbedding(E)
-        ff = FourierFeatures(cfg.fourier_freqs, min_wavelength=2.0, max_wavelength=cfg.position_scale)
+        ff = (FourierFeatures(cfg.fourier_freqs, min_wavelength=2.0, max_wavelength=cfg.position_scale)
+              if cfg.token_positions else None)
         self.encoder = ConditionerEncoder(cfg.attr_dim, cfg.token_dim, fourier=ff)
         self.token_encoder = (TokenEncoder(cfg.token_dim, cfg.token_encoder_layers, cfg.heads)
                               if cfg.token_encoder_layers > 0 else None)

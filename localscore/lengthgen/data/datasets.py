@@ -280,7 +280,7 @@ class DatasetStream(_Sharded):
         dataset: the fixed dataset.
         batch_size: the *global* batch size.
         seed: seed of the stream's generator.
-        labelling: ``"all"``/``"one"``; ``None`` uses the dataset config's.
+        labelling: ``"all"``/``"one"``/``"color"``; ``None`` uses the dataset config's.
         value_range: ``(lo, hi)`` of the images.
         device: where batches are put.
 
@@ -302,8 +302,8 @@ class DatasetStream(_Sharded):
         self.batch_size = _check_int(batch_size, self._where, "batch_size", 1)
         self.seed = _check_int(seed, self._where, "seed", 0)
         self.labelling: Labelling = labelling if labelling is not None else dataset.config.labelling
-        if self.labelling not in ("all", "one"):
-            raise fail(self._where, f"`labelling` is {labelling!r}, expected 'all', 'one' or None.")
+        if self.labelling not in ("all", "one", "color"):
+            raise fail(self._where, f"`labelling` is {labelling!r}, expected 'all', 'one', 'color' or None.")
         self.value_range = _check_range(value_range, self._where)
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)

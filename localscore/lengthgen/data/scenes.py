@@ -41,13 +41,14 @@ __all__ = [
     "Scene",
     "SceneConfig",
     "bounding_radius",
+    "color_concepts",
     "coverage",
     "label_scene",
     "render_scene",
     "sample_scenes",
 ]
 
-Labelling = Literal["all", "one"]
+Labelling = Literal["all", "one", "color"]
 
 MAX_OBJECTS = 100
 """The most objects one scene may hold (``SceneConfig.counts``, layouts, ``locality --count``): placement and
@@ -83,8 +84,9 @@ class SceneConfig(ConfigMixin):
             ``1 + shading * g`` with ``g = clamp(-(d_row + d_col) / (sqrt(2) b), -1, 1)`` (light from the
             top left). ``0`` is flat.
         shadow: strength of the soft drop shadow (darkening of the background), ``0`` for none.
-        labelling: ``"all"`` (every object is a conditioner) or ``"one"`` (one randomly chosen
-            object is; the others are unlabelled clutter).
+        labelling: ``"all"`` (every object is a conditioner), ``"one"`` (one randomly chosen
+            object is; the others are unlabelled clutter) or ``"color"`` (every object is a *colour concept*:
+            its colour only, without a place in the image; see :func:`color_concepts`).
         max_rounds: placement rounds before giving up on a crowded configuration.
 
     Examples:
@@ -157,9 +159,10 @@ class SceneConfig(ConfigMixin):
         if len(bg) != 3 or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in bg):
             raise fail(where, f"`background_color` is {self.background_color!r}, expected 3 floats in [0, 1].")
         object.__setattr__(self, "background_color", tuple(float(v) for v in bg))
-        if self.labelling not in ("all", "one"):
-            raise fail(where, f"`labelling` is {self.labelling!r}, expected 'all' or 'one'.",
-                       "'all' lists every object in the conditioner set; 'one' lists one random object.")
+        if self.labelling not in ("all", "one", "color"):
+            raise fail(where, f"`labelling` is {self.labelling!r}, expected 'all', 'one' or 'color'.",
+                       "'all' lists every object in the conditioner set; 'one' lists one random object; "
+                       "'color' lists every object's colour as a concept without position.")
         if isinstance(self.max_rounds, bool) or not isinstance(self.max_rounds, int) or self.max_rounds < 1:
             raise fail(where, f"`max_rounds` is {self.max_rounds!r}, expected an int >= 1.")
 
@@ -595,6 +598,8 @@ def label_scene(
     * ``"one"``: one object per image chosen uniformly among its objects (drawn from ``generator``),
       ``K = 1``; images without objects get an empty set. The other objects stay in the image as
       unlabelled clutter.
+    * ``"color"``: every object's colour as a concept, without its place, shape or size (the sets
+      :func:`color_concepts` builds): for concept models, ``UNetConfig(token_positions=False)``.
 
     Examples:
         >>> g = torch.Generator().manual_seed(1)
@@ -607,8 +612,10 @@ def label_scene(
         raise fail(where, f"`scene` is {describe(scene)}, expected a Scene.")
     if labelling == "all":
         return scene.conditions(dtype)
+    if labelling == "color":
+        return _concepts(scene.color, scene.valid, scene.resolution, dtype)
     if labelling != "one":
-        raise fail(where, f"`labelling` is {labelling!r}, expected 'all' or 'one'.")
+        raise fail(where, f"`labelling` is {labelling!r}, expected 'all', 'one' or 'color'.")
     B, K = scene.batch_size, scene.num_slots
     cnt = scene.counts()
     if K == 0:
@@ -621,3 +628,69 @@ def label_scene(
     attr = scene.attributes(dtype).gather(1, slot[..., None].expand(B, 1, ATTR_DIM))
     pos = scene.pos.to(dtype).gather(1, slot[..., None].expand(B, 1, 2))
     return Conditions(pos, attr, (cnt > 0).view(B, 1))
+
+
+def _concepts(color: Tensor, valid: Tensor, resolution: int, dtype: torch.dtype) -> Conditions:
+    """``color [B, K]`` long, ``valid [B, K]`` -> colour-concept sets (see :func:`color_concepts`)."""
+    B, K = color.shape
+    attr = torch.zeros(B, K, ATTR_DIM, dtype=dtype, device=color.device)
+    attr.scatter_(2, color.clamp(0, len(COLORS) - 1).unsqueeze(-1), 1.0)
+    attr = attr * valid.unsqueeze(-1).to(dtype)
+    pos = torch.full((B, K, 2), (resolution - 1) / 2.0, dtype=dtype, device=color.device)
+    return Conditions(pos, attr, valid.clone())
+
+
+def color_concepts(
+    colors: Sequence[Sequence[str]],
+    resolution: int = 32,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Conditions:
+    """Conditioner sets of *colour concepts*: "an object of this colour", with no place in the image.
+
+    Set ``b`` holds one slot per name in ``colors[b]`` (padded to the longest set; an empty list is the
+    empty set). A slot's attribute vector is the colour's one-hot block (shape and size blocks zero, see
+    :func:`~localscore.lengthgen.data.encode_attributes`); its position is the image centre
+    ``((H - 1) / 2, (W - 1) / 2)`` for every slot, so it carries nothing: a concept model is built with
+    ``UNetConfig(token_positions=False)`` and never reads it. These are the sets a model trained with
+    labelling ``"color"`` sees, and what a projective composition of colours selects slot by slot.
+
+    Args:
+        colors: ``B`` lists of colour names from :data:`~localscore.lengthgen.data.COLORS`.
+        resolution: the image side ``H = W`` (only fixes the centre).
+        dtype: float dtype of ``pos`` and ``attr``.
+        device: where the tensors live.
+
+    Returns:
+        ``Conditions(pos [B, K, 2], attr [B, K, 13], valid [B, K])``, ``K`` the longest list.
+
+    Examples:
+        >>> c = color_concepts([["yellow", "blue"], []], resolution=32)
+        >>> c.counts().tolist(), c.attr[0, :, :8].argmax(-1).tolist(), c.pos[0, 0].tolist()
+        ([2, 0], [7, 2], [15.5, 15.5])
+    """
+    where = "color_concepts"
+    if isinstance(colors, (str, bytes)) or not isinstance(colors, Sequence) or not all(
+            isinstance(row, Sequence) and not isinstance(row, (str, bytes)) for row in colors):
+        raise fail(where, f"`colors` is {describe(colors)}, expected a list of B lists of colour names.",
+                   'e.g. [["yellow", "blue"], ["red"]]; a single image is [["yellow"]].')
+    if not colors:
+        raise fail(where, "`colors` is empty, expected B >= 1 lists of colour names.",
+                   "pass [[]] for one image conditioned on nothing.")
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or not 1 <= resolution <= 4096:
+        raise fail(where, f"`resolution` is {resolution!r}, expected an int in 1..4096 (pixels).")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise fail(where, f"`dtype` is {dtype!r}, expected a floating-point torch.dtype.")
+    K = max(len(row) for row in colors)
+    if K > MAX_OBJECTS:
+        raise fail(where, f"a set holds {K} colours, expected at most {MAX_OBJECTS}.")
+    idx = torch.zeros(len(colors), K, dtype=torch.long)
+    valid = torch.zeros(len(colors), K, dtype=torch.bool)
+    for b, row in enumerate(colors):
+        for k, name in enumerate(row):
+            if not isinstance(name, str) or name.lower() not in COLORS:
+                raise fail(where, f"`colors[{b}][{k}]` is {name!r}, expected one of {', '.join(COLORS)}.")
+            idx[b, k] = COLORS.index(name.lower())
+            valid[b, k] = True
+    return _concepts(idx.to(device), valid.to(device), resolution, dtype)
