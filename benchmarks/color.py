@@ -347,8 +347,12 @@ def collect(out: Path) -> dict[str, Any]:
             spaces["rgb"] = [r["rgb_cosine"] for r in rows]
         for s in sigmas:
             spaces[f"features sigma={s}"] = [r["feature_cosine"][s] for r in rows]
-        correlations[method] = {name: dict(zip(("rho", "p"), _spearman(cos, success)))
-                                for name, cos in spaces.items()}
+        # the necessary condition is d_a . d_b ~ 0, so |cosine| is the natural predictor; the signed cosine too
+        correlations[method] = {}
+        for name, cos in spaces.items():
+            correlations[method][name] = dict(zip(("rho", "p"), _spearman(cos, success)))
+            correlations[method][name + " |cos|"] = dict(zip(("rho", "p"), _spearman([abs(c) for c in cos],
+                                                                                    success)))
     return {"seeds": [e["seed"] for e in evals], "per_pair": evals[0]["per_pair"] if evals else None,
             "classifier": classifier, "singles": singles, "pairs": rows, "feature_sigmas": sigmas,
             "spearman": correlations, "seconds": [e["seconds"] for e in evals],
