@@ -33,6 +33,12 @@ def load_benchmark(name: str, module_name: str | None = None) -> ModuleType:
     return mod
 
 
+def bench_helpers() -> ModuleType:
+    """``benchmarks/_bench.py``, the helpers the benchmark scripts share (k-diffusion's ``sampling.py``, the CPU's
+    name, atomic writes...), loaded as :func:`load_benchmark` loads a script."""
+    return load_benchmark("_bench")
+
+
 def run_script(name: str, config: Path, *args: str, timeout: float = 600) -> str:
     """Run ``python benchmarks/<name>.py --config CONFIG ARGS...``, assert it exits 0 and return its stdout."""
     r = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--config", str(config), *args],

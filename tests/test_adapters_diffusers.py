@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 diffusers = pytest.importorskip("diffusers")
 
+from _diffusers_models import D_EMB, T_TOK, tiny_unet  # noqa: E402
+
 from localscore import LocalScoreError, bind  # noqa: E402
 from localscore.adapters.diffusers import (  # noqa: E402
     DiffusersDenoiser,
@@ -38,17 +40,6 @@ from localscore.metrics import ablation_influence, gradient_influence  # noqa: E
 from localscore.nn import pool_mask  # noqa: E402
 
 F64 = torch.float64
-T_TOK, D_EMB = 5, 8
-
-
-def tiny_unet(seed: int = 0, **extra) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-               down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-               up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=D_EMB, norm_num_groups=4,
-               attention_head_dim=2)
-    cfg.update(extra)
-    return diffusers.UNet2DConditionModel(**cfg).to(F64).eval()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ to a float64 UNet) give the reference result. ``python tests/test_fuzz_diffusers
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +39,13 @@ from localscore.adapters.diffusers import (  # noqa: E402
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_fuzz_issue18 import classify  # noqa: E402
-from test_fuzz_oracles import Case, cases_main  # noqa: E402
+from _diffusers_models import D_EMB, T_TOK, tiny_unet  # noqa: E402
+from _fuzz import Case, case_adders, cases_main, check_case  # noqa: E402
 
 F64 = torch.float64
-T_TOK, D_EMB = 5, 8
 CASES: list[Case] = []
+bad, ok = case_adders(CASES)
 NAN, INF = float("nan"), float("inf")
-
-
-def bad(area: str, name: str, f: Callable[[], Any]) -> None:
-    CASES.append((area, name, "bad", f))
-
-
-def ok(area: str, name: str, f: Callable[[], Any]) -> None:
-    CASES.append((area, name, "ok", f))
 
 
 _UNET: list[torch.nn.Module] = []
@@ -62,12 +53,7 @@ _UNET: list[torch.nn.Module] = []
 
 def _unet() -> torch.nn.Module:
     if not _UNET:
-        torch.manual_seed(0)
-        _UNET.append(diffusers.UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=D_EMB, norm_num_groups=4, attention_head_dim=2).to(F64).eval())
+        _UNET.append(tiny_unet())
     return _UNET[0]
 
 
@@ -240,9 +226,7 @@ ok("influence", "concept_locality of an influence inside its region = 1", lambda
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}: {c[1]}" for c in CASES])
 def test_diffusers_case(case: Case) -> None:
-    _, _, kind, f = case
-    outcome, detail = classify(kind, f)
-    assert outcome == ("clear error" if kind == "bad" else "right answer"), detail
+    check_case(case)
 
 
 ARGS = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**12), st.floats(allow_nan=True, allow_infinity=True),

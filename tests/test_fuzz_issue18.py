@@ -10,24 +10,16 @@ prints the table of two such runs).
 
 from __future__ import annotations
 
-import collections
-import json
-import math
-import os
-import pickle
-import resource
-import select
-import signal
 import sys
-import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 import localscore
-from localscore import Conditions, LocalScoreError
+from localscore import Conditions
 from localscore import compose as C
 from localscore import denoisers as DN
 from localscore import masks as M
@@ -37,7 +29,9 @@ from localscore import schedules as S
 from localscore.adapters.k_diffusion import from_k_diffusion
 from localscore.nn import GlobalConditionalDenoiser, LocalConditionalDenoiser, localize
 
-Case = tuple[str, str, str, Callable[[], Any]]
+sys.path.insert(0, str(Path(__file__).parent))
+from _fuzz import Case, cases_main, check_case
+
 CASES: list[Case] = []  # (area, name, kind, fn); kind "bad" (must raise) or "ok" (fn returns (out, reference))
 
 
@@ -348,122 +342,10 @@ bad("schedules", "karras_sigmas float32 grid with sigma_max=1e39")(
 )
 
 
-def classify(kind: str, f: Callable[[], Any]) -> tuple[str, str]:
-    try:
-        out = f()
-    except LocalScoreError as e:
-        return ("clear error" if kind == "bad" else "error on legit input", str(e).splitlines()[0][:150])
-    except MemoryError as e:
-        return ("obscure error", f"MemoryError {e}"[:150])
-    except Exception as e:
-        return ("obscure error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:150])
-    if kind == "ok":
-        o, r = out
-        if isinstance(o, torch.Tensor):
-            if not torch.isfinite(o).all():
-                return ("silent NaN", "")
-            same = o.shape == r.shape and torch.allclose(o.double(), r.double(), rtol=1e-3, atol=1e-4)
-            return (
-                "right answer" if same else "silently wrong",
-                f"max diff {(o.double() - r.double()).abs().max().item():.2e}" if o.shape == r.shape else "shape",
-            )
-        return ("right answer" if o == r else "silently wrong", "")
-    # bad input accepted
-    vals = list(out) if isinstance(out, (tuple, list)) else [out]
-    for v in list(vals):
-        if hasattr(v, "__dict__") and not isinstance(v, torch.Tensor):
-            vals += [a for a in vars(v).values() if isinstance(a, (torch.Tensor, float))]
-    for t in vals:
-        v = t
-        if (
-            isinstance(t, torch.Tensor)
-            and t.is_floating_point()
-            and t.device.type != "meta"
-            and not torch.isfinite(t).all()
-        ):
-            return ("silent NaN", describe_short(out))
-        if isinstance(v, float) and not math.isfinite(v):
-            return ("silent NaN", describe_short(out))
-    return ("accepted", describe_short(out))
-
-
-def describe_short(o: Any) -> str:
-    return (repr(o)[:100]).replace("\n", " ")
-
-
-def run_case(kind: str, f: Callable[[], Any], timeout: float = 20) -> tuple[str, str]:
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        resource.setrlimit(resource.RLIMIT_AS, (12 * 1024**3, 12 * 1024**3))
-        torch.set_num_threads(1)
-        try:
-            res = classify(kind, f)
-        except BaseException as e:
-            res = ("obscure error", f"{type(e).__name__}")
-        os.write(w, pickle.dumps(res))
-        os._exit(0)
-    os.close(w)
-    t0 = time.time()
-    while True:
-        ready, _, _ = select.select([r], [], [], 0.2)
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if ready or done:
-            data = b""
-            while True:
-                chunk = os.read(r, 65536)
-                if not chunk:
-                    break
-                data += chunk
-            if not done:
-                os.waitpid(pid, 0)
-            os.close(r)
-            return pickle.loads(data) if data else ("obscure error", f"child died (status {status})")
-        if time.time() - t0 > timeout:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(r)
-            return ("hang", f">{timeout}s")
-
-
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}: {c[1]}" for c in CASES])
 def test_issue18_case(case: Case) -> None:
-    _, _, kind, f = case
-    outcome, detail = classify(kind, f)
-    assert outcome == ("clear error" if kind == "bad" else "right answer"), detail
+    check_case(case)
 
 
-OUTCOMES = ["clear error", "right answer", "obscure error", "silent NaN", "accepted", "silently wrong", "hang"]
-
-
-def table(before: list[dict[str, str]], after: list[dict[str, str]]) -> str:
-    """The markdown table of docs/reliability.md: outcomes per area, before and after."""
-    areas = list(dict.fromkeys(r["area"] for r in before))
-    head = " / ".join(["clear", "right", "obscure", "silent NaN/inf", "accepted", "wrong", "hang"])
-    lines = [f"| area | cases | before: {head} | after: {head} |", "|---|---|---|---|"]
-    for area in [*areas, None]:
-        cb = collections.Counter(r["outcome"] for r in before if area is None or r["area"] == area)
-        ca = collections.Counter(r["outcome"] for r in after if area is None or r["area"] == area)
-        row = [
-            area or "**all**",
-            str(sum(cb.values())),
-            " / ".join(str(cb[o]) for o in OUTCOMES),
-            " / ".join(str(ca[o]) for o in OUTCOMES),
-        ]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--table"]:
-        print(table(json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))))
-        sys.exit(0)
-    results = []
-    for area, name, kind, f in CASES:
-        outcome, detail = run_case(kind, f)
-        results.append({"area": area, "case": name, "kind": kind, "outcome": outcome, "detail": detail})
-        print(f"{area:10s} | {outcome:14s} | {name} | {detail}", flush=True)
-    if len(sys.argv) > 1:
-        with open(sys.argv[1], "w") as fh:
-            json.dump(results, fh, indent=1)
+if __name__ == "__main__":  # pragma: no cover - the table of docs/reliability.md
+    cases_main(CASES, memory=12 * 1024**3)

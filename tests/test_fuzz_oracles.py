@@ -24,20 +24,12 @@ from localscore import Conditions, LocalScoreError
 from localscore.oracles import FactorizedObjects, Gaussian, GaussianMixture, OverlappingObjects
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_fuzz_issue18 import classify, table
+from _fuzz import Case, case_adders, cases_main, check_case
 
 FAST = settings(max_examples=15, deadline=None)
-Case = tuple[str, str, str, Callable[[], Any]]
 CASES: list[Case] = []
+bad, ok = case_adders(CASES)
 NAN, INF = float("nan"), float("inf")
-
-
-def bad(area: str, name: str, f: Callable[[], Any]) -> None:
-    CASES.append((area, name, "bad", f))
-
-
-def ok(area: str, name: str, f: Callable[[], Any]) -> None:
-    CASES.append((area, name, "ok", f))
 
 
 def _x(B: int = 2, C: int = 1, H: int = 4, W: int = 4, seed: int = 0, dtype: torch.dtype = torch.float64,
@@ -208,9 +200,7 @@ ok("objects", "denoise requires_grad x", lambda: (_oo()(_xo().requires_grad_(), 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}: {c[1]}" for c in CASES])
 def test_oracle_case(case: Case) -> None:
-    _, _, kind, f = case
-    outcome, detail = classify(kind, f)
-    assert outcome == ("clear error" if kind == "bad" else "right answer"), detail
+    check_case(case)
 
 
 # ---------------------------------------------------------------------------- properties
@@ -290,65 +280,6 @@ def test_legitimate_variants_give_the_reference(dtype: torch.dtype, layout: str)
     assert out.dtype == dtype
     tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 1e-5)
     assert torch.allclose(out.double(), ref, atol=tol, rtol=tol)
-
-
-def run_case(kind: str, f: Callable[[], Any], timeout: float = 20, memory: int = 6 * 1024**3) -> tuple[str, str]:
-    """Classify one case in a forked child with a watchdog and an address-space limit (see test_fuzz_issue18)."""
-    import os
-    import pickle
-    import resource
-    import select
-    import signal
-    import time
-
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(r)
-        try:
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-            torch.set_num_threads(1)
-            res = classify(kind, f)
-        except BaseException as e:
-            res = ("obscure error", f"{type(e).__name__}")
-        os.write(w, pickle.dumps(res))
-        os._exit(0)
-    os.close(w)
-    t0 = time.time()
-    while True:
-        ready, _, _ = select.select([r], [], [], 0.2)
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if ready or done:
-            data = b""
-            while chunk := os.read(r, 65536):
-                data += chunk
-            if not done:
-                os.waitpid(pid, 0)
-            os.close(r)
-            return pickle.loads(data) if data else ("obscure error", f"child died (status {status})")
-        if time.time() - t0 > timeout:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(r)
-            return ("hang", f">{timeout}s")
-
-
-def cases_main(cases: list[Case]) -> None:  # pragma: no cover - the table of docs/reliability.md
-    """``python tests/test_fuzz_X.py [results.json]`` classifies ``cases``; ``--table BEFORE AFTER`` prints
-    the table."""
-    import json
-
-    if sys.argv[1:2] == ["--table"]:
-        print(table(json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))))
-        return
-    results = []
-    for area, name, kind, f in cases:
-        outcome, detail = run_case(kind, f)
-        results.append({"area": area, "case": name, "kind": kind, "outcome": outcome, "detail": detail})
-        print(f"{area:10s} | {outcome:14s} | {name} | {detail}", flush=True)
-    if len(sys.argv) > 1:
-        with open(sys.argv[1], "w") as fh:
-            json.dump(results, fh, indent=1)
 
 
 if __name__ == "__main__":  # pragma: no cover

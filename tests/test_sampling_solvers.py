@@ -4,16 +4,14 @@ float64, and k-diffusion's own ``sample_dpmpp_2m`` when its ``sampling.py`` can 
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import math
-import os
 import sys
-import types
 from typing import Any
 
 import pytest
 import torch
+from _benchmarks import bench_helpers
 from _sampling_oracles import F64, GAUSS, MIXTURE, flow_slope
 from _twosample import energy_test
 
@@ -269,44 +267,10 @@ def test_common_argument_checks_come_first(name: str, sampler: Any, kwargs: dict
 
 
 # --------------------------------------------------------------------------------------------------- k-diffusion
-def _k_diffusion_sampling() -> Any:
-    """k-diffusion's ``sampling.py`` alone (never the package: it pulls in clip, clean-fid and torchvision), from
-    ``$LOCALSCORE_K_DIFFUSION_SAMPLING`` or an installed ``k_diffusion``; ``torchsde`` / ``torchdiffeq`` are
-    stubbed when absent (the deterministic samplers do not use them). ``None`` when there is no file."""
-    path = os.environ.get("LOCALSCORE_K_DIFFUSION_SAMPLING")
-    if not path:
-        spec = importlib.util.find_spec("k_diffusion")
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        path = os.path.join(next(iter(spec.submodule_search_locations)), "sampling.py")
-    if not os.path.exists(path):
-        return None
-    saved = {k: sys.modules.get(k) for k in ("torchsde", "torchdiffeq", "_kd", "_kd.utils", "_kd.sampling")}
-    try:
-        for name in ("torchsde", "torchdiffeq"):
-            if importlib.util.find_spec(name) is None:
-                stub = types.ModuleType(name)
-                stub.odeint = None  # type: ignore[attr-defined]
-                sys.modules[name] = stub
-        pkg, utils = types.ModuleType("_kd"), types.ModuleType("_kd.utils")
-        pkg.__path__ = []  # type: ignore[attr-defined]
-        utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]  # type: ignore[attr-defined]
-        pkg.utils = utils  # type: ignore[attr-defined]
-        sys.modules["_kd"], sys.modules["_kd.utils"] = pkg, utils
-        spec = importlib.util.spec_from_file_location("_kd.sampling", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-
-
-KD = _k_diffusion_sampling()
+# k-diffusion's ``sampling.py`` alone (never the package: it pulls in clip, clean-fid and torchvision), loaded by
+# benchmarks/_bench.py from ``$LOCALSCORE_K_DIFFUSION_SAMPLING`` or an installed ``k_diffusion``; ``None`` when
+# there is no file.
+KD = bench_helpers().load_k_diffusion_sampling()
 needs_kd = pytest.mark.skipif(KD is None, reason="k-diffusion's sampling.py is not available (install k-diffusion "
                               "or point LOCALSCORE_K_DIFFUSION_SAMPLING at its k_diffusion/sampling.py)")
 
