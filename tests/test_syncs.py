@@ -139,12 +139,37 @@ def test_the_counter_sees_a_read_in_the_loop() -> None:
     assert per_step == 1
 
 
-def test_masked_composition_reads_once_per_step() -> None:
+@pytest.mark.parametrize("strategy", ["auto", "sequential", "batched", "crop"])
+def test_masked_composition_with_fixed_masks_reads_nothing_per_step(strategy: str) -> None:
+    """A rule of a fixed size gives the same masks at every sigma: kept from the first call, like the activity."""
+    with torch.no_grad():
+        per_step, per_call = _per_step(sample_euler, masked_from(_net(), COND, DiscRule(2.0), strategy=strategy), X,
+                                       None)
+    assert per_step == 0
+    assert per_call <= 2
+
+
+def test_masked_composition_with_sigma_dependent_masks_reads_once_per_step() -> None:
     """Masks that depend on sigma decide per call which components act where: one read, documented."""
     with torch.no_grad():
-        per_step, _ = _per_step(sample_euler, masked_from(_net(), COND, DiscRule(2.0), strategy="sequential"), X,
-                                None)
+        per_step, _ = _per_step(sample_euler, masked_from(_net(), COND, DiscRule(lambda s: 1.0 + s, bound=3.0),
+                                                          strategy="sequential"), X, None)
     assert per_step == 1
+
+
+def test_fixed_masks_are_kept_per_image_size_and_match_fresh_ones() -> None:
+    """The kept masks are those of the image size of the call: a composition called at two sizes gives what
+    two fresh compositions give, bit for bit (an object outside the smaller canvas acts on the larger only)."""
+    net = _net()
+    cond = Conditions.from_lists([[(1.0, 2.0), (13.0, 13.0)]])
+    kept = masked_from(net, cond, DiscRule(2.0))
+    sigma = torch.tensor([0.7])
+    with torch.no_grad():
+        for size in (8, 16, 8):
+            x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
+            fresh = masked_from(net, cond, DiscRule(2.0))(x, sigma)
+            torch.testing.assert_close(kept(x, sigma), fresh, atol=0, rtol=0)
+    assert kept.plan(torch.zeros(1, 3, 16, 16), 1.0) in ("sequential", "crop", "batched")
 
 
 # ------------------------------------------------------------------------------------- errors, now at the end

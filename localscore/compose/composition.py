@@ -44,17 +44,19 @@ class EvaluationOptions(TypedDict, total=False):
 
 @dataclass
 class _Static:
-    """What a composition whose activity does not depend on sigma (number weights, no windows, no masks)
-    keeps per input batch, dtype and device, so that its calls read nothing back from the device.
+    """What a composition whose activity does not depend on sigma (number weights, no windows, no masks or
+    static masks: see :attr:`MaskSpecs.static`) keeps per input batch, dtype and device (and image size, with
+    masks), so that its calls read nothing back from the device.
 
     ``values`` (the number weights, ``skip_empty``) and ``refs`` (the background and components, the models
-    and conditions they bind) are what it was computed from: a call where one differs recomputes it.
-    ``act[b][j]`` says whether component ``j`` acts on image ``b``.
+    and conditions they bind, the mask rule and its conditions) are what it was computed from: a call where
+    one differs recomputes it. ``act[b][j]`` says whether component ``j`` acts on image ``b``.
     """
 
     values: tuple[Any, ...]
     refs: tuple[Any, ...]
     coef: Tensor  # [B, n]
+    masks: list[Tensor | None]  # the n masks (None without masks)
     act: list[list[bool]]
     index: dict[int, Tensor]  # component -> the images it acts on, when not all
     choice: dict[tuple[Any, ...], tuple[str, engine.CropPlan | None]]  # (H, W, declarations) -> what "auto" picks
@@ -161,10 +163,13 @@ class Composition:
     Host syncs: a call checks ``x`` and ``sigma`` once; the value checks inside it (component outputs
     finite, weights and soft masks finite) are computed on the device and read back together when the call
     ends (inside a sampler, when the sampler's call ends). Which component acts on which image needs no
-    read-back when the weights are numbers (or ``None``) and there are no windows and no masks: it is
-    computed at the first call for a batch size, dtype and device, and kept with the crop plan, so such a
-    composition reads nothing back in a sampler's steps. Otherwise it is read back once per call (and the
-    masks' boxes once more for ``crop``), unless ``skip_inactive=False``. Conditions are immutable: do not
+    read-back when the weights are numbers (or ``None``), there are no windows, and there are no masks or
+    the masks depend on nothing but the image size (a ``DiscRule``, ``BoxRule`` or ``GaussianRule`` of a
+    plain-number size, placed by ``mask_cond``): it is computed at the first call for a batch size, dtype
+    and device (and image size, with masks), and kept with the masks and the crop plan, so such a
+    composition reads nothing back in a sampler's steps. Otherwise (sigma-dependent or tensor masks,
+    windows, tensor weights) it is read back once per call (and the masks' boxes once more for ``crop``),
+    unless ``skip_inactive=False``. Conditions are immutable: do not
     write into their tensors.
 
     Raises:
@@ -239,7 +244,7 @@ class Composition:
         self.skip_inactive = bool(skip_inactive)
         self.crop_size = crop_size
         # host-side facts kept between calls (see _Static and engine.host_cond); never part of the result
-        self._static: dict[tuple[int, torch.dtype, torch.device], _Static] = {}
+        self._static: dict[tuple[Any, ...], _Static] = {}
         self._hosts: dict[int, tuple[Conditions, list[list[list[float]]], list[list[bool]]]] = {}
 
     @property
@@ -374,13 +379,15 @@ class Composition:
 
         (Weight tensors are not: their values may change in place, e.g. when the weights are optimised.)
         """
-        return self._weights.static and not self._masks.present and all(win is None for win in self.windows)
+        return (self._weights.static and (not self._masks.present or self._masks.static)
+                and all(win is None for win in self.windows))
 
     def _prepare(self, x: Tensor, s: Tensor, where: str) -> _Prepared:
         """``(coef [B, n], masks, act, targets, static)``: ``act[b][j]`` on the host says whether component ``j``
         is evaluated on image ``b``. A static composition (see :meth:`_is_static`) computes it once per batch
-        size, dtype and device and keeps it (``static``); any other reads it back once per call, unless
-        ``skip_inactive`` is off (then every component is evaluated on every image)."""
+        size, dtype and device (and image size, with masks) and keeps it with the masks (``static``); any other
+        reads it back once per call, unless ``skip_inactive`` is off (then every component is evaluated on every
+        image)."""
         B = x.shape[0]
         n = len(self.components)
         targets = [engine.target(d, B, x.device) for d in self.components]
@@ -390,16 +397,17 @@ class Composition:
             return coef, masks, act, targets, None
         values = (self._weights.values(), self.skip_empty, self.skip_inactive)  # compared by value
         parts = (self.background, *self.components)  # compared by identity, with what they wrap
-        refs = (*parts, *(getattr(d, "inner", None) for d in parts), *(getattr(d, "cond", None) for d in parts))
-        key = (B, x.dtype, x.device)
+        refs = (*parts, *(getattr(d, "inner", None) for d in parts), *(getattr(d, "cond", None) for d in parts),
+                self._masks.rule, self._masks.cond)
+        key: tuple[Any, ...] = (B, x.dtype, x.device, *(x.shape[-2:] if self._masks.present else ()))
         static = self._static.get(key)
         if (static is None or static.values != values or len(static.refs) != len(refs)
                 or any(a is not b for a, b in zip(static.refs, refs))):
-            coef, _, active = self._activity(x, s, targets, where)
+            coef, masks, active = self._activity(x, s, targets, where)
             act = active.tolist() if self.skip_inactive else [[True] * n for _ in range(B)]
-            static = _Static(values, refs, coef, act, {}, {}, {})
+            static = _Static(values, refs, coef, masks, act, {}, {}, {})
             self._static[key] = static
-        return static.coef, [None] * n, static.act, targets, static
+        return static.coef, static.masks, static.act, targets, static
 
     def _activity(self, x: Tensor, s: Tensor, targets: list[engine.Target], where: str
                   ) -> tuple[Tensor, list[Tensor | None], Tensor]:
