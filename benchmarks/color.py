@@ -231,7 +231,7 @@ def _matrix(path: Path, shown: dict[str, dict[str, torch.Tensor]]) -> None:
             if i == 0:
                 axes[i][j].set_title(b, fontsize=7)
     fig.suptitle("diagonal: one colour; above: projective pair; below: joint pair", fontsize=8)
-    fig.tight_layout(pad=0.2)
+    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
@@ -418,10 +418,12 @@ def figure(results: dict[str, Any], path: Path) -> bool:
             rate = r["projective"]["rate"]
             lo, hi = r["projective"]["ci95"]
             hot = r["pair"] in shown
-            ax.errorbar([cos], [rate], yerr=[[rate - lo], [hi - rate]], fmt="o", ms=5 if hot else 3,
+            err = [[max(0.0, rate - lo)], [max(0.0, hi - rate)]]  # Wilson bounds may miss 0 and 1 by rounding
+            ax.errorbar([cos], [rate], yerr=err, fmt="o", ms=5 if hot else 3,
                         color="C3" if hot else "C0", alpha=1.0 if hot else 0.6, lw=0.8)
-            ax.annotate(r["pair"], (cos, rate), fontsize=6 if not hot else 8, xytext=(3, 2),
-                        textcoords="offset points")
+            if hot:  # the paper's two pairs; the table names the others
+                ax.annotate(r["pair"], (cos, rate), fontsize=8, xytext=(4, 3), textcoords="offset points",
+                            color="C3")
         rho = results["spearman"].get("projective", {}).get("rgb" if sub is None else f"features sigma={sub}")
         label = f" (Spearman rho = {_f(rho['rho'])})" if rho else ""
         ax.set(xlabel="cosine of the mean differences d_a, d_b", ylabel="both colours drawn (95 % CI)",

@@ -103,3 +103,14 @@ def test_benchmark_end_to_end_tiny(tmp_path: Path) -> None:
     assert not list(archive.rglob("*.pt"))
     bench("--out", str(archive), "--stage", "report")
     assert json.loads((archive / "results.json").read_text()) == results
+
+
+def test_figure_takes_rates_of_zero_and_one(tmp_path: Path) -> None:
+    """Wilson bounds at 0/48 and 48/48 miss the rate by rounding; the error bars must not go negative."""
+    color = load_benchmark("color")
+    rows = [{"pair": f"{a}+{b}", "rgb_cosine": 0.1 * i, "feature_cosine": {"0.5": 0.05 * i},
+             "projective": color._prop([{**dict.fromkeys(color.OUTCOMES, 0), "both": 48 * (i % 2),
+                                         "one": 48 * (1 - i % 2)}])}
+            for i, (a, b) in enumerate(color.pairs())]
+    results = {"pairs": rows, "feature_sigmas": ["0.5"], "spearman": {}}
+    assert color.figure(results, tmp_path / "c.png") is (color.pyplot() is not None)
