@@ -95,6 +95,11 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
+def fmt(v: Any, digits: int = 2) -> str:
+    """A number for a results table: ``digits`` decimals, ``"–"`` for None or NaN."""
+    return "–" if v is None or (isinstance(v, float) and v != v) else f"{v:.{digits}f}"
+
+
 def log(msg: str) -> None:
     """Print ``[HH:MM:SS] msg`` at once (benchmarks run for long; their logs are read while they run)."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)

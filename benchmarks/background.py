@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _bench import archive_results, log, machine_line, pyplot, write_docs_block, write_json
+from _bench import archive_results, fmt, log, machine_line, pyplot, write_docs_block, write_json
 
 from localscore.compose import terms
 from localscore.lengthgen import (
@@ -266,10 +266,6 @@ def _mean_mechanism(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _f(v: Any, digits: int = 2) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
 def markdown(results: dict[str, Any], header: dict[str, Any]) -> str:
     comps = results["compositions"]
     names = list(comps)
@@ -281,7 +277,7 @@ def markdown(results: dict[str, Any], header: dict[str, Any]) -> str:
         for n in names:
             r = comps[n]["rows"][i]
             lo, hi = r["perfect"]["ci95"]
-            cells.append(f"{_f(r['detected'], 1)} · {_f(r['recall']['rate'])} · {_f(r['perfect']['rate'])} "
+            cells.append(f"{fmt(r['detected'], 1)} · {fmt(r['recall']['rate'])} · {fmt(r['perfect']['rate'])} "
                          f"[{lo:.2f}, {hi:.2f}]")
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
@@ -298,9 +294,9 @@ def markdown(results: dict[str, Any], header: dict[str, Any]) -> str:
         for sv in sig:
             cells = [by.get((k, sv)) for k in ks]
             mech.append(f"| {n} | {sv:g} | " + " | ".join(
-                f"{_f(m['retention'])} ({_f(m['cross'])})" if m else "–" for m in cells) + " |")
+                f"{fmt(m['retention'])} ({fmt(m['cross'])})" if m else "–" for m in cells) + " |")
             loc.append(f"| {n} | {sv:g} | " + " | ".join(
-                f"{_f(m['locality'])} ({_f(m['off_contrast'], 3)})" if m else "–" for m in cells) + " |")
+                f"{fmt(m['locality'])} ({fmt(m['off_contrast'], 3)})" if m else "–" for m in cells) + " |")
     mech += ["", *loc]
     return text + "\n\n" + "\n".join(mech) + "\n"
 

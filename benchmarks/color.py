@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _bench import archive_results, log, machine_line, pyplot, write_docs_block, write_json
+from _bench import archive_results, fmt, log, machine_line, pyplot, write_docs_block, write_json
 
 from localscore.adapters.diffusers import FeatureMap
 from localscore.lengthgen import ExperimentConfig, load_experiments, load_model, sampler, train_experiment
@@ -364,10 +364,6 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def _f(v: Any, digits: int = 2) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
 def _primary(results: dict[str, Any]) -> str | None:
     sig = results["feature_sigmas"]
     if not sig:
@@ -384,21 +380,21 @@ def markdown(results: dict[str, Any]) -> str:
                   "per single colour and per pair) classified correctly.", ""]
     if results["singles"]:
         lines += ["Each colour alone (one object of that colour, pooled over seeds): " + ", ".join(
-            f"{c} {_f(p['rate'])}" for c, p in results["singles"].items()) + ".", ""]
+            f"{c} {fmt(p['rate'])}" for c, p in results["singles"].items()) + ".", ""]
     lines += ["| pair | RGB cosine | feature cosine (sigma = " + (s0 or "–") + ") | projective: both [95 % CI] | "
               "one · hybrid · none · extra · wrong | joint: both |", "|---|---|---|---|---|---|"]
     for r in results["pairs"]:
         p = r["projective"]
         lo, hi = p["ci95"]
         o = r["projective_outcomes"]
-        lines.append(f"| {r['pair']} | {_f(r['rgb_cosine'])} | {_f(r['feature_cosine'].get(s0) if s0 else None)} | "
-                     f"{_f(p['rate'])} [{lo:.2f}, {hi:.2f}] | {o['one']} · {o['hybrid']} · {o['none']} · "
-                     f"{o['extra']} · {o['wrong']} | {_f(r['joint']['rate'])} |")
+        lines.append(f"| {r['pair']} | {fmt(r['rgb_cosine'])} | {fmt(r['feature_cosine'].get(s0) if s0 else None)} | "
+                     f"{fmt(p['rate'])} [{lo:.2f}, {hi:.2f}] | {o['one']} · {o['hybrid']} · {o['none']} · "
+                     f"{o['extra']} · {o['wrong']} | {fmt(r['joint']['rate'])} |")
     lines += ["", "Spearman rank correlation of success (both colours drawn) with the cosine, over the 28 pairs:", "",
               "| sampling | cosine | rho | p |", "|---|---|---|---|"]
     for method, spaces in results["spearman"].items():
         for name, v in spaces.items():
-            lines.append(f"| {method} | {name} | {_f(v['rho'])} | {_f(v['p'], 3)} |")
+            lines.append(f"| {method} | {name} | {fmt(v['rho'])} | {fmt(v['p'], 3)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -425,7 +421,7 @@ def figure(results: dict[str, Any], path: Path) -> bool:
                 ax.annotate(r["pair"], (cos, rate), fontsize=8, xytext=(4, 3), textcoords="offset points",
                             color="C3")
         rho = results["spearman"].get("projective", {}).get("rgb" if sub is None else f"features sigma={sub}")
-        label = f" (Spearman rho = {_f(rho['rho'])})" if rho else ""
+        label = f" (Spearman rho = {fmt(rho['rho'])})" if rho else ""
         ax.set(xlabel="cosine of the mean differences d_a, d_b", ylabel="both colours drawn (95 % CI)",
                title=title + label, ylim=(-0.03, 1.03))
         ax.axvline(0.0, color="k", lw=0.6, ls=":")

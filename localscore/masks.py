@@ -345,7 +345,9 @@ class MaskRule(Protocol):
 
     Rules declare ``support_radius(sigma)``: an upper bound (pixels, Chebyshev) on how far from its
     conditioner a mask entry can be non-zero, or ``None`` if unbounded. Networks and the intervention use
-    it to compute conditioner radii.
+    it to compute conditioner radii. A rule may also declare ``fixed_size = True`` when its masks are the
+    same at every sigma: a composition then computes them once per image size and reads nothing back per
+    step (the library's rules do when their size is a plain number; a rule without it is recomputed).
     """
 
     def __call__(self, cond: Conditions, size: tuple[int, int], sigma: Any = None) -> Tensor: ...
@@ -382,6 +384,11 @@ def _bounded(spec: RadiusSpec, bound: float | None) -> RadiusSpec:
     return spec
 
 
+def _fixed(spec: RadiusSpec) -> bool:
+    """Whether a size spec is a plain number: the same masks at every sigma (a tensor may change in place)."""
+    return isinstance(spec, (int, float)) and not isinstance(spec, bool)
+
+
 @dataclass(frozen=True)
 class DiscRule:
     """Hard disc rule (:func:`disc_masks`): a pixel sees conditioner ``k`` iff within ``radius`` of it.
@@ -404,6 +411,11 @@ class DiscRule:
     def __call__(self, cond: Conditions, size: tuple[int, int], sigma: Any = None) -> Tensor:
         return disc_masks(cond, size, _bounded(self.radius, self.bound), sigma=sigma)
 
+    @property
+    def fixed_size(self) -> bool:
+        """Whether the masks are the same at every sigma (``radius`` a plain number): compositions keep them."""
+        return _fixed(self.radius)
+
     def support_radius(self, sigma: Any = None) -> float | None:
         """The largest radius (pixels); ``bound``, or ``None``, for a sigma-dependent radius without ``sigma``."""
         return _const_max(self.radius, sigma, self.bound)
@@ -418,6 +430,11 @@ class BoxRule:
 
     def __call__(self, cond: Conditions, size: tuple[int, int], sigma: Any = None) -> Tensor:
         return box_masks(cond, size, _bounded(self.half_size, self.bound), sigma=sigma)
+
+    @property
+    def fixed_size(self) -> bool:
+        """Whether the masks are the same at every sigma (``half_size`` a plain number): compositions keep them."""
+        return _fixed(self.half_size)
 
     def support_radius(self, sigma: Any = None) -> float | None:
         """The largest half-size (pixels)."""
@@ -437,6 +454,11 @@ class GaussianRule:
 
     def __call__(self, cond: Conditions, size: tuple[int, int], sigma: Any = None) -> Tensor:
         return gaussian_masks(cond, size, _bounded(self.std, self.bound), sigma=sigma, truncate=self.truncate)
+
+    @property
+    def fixed_size(self) -> bool:
+        """Whether the masks are the same at every sigma (``std`` a plain number): compositions keep them."""
+        return _fixed(self.std)
 
     def support_radius(self, sigma: Any = None) -> float | None:
         """``truncate * std`` (pixels); ``None`` if untruncated."""

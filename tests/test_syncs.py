@@ -157,6 +157,24 @@ def test_masked_composition_with_sigma_dependent_masks_reads_once_per_step() -> 
     assert per_step == 1
 
 
+def test_a_rule_that_declares_no_fixed_size_is_recomputed_every_step() -> None:
+    """The same disc masks through a user rule that does not declare ``fixed_size``: read once per step."""
+    inner = DiscRule(2.0)
+    assert inner.fixed_size and not DiscRule(lambda s: 2.0 + 0 * s).fixed_size
+    assert not DiscRule(torch.tensor(2.0)).fixed_size
+
+    class Plain:
+        def __call__(self, cond: Conditions, size: tuple[int, int], sigma: Any = None) -> torch.Tensor:
+            return inner(cond, size, sigma)
+
+        def support_radius(self, sigma: Any = None) -> float | None:
+            return inner.support_radius(sigma)
+
+    with torch.no_grad():
+        per_step, _ = _per_step(sample_euler, masked_from(_net(), COND, Plain(), strategy="sequential"), X, None)
+    assert per_step == 1
+
+
 def test_fixed_masks_are_kept_per_image_size_and_match_fresh_ones() -> None:
     """The kept masks are those of the image size of the call: a composition called at two sizes gives what
     two fresh compositions give, bit for bit (an object outside the smaller canvas acts on the larger only)."""

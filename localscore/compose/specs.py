@@ -21,7 +21,7 @@ from torch import Tensor
 from .._checks import check_flag, check_tensor
 from .._errors import describe, fail
 from ..conditions import Conditions
-from ..masks import BoxRule, DiscRule, GaussianRule, MaskRule
+from ..masks import MaskRule
 
 # The public names; the normalised specs (WeightSpecs, MaskSpecs, check_windows) serve the package only.
 __all__ = ["MaskSpec", "Strategy", "WeightSchedule", "WeightSpec"]
@@ -352,14 +352,10 @@ class MaskSpecs:
 
     @property
     def static(self) -> bool:
-        """Whether the masks depend on the image size alone: a library rule (``DiscRule``, ``BoxRule``,
-        ``GaussianRule``, frozen) whose size is a plain number, placed by ``mask_cond`` (immutable). Not a
-        callable size (it depends on sigma), not a tensor size (it may change in place), not a user rule."""
-        if self.kind != "rule" or type(self.rule) not in (DiscRule, BoxRule, GaussianRule):
-            return False
-        size = self.rule.std if isinstance(self.rule, GaussianRule) else (
-            self.rule.radius if isinstance(self.rule, DiscRule) else self.rule.half_size)
-        return isinstance(size, (int, float)) and not isinstance(size, bool)
+        """Whether the masks depend on the image size alone: a rule placed by ``mask_cond`` (immutable) that
+        declares ``fixed_size`` (``DiscRule``, ``BoxRule``, ``GaussianRule`` of a plain-number size). Not a
+        tensor or callable spec, not a rule that declares nothing."""
+        return self.kind == "rule" and getattr(self.rule, "fixed_size", False) is True
 
     def evaluate(self, x: Tensor, s: Tensor, where: str) -> list[Tensor | None]:
         """The ``n`` masks ``[B or 1, 1 or C, H, W]`` (``None``: no mask) for images ``x`` at noise levels ``s``."""
